@@ -1,7 +1,11 @@
 //! chargetransfer: charges dma-buf allocations to the requesting app's memcg and dmem cgroups,
 //! enforces limits the kernel cannot, and moves charges when buffers cross binder.
 //!
-//! Layout: a pure [`ledger`] at the centre; OS adapters in [`kernel`]; the AIDL boundary in
-//! `service`.
+//! Layout: a pure [`ledger`] at the centre; [`policy`] and [`autoconfig`] decide limits and
+//! trust; OS adapters in [`kernel`]; the durable [`journal`]; the AIDL boundary in `service`.
 
+pub mod autoconfig;
+pub mod journal;
+pub mod kernel;
 pub mod ledger;
+pub mod policy;

@@ -1,0 +1,1 @@
+//! Works out, on every boot, what the device has and what the kernel enforces.

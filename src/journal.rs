@@ -1,0 +1,1 @@
+//! Durable ledger: journal + snapshot.

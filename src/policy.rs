@@ -1,0 +1,1 @@
+//! Policy: heap classes, limits, trust.
