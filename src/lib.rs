@@ -4,6 +4,7 @@
 //! Layout: a pure [`ledger`] at the centre; [`policy`] and [`autoconfig`] decide limits and
 //! trust; OS adapters in [`kernel`]; the durable [`journal`]; the AIDL boundary in `service`.
 
+pub mod aidl;
 pub mod autoconfig;
 pub mod journal;
 pub mod kernel;
