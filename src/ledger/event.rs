@@ -23,6 +23,9 @@ pub enum Event {
     Released { inode: Inode },
     /// The buffer's charge moved to another process and cgroup, every pool at once.
     Transferred { inode: Inode, pid: u32, cgroup: String },
+    /// The buffer's owner is gone and the charge is handed on (to a surviving holder or the
+    /// parent cgroup) without a limit check: the bytes exist whether or not they fit.
+    Reassigned { inode: Inode, pid: u32, cgroup: String },
     /// A process moved to another cgroup; its buffers follow it.
     Migrated { pid: u32, cgroup: String },
     /// A cgroup was removed; its own charges move to its parent, as the kernel reparents.

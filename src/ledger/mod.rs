@@ -8,6 +8,7 @@
 mod counter;
 mod error;
 mod event;
+mod evict;
 mod heap;
 
 use std::collections::HashMap;
@@ -139,6 +140,7 @@ impl Ledger {
             }
             Event::Released { inode } => self.do_release(*inode),
             Event::Transferred { inode, pid, cgroup } => self.do_transfer(*inode, *pid, cgroup),
+            Event::Reassigned { inode, pid, cgroup } => self.move_buffer(*inode, *pid, cgroup, false),
             Event::Migrated { pid, cgroup } => self.do_migrate(*pid, cgroup),
             Event::Reparented { cgroup } => self.do_reparent(cgroup),
             Event::LimitSet { cgroup, pool, kind, value } => {
@@ -181,6 +183,10 @@ impl Ledger {
 
     pub fn transfer(&mut self, inode: Inode, pid: u32, cgroup: &str) -> Result<Event> {
         self.record(Event::Transferred { inode, pid, cgroup: cgroup.to_string() })
+    }
+
+    pub fn reassign(&mut self, inode: Inode, pid: u32, cgroup: &str) -> Result<Event> {
+        self.record(Event::Reassigned { inode, pid, cgroup: cgroup.to_string() })
     }
 
     pub fn migrate(&mut self, pid: u32, cgroup: &str) -> Result<Event> {

@@ -220,6 +220,7 @@ enum Op {
     Release { inode: u64 },
     Transfer { inode: u64, pid: u32, cg: usize },
     Migrate { pid: u32, cg: usize },
+    Reassign { inode: u64, pid: u32, cg: usize },
     Reparent { cg: usize },
     Limit { cg: usize, pool: usize, kind: usize, value: u64 },
     Evict { inode: u64 },
@@ -241,6 +242,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => inode.clone().prop_map(|inode| Op::Release { inode }),
         2 => (inode.clone(), 1..5u32, cg.clone()).prop_map(|(inode, pid, cg)| Op::Transfer { inode, pid, cg }),
         1 => (1..5u32, cg.clone()).prop_map(|(pid, cg)| Op::Migrate { pid, cg }),
+        1 => (inode.clone(), 0..5u32, cg.clone()).prop_map(|(inode, pid, cg)| Op::Reassign { inode, pid, cg }),
         1 => cg.clone().prop_map(|cg| Op::Reparent { cg }),
         2 => (cg, 0..POOLS.len(), 0..4usize, prop_oneof![Just(UNLIMITED), 0..32 * MIB])
             .prop_map(|(cg, pool, kind, value)| Op::Limit { cg, pool, kind, value }),
@@ -257,6 +259,7 @@ fn run(l: &mut Ledger, op: &Op) -> Result<Event> {
         Op::Release { inode } => l.release(inode),
         Op::Transfer { inode, pid, cg } => l.transfer(inode, pid, CGROUPS[cg]),
         Op::Migrate { pid, cg } => l.migrate(pid, CGROUPS[cg]),
+        Op::Reassign { inode, pid, cg } => l.reassign(inode, pid, CGROUPS[cg]),
         Op::Reparent { cg } => l.reparent(CGROUPS[cg]),
         Op::Limit { cg, pool, kind, value } => l.set_limit(CGROUPS[cg], POOLS[pool], LimitKind::ALL[kind], value),
         Op::Evict { inode } => l.evict(inode),

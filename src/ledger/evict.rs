@@ -1,0 +1,86 @@
+//! Eviction advice for a region under pressure, honouring dmem min/low protection the way the
+//! kernel's `dmem_cgroup_state_evict_valuable()` does: first only buffers of cgroups above their
+//! `low`, then those above `min`, never a cgroup at or below its `min`. Pinned buffers never move.
+
+use super::{HeapClass, Inode, Ledger, PoolId, Result, LedgerError, EVICTED, PINNED};
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Protection {
+    None,
+    Low,
+    Min,
+}
+
+impl Ledger {
+    /// Buffers to evict from `region` to free at least `bytes`, in order. May free less when
+    /// protection or pins forbid more.
+    pub fn eviction_advice(&self, region: &str, bytes: u64) -> Result<Vec<Inode>> {
+        let pool = self.pool_id(region).filter(|p| *p != PoolId::MEMCG).ok_or_else(|| LedgerError::UnknownPool(region.to_string()))?;
+        let mut candidates: Vec<(Protection, u64, Inode)> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| {
+                let heap = &self.heaps[b.heap.0 as usize];
+                heap.spec.class == HeapClass::Vram && heap.region == Some(pool) && b.flags & (EVICTED | PINNED) == 0
+            })
+            .map(|(inode, b)| (self.protection(b.owner, pool), b.size, *inode))
+            .filter(|(p, _, _)| *p != Protection::Min)
+            .collect();
+        // Unprotected before low-protected; within a class, big buffers first (fewest moves).
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        let mut freed = 0u64;
+        let mut advice = Vec::new();
+        for (_, size, inode) in candidates {
+            if freed >= bytes {
+                break;
+            }
+            freed += size;
+            advice.push(inode);
+        }
+        Ok(advice)
+    }
+
+    /// The strongest protection any cgroup on the owner's path to the root still enjoys.
+    fn protection(&self, owner: super::CgroupId, pool: PoolId) -> Protection {
+        self.ancestors(owner, None)
+            .map(|id| {
+                let c = self.counter_ref(id, pool);
+                if c.usage <= c.min {
+                    Protection::Min
+                } else if c.usage <= c.low {
+                    Protection::Low
+                } else {
+                    Protection::None
+                }
+            })
+            .max()
+            .unwrap_or(Protection::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ledger::{HeapClass, HeapSpec, Ledger, LimitKind};
+
+    const MIB: u64 = 1 << 20;
+    const VRAM: &str = "drm/0000:03:00.0/vram0";
+
+    #[test]
+    fn advice_takes_unprotected_first_then_low_never_min_nor_pinned() {
+        let mut l = Ledger::new();
+        l.add_region(VRAM, 1024 * MIB).unwrap();
+        l.add_heap(HeapSpec { name: "vram".into(), class: HeapClass::Vram, region: Some(VRAM.into()) }, true).unwrap();
+        l.charge(1, 64 * MIB, "vram", 1, "/bg/pid_1").unwrap();
+        l.charge(2, 32 * MIB, "vram", 1, "/bg/pid_1").unwrap();
+        l.charge(3, 128 * MIB, "vram", 2, "/fg/pid_2").unwrap();
+        l.charge(4, 16 * MIB, "vram", 3, "/sf/pid_3").unwrap();
+        l.charge(5, 256 * MIB, "vram", 1, "/bg/pid_1").unwrap();
+        l.pin(5).unwrap();
+        l.set_limit("/fg", VRAM, LimitKind::Low, 256 * MIB).unwrap();
+        l.set_limit("/sf", VRAM, LimitKind::Min, 64 * MIB).unwrap();
+        assert_eq!(l.eviction_advice(VRAM, 80 * MIB).unwrap(), vec![1, 2]);
+        assert_eq!(l.eviction_advice(VRAM, 150 * MIB).unwrap(), vec![1, 2, 3]);
+        assert_eq!(l.eviction_advice(VRAM, 10_000 * MIB).unwrap(), vec![1, 2, 3], "min-protected and pinned stay");
+        assert!(l.eviction_advice("memcg", 1).is_err());
+    }
+}
