@@ -1,1 +1,0 @@
-//! Durable ledger: journal + snapshot.
