@@ -1,1 +1,0 @@
-//! Policy: heap classes, limits, trust.
