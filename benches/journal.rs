@@ -35,20 +35,28 @@ fn app(i: u64) -> (u32, String) {
 /// and released once `LIVE` newer ones exist. Applied to `l` as generated, so all are valid.
 fn workload(l: &mut Ledger, records: u64) -> Vec<Event> {
     let mut events = Vec::with_capacity(records as usize);
-    let mut inode = 0u64;
-    while (events.len() as u64) < records {
-        let (pid, cgroup) = app(inode);
-        let heap = if inode % 8 == 3 { "display" } else { "system" };
-        events.push(l.charge(inode, 4096 * (1 + inode % 64), heap, pid, &cgroup).unwrap());
-        let (pid, cgroup) = app(inode * 7 + 3);
-        events.push(l.transfer(inode, pid, &cgroup).unwrap());
-        if inode >= LIVE {
-            events.push(l.release(inode - LIVE).unwrap());
+    for inode in 0.. {
+        for step in 0..3 {
+            if events.len() as u64 == records {
+                return events;
+            }
+            let event = match step {
+                0 => {
+                    let (pid, cgroup) = app(inode);
+                    let heap = if inode % 8 == 3 { "display" } else { "system" };
+                    l.charge(inode, 4096 * (1 + inode % 64), heap, pid, &cgroup)
+                }
+                1 => {
+                    let (pid, cgroup) = app(inode * 7 + 3);
+                    l.transfer(inode, pid, &cgroup)
+                }
+                _ if inode >= LIVE => l.release(inode - LIVE),
+                _ => continue,
+            };
+            events.push(event.unwrap());
         }
-        inode += 1;
     }
-    events.truncate(records as usize);
-    events
+    unreachable!("the loop returns once `records` events exist")
 }
 
 fn charged(inode: u64) -> Event {
