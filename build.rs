@@ -13,7 +13,7 @@ fn main() {
     println!("cargo:rustc-env=CHARGETRANSFER_AIDL_HASH={}", hash.trim());
     println!("cargo:rustc-env=CHARGETRANSFER_AIDL_VERSION={VERSION}");
     let mut builder = rsbinder_aidl::Builder::new().include_dir("aidl");
-    for name in ["ErrorCode", "PoolUsage", "UsageReport", "ChargeInfo", "RegionInfo", "ReconcileReport"] {
+    for name in ["ErrorCode", "IChargeClient", "PoolUsage", "UsageReport", "ChargeInfo", "RegionInfo", "ReconcileReport"] {
         builder = builder.source(Path::new(PACKAGE_DIR).join(format!("{name}.aidl")));
     }
     builder

@@ -1,1 +1,254 @@
-fn main(){}
+//! chargectl: the command-line client of the charge-transfer service, and the demo.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use chargetransfer::aidl::android::hardware::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
+use chargetransfer::client::{Client, ClientError};
+use chargetransfer::dump::human;
+
+#[derive(Parser)]
+#[command(name = "chargectl", about = "Inspect and drive the dma-buf charge-transfer service")]
+struct Cli {
+    /// Talk to the service over RPC on this unix socket instead of kernel binder.
+    #[arg(long, global = true, value_name = "SOCKET")]
+    rpc: Option<PathBuf>,
+    /// Binder device (default: /dev/binderfs/binder, then /dev/binder).
+    #[arg(long, global = true, value_name = "DEVICE")]
+    binder: Option<String>,
+    /// Seconds to wait for the service to appear.
+    #[arg(long, global = true, default_value_t = 5)]
+    wait: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play a scripted day on a simulated phone (no service needed) and write an SVG plot.
+    Demo {
+        /// Where to write the plot and the simulated tree (default: ./demo-out).
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+    },
+    /// Usage of a process, uid or cgroup (default: the root cgroup).
+    Usage {
+        #[arg(long, conflicts_with_all = ["uid", "cgroup"])]
+        pid: Option<i32>,
+        #[arg(long, conflicts_with = "cgroup")]
+        uid: Option<i32>,
+        #[arg(long)]
+        cgroup: Option<String>,
+    },
+    /// Pools, their capacity, heaps and who enforces them.
+    Regions,
+    /// dumpsys-style state: owners, regions, biggest buffers.
+    Dump,
+    /// Charges listed per buffer (all, or of one pid).
+    List {
+        #[arg(long, default_value_t = 0)]
+        pid: i32,
+    },
+    /// Allocate a dma-buf from a heap and charge it (to yourself, or --for PID), holding it for
+    /// --hold seconds.
+    Charge {
+        #[arg(long, default_value = "system")]
+        heap: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long = "for")]
+        for_pid: Option<i32>,
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Move the charge of another process's buffer (its fd number) to a pid (trusted callers).
+    Transfer {
+        /// Process that holds the buffer, and its fd number.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        fd: u32,
+        #[arg(long)]
+        to: i32,
+    },
+    /// Release the charge of a buffer by inode.
+    Release { inode: i64 },
+    /// Compare the ledger with procfs and repair it.
+    Reconcile,
+    /// Probe the device and (re)apply limits.
+    Autoconfig {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// vram: report an eviction, a restore, pin or unpin.
+    Evict { inode: i64 },
+    Restore { inode: i64 },
+    Pin { inode: i64 },
+    Unpin { inode: i64 },
+    /// Which buffers to evict first to free BYTES in REGION.
+    Advice {
+        region: String,
+        #[arg(value_parser = parse_size)]
+        bytes: u64,
+    },
+    /// Round-trip cost: null call vs charge+release over the same connection, as a ratio.
+    Bench {
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+        #[arg(long, default_value = "system")]
+        heap: String,
+    },
+    /// The interface version and hash the service serves.
+    Version,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    chargetransfer::policy::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn connect(cli: &Cli) -> Result<Client, ClientError> {
+    match &cli.rpc {
+        Some(socket) => Client::connect_rpc(socket),
+        None => Client::connect_binder(cli.binder.as_deref(), Duration::from_secs(cli.wait)),
+    }
+}
+
+fn print_usage(u: &UsageReport) {
+    println!("{}: {} buffers, {}", u.cgroup, u.bufferCount, human(u.bufferBytes as u64));
+    println!("  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}", "pool", "usage", "max", "peak", "pinned", "kernel");
+    let b = |v: i64| if v < 0 { "-".to_string() } else { human(v as u64) };
+    for p in &u.pools {
+        let max = if p.max < 0 { "max".to_string() } else { human(p.max as u64) };
+        println!("  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}", p.pool, b(p.usage), max, b(p.peak), b(p.pinned), b(p.kernelUsage));
+    }
+}
+
+fn print_charge(c: &ChargeInfo) {
+    let flags = match (c.evicted, c.pinned) {
+        (true, _) => " evicted",
+        (_, true) => " pinned",
+        _ => "",
+    };
+    println!(
+        "inode {} size {} heap {} -> pid {} uid {} cgroup {} pools [{}]{flags}",
+        c.inode, human(c.size as u64), c.heap, c.ownerPid, c.ownerUid, c.ownerCgroup, c.pools.join(",")
+    );
+}
+
+fn heap_path(heap: &str) -> PathBuf {
+    PathBuf::from("/dev/dma_heap").join(heap)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Demo { out } = &cli.command {
+        return chargetransfer::demo::run(out).map_err(|e| e.to_string());
+    }
+    let client = connect(&cli).map_err(|e| e.to_string())?;
+    let svc = client.service();
+    let e = |err: rsbinder::Status| ClientError::from(err).to_string();
+    match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Usage { pid, uid, cgroup } => {
+            let report = match (pid, uid, cgroup) {
+                (Some(pid), _, _) => svc.getProcessUsage(pid),
+                (_, Some(uid), _) => svc.getUidUsage(uid),
+                (_, _, Some(cg)) => svc.getCgroupUsage(&cg),
+                _ => svc.getCgroupUsage("/"),
+            }
+            .map_err(e)?;
+            print_usage(&report);
+        }
+        Command::Regions => {
+            println!("{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} why", "pool", "class", "capacity", "usage", "enforced", "heaps");
+            for r in svc.getRegions().map_err(e)? {
+                let cap = if r.capacity <= 0 { "?".into() } else { human(r.capacity as u64) };
+                println!("{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} {}", r.name, r.regionClass, cap, human(r.usage.max(0) as u64), r.enforcedBy, r.heaps.join(","), r.why);
+            }
+        }
+        Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
+        Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),
+        Command::Charge { heap, size, for_pid, hold } => {
+            let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(&heap), size).map_err(|err| err.to_string())?;
+            let info = match for_pid {
+                Some(pid) => client.charge_for(&buffer, pid),
+                None => client.charge(&buffer),
+            }
+            .map_err(|err| err.to_string())?;
+            print_charge(&info);
+            std::thread::sleep(Duration::from_secs(hold));
+        }
+        Command::Transfer { pid, fd, to } => {
+            let path = format!("/proc/{pid}/fd/{fd}");
+            let file = File::open(&path).map_err(|err| format!("{path}: {err}"))?;
+            print_charge(&client.transfer(file.as_fd(), to).map_err(|err| err.to_string())?);
+        }
+        Command::Release { inode } => client.release(inode).map_err(|err| err.to_string())?,
+        Command::Reconcile => {
+            let r = svc.reconcile().map_err(e)?;
+            println!(
+                "scanned {} processes, {} buffers; released {:?}; moved {:?}; migrated {:?}; unaccounted {} ({})",
+                r.processesScanned, r.buffersSeen, r.releasedInodes, r.movedInodes, r.migratedPids, r.unaccountedInodes.len(), human(r.unaccountedBytes.max(0) as u64)
+            );
+        }
+        Command::Autoconfig { dry_run, json } => print!("{}", svc.autoconfigure(dry_run, json).map_err(e)?),
+        Command::Evict { inode } => svc.evict(inode).map_err(e)?,
+        Command::Restore { inode } => svc.restore(inode).map_err(e)?,
+        Command::Pin { inode } => svc.pin(inode).map_err(e)?,
+        Command::Unpin { inode } => svc.unpin(inode).map_err(e)?,
+        Command::Advice { region, bytes } => {
+            let advice = svc.evictionAdvice(&region, bytes as i64).map_err(e)?;
+            println!("{}", advice.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+        }
+        Command::Bench { iterations, heap } => bench(&client, iterations, &heap)?,
+        Command::Version => {
+            println!("version {} hash {}", svc.getInterfaceVersion().map_err(e)?, svc.getInterfaceHash().map_err(e)?);
+        }
+    }
+    Ok(())
+}
+
+/// Median of per-call times.
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn bench(client: &Client, iterations: u32, heap: &str) -> Result<(), String> {
+    let svc = client.service();
+    let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
+    let n = iterations.max(10);
+    let mut null = Vec::new();
+    let mut pair = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        svc.ping().map_err(|e| ClientError::from(e).to_string())?;
+        null.push(t.elapsed());
+        let t = Instant::now();
+        let info = client.charge(&buffer).map_err(|e| e.to_string())?;
+        client.release(info.inode).map_err(|e| e.to_string())?;
+        pair.push(t.elapsed());
+    }
+    let (null, pair) = (p50(null), p50(pair));
+    println!(
+        "bench: {n} iterations; null call p50 {:?}; charge+release p50 {:?} (two calls); per-call ratio {:.2}x; pair/null {:.2}x",
+        null,
+        pair,
+        pair.as_secs_f64() / 2.0 / null.as_secs_f64(),
+        pair.as_secs_f64() / null.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() {
+    chargetransfer::logging::init("chargectl");
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("chargectl: {e}");
+        std::process::exit(1);
+    }
+}

@@ -512,8 +512,9 @@ impl Ledger {
         self.heaps[b.heap.0 as usize].region
     }
 
-    /// Checks that `size` more bytes fit every counter from `from` up to `stop` in `pools`.
-    /// With `enforce` off nothing is refused (observe mode).
+    /// Checks that `size` more bytes fit every counter (and pin counter) from `from` up to
+    /// `stop`. With `enforce` off only an overflow is refused (observe mode, migrations and
+    /// reassignments, which record what already happened).
     fn check(&self, who: &str, from: CgroupId, stop: Option<CgroupId>, pools: PoolSet, pin: Option<PoolId>, size: u64, enforce: bool) -> Result<()> {
         for pool in pools.iter() {
             for id in self.ancestors(from, stop) {
@@ -533,7 +534,7 @@ impl Ledger {
                 }
             }
         }
-        if let Some(pool) = pin {
+        if let (Some(pool), true) = (pin, enforce) {
             for id in self.ancestors(from, stop) {
                 let c = self.counter_ref(id, pool);
                 if !c.pin_fits(size) {

@@ -177,6 +177,18 @@ fn pin_limit_refuses_and_pinned_buffers_cannot_be_evicted() {
 }
 
 #[test]
+fn migration_is_never_refused_by_a_pin_limit() {
+    let mut l = phone();
+    l.charge(10, MIB, "display", 4, "/uid_2").unwrap();
+    l.set_limit("/uid_1", "cma/display", LimitKind::PinMax, 0).unwrap();
+    l.charge(9, MIB, "secure", 4, "/").unwrap();
+    l.migrate(4, "/uid_1").unwrap();
+    assert_eq!(l.buffer(9).unwrap().cgroup, "/uid_1");
+    assert_eq!(l.buffer(10).unwrap().cgroup, "/uid_1");
+    l.check_invariants().unwrap();
+}
+
+#[test]
 fn bad_input_is_refused_with_typed_errors() {
     let mut l = phone();
     assert!(matches!(l.charge(1, 0, "system", 1, "/a"), Err(LedgerError::ZeroSize)));
@@ -285,7 +297,7 @@ fn observable(l: &Ledger) -> (Vec<(String, Vec<(String, Counter)>)>, Vec<(u64, B
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_after_every_operation(ops in prop::collection::vec(op(), 1..120)) {

@@ -1,1 +1,76 @@
-fn main() {}
+//! VtsHalChargeTransferTargetTest: checks a running IChargeTransfer service with real processes
+//! under real per-app cgroups, real uids and real dma-bufs.
+//!
+//! Run as root: `chargetransfer-vts [--rpc SOCKET] [--binder DEVICE] [libtest args]`. The same
+//! binary re-executes itself as `--child` for each client process it needs.
+
+mod cases;
+mod child;
+mod harness;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chargetransfer::client::Client;
+use chargetransfer::kernel::cgroupfs::CgroupFs;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use harness::Env;
+
+type Case = fn(&Env) -> cases::Outcome;
+
+const CASES: &[(&str, Case)] = &[
+    ("version_and_hash_are_served", cases::version_and_hash_are_served),
+    ("charge_on_behalf_lands_on_the_app_cgroup", cases::charge_on_behalf_lands_on_the_app_cgroup),
+    ("untrusted_caller_cannot_charge_others", cases::untrusted_caller_cannot_charge_others),
+    ("non_dma_buf_fds_are_rejected", cases::non_dma_buf_fds_are_rejected),
+    ("release_and_transfer_move_the_numbers", cases::release_and_transfer_move_the_numbers),
+    ("killed_client_charges_are_released", cases::killed_client_charges_are_released),
+];
+
+fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.remove(i);
+    (i < args.len()).then(|| args.remove(i))
+}
+
+fn main() {
+    let mut raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("--child") {
+        child::run();
+    }
+    let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
+    let binder = take_flag(&mut raw, "--binder");
+    let cgroup_root = take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+    let mut args = Arguments::from_iter(raw);
+    args.test_threads = Some(1);
+    let client = match &rpc {
+        Some(socket) => Client::connect_rpc(socket),
+        None => Client::connect_binder(binder.as_deref(), Duration::from_secs(30)),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vts: cannot reach the service: {e}");
+            std::process::exit(2);
+        }
+    };
+    let env = std::sync::Arc::new(Env {
+        exe: std::env::current_exe().expect("own path"),
+        cgroup: CgroupFs::new(cgroup_root),
+        rpc,
+        binder,
+        client,
+    });
+    let trials = CASES
+        .iter()
+        .map(|(name, case)| {
+            let env = std::sync::Arc::clone(&env);
+            let case = *case;
+            Trial::test(*name, move || case(&env).map_err(Failed::from))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    println!("vts: {} passed, {} failed", conclusion.num_passed, conclusion.num_failed);
+    conclusion.exit();
+}

@@ -1,0 +1,715 @@
+//! The accountant: every operation of the service in plain Rust types, with trust and identity
+//! checks, on top of the ledger. It knows nothing of binder; `service` translates.
+//!
+//! One mutex guards the ledger, the journal and the open offers together, so the journal's
+//! order is the order in which changes were applied, and each change is durable before the
+//! caller hears it succeeded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::journal::{Durability, Journal};
+use crate::kernel::cgroupfs::{CgroupFs, DmemFile};
+use crate::kernel::dmabuf::DmaBufInfo;
+use crate::kernel::procfs::ProcFs;
+use crate::ledger::{BufferInfo, Counter, Event, Inode, Ledger, LedgerError, MEMCG_POOL};
+use crate::owner::{Caller, Process, Processes};
+use crate::policy::Policy;
+use crate::transfer::Tickets;
+
+/// Where the accountant finds the system and keeps its state.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub proc_root: PathBuf,
+    /// cgroup v2 mount; `None` where there is none (the ledger then enforces everything).
+    pub cgroup_root: Option<PathBuf>,
+    /// Journal directory; `None` keeps the ledger in memory only (tests, demo).
+    pub state_dir: Option<PathBuf>,
+    pub durability: Durability,
+    /// Pin processes with pidfds (only meaningful against the real /proc).
+    pub pidfds: bool,
+}
+
+/// Usage of a process, uid or cgroup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage {
+    pub cgroup: String,
+    pub pools: Vec<PoolUsage>,
+    pub buffer_count: usize,
+    pub buffer_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub counter: Counter,
+    /// memory.current / dmem.current as the kernel reports them, when readable.
+    pub kernel_usage: Option<u64>,
+}
+
+/// What a reconcile pass found and repaired.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReconcileReport {
+    pub released: Vec<Inode>,
+    pub moved: Vec<Inode>,
+    pub unaccounted: Vec<Inode>,
+    pub unaccounted_bytes: u64,
+    pub migrated: Vec<u32>,
+    pub reparented: Vec<String>,
+    pub processes_scanned: usize,
+    pub buffers_seen: usize,
+}
+
+/// One pool as autoconfig found it: what feeds it and who enforces its limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionSummary {
+    pub name: String,
+    pub class: String,
+    pub capacity: u64,
+    pub heaps: Vec<String>,
+    /// "kernel", "service" or "nobody".
+    pub enforced_by: String,
+    pub why: String,
+}
+
+struct State {
+    ledger: Ledger,
+    journal: Option<Journal>,
+    tickets: Tickets,
+    /// Processes owning charges, as resolved when they got them.
+    owners: HashMap<u32, Process>,
+    /// Where the kernel itself charged a buffer (the allocating process's cgroup), for heaps
+    /// the kernel accounts: shown beside the ledger's owner so the gap is visible.
+    kernel_payer: HashMap<Inode, String>,
+}
+
+pub struct Accountant {
+    policy: Policy,
+    processes: Processes,
+    cgroupfs: Option<CgroupFs>,
+    state: Mutex<State>,
+    /// The last autoconfig result, per pool.
+    regions: Mutex<Vec<RegionSummary>>,
+    /// Pidfds of owners, for the death watcher. Separate lock: polled without the ledger.
+    pidfds: Mutex<HashMap<u32, (u64, OwnedFd)>>,
+}
+
+/// Android's per-app cgroup of a uid.
+pub fn uid_cgroup(uid: u32) -> String {
+    format!("/uid_{uid}")
+}
+
+impl Accountant {
+    /// Loads the journal (if any), then declares the policy's heaps.
+    pub fn open(config: Config, policy: Policy) -> Result<Accountant> {
+        let (ledger, journal) = match &config.state_dir {
+            Some(dir) => {
+                let (journal, ledger, report) = Journal::open(dir, config.durability)
+                    .map_err(|e| Error::Internal(format!("journal in {}: {e}", dir.display())))?;
+                info!("journal {}: {report:?}", dir.display());
+                (ledger, Some(journal))
+            }
+            None => (Ledger::new(), None),
+        };
+        let accountant = Accountant {
+            policy,
+            processes: Processes::new(ProcFs::new(&config.proc_root), config.pidfds),
+            cgroupfs: config.cgroup_root.as_ref().map(CgroupFs::new),
+            state: Mutex::new(State {
+                ledger,
+                journal,
+                tickets: Tickets::default(),
+                owners: HashMap::new(),
+                kernel_payer: HashMap::new(),
+            }),
+            regions: Mutex::new(Vec::new()),
+            pidfds: Mutex::new(HashMap::new()),
+        };
+        accountant.declare_heaps()?;
+        accountant.adopt_owners();
+        Ok(accountant)
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn cgroupfs(&self) -> Option<&CgroupFs> {
+        self.cgroupfs.as_ref()
+    }
+
+    pub fn processes(&self) -> &Processes {
+        &self.processes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic on another binder thread must not take the service down with it: the ledger
+        // is only changed through `apply`, which either completes or leaves it untouched.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn declare_heaps(&self) -> Result<()> {
+        let mut state = self.lock();
+        let mut events = Vec::new();
+        for (spec, enforce) in self.policy.heap_specs() {
+            if let Some(region) = &spec.region {
+                if state.ledger.pool_id(region).is_none() {
+                    events.push(state.ledger.add_region(region, 0)?);
+                }
+            }
+            if state.ledger.heap(&spec.name) != Some((&spec, enforce)) {
+                events.push(state.ledger.add_heap(spec, enforce)?);
+            }
+        }
+        journal(&mut state, &events)
+    }
+
+    /// After a restart, owners recorded in the journal are looked up again; the dead ones are
+    /// handled by the next reconcile.
+    fn adopt_owners(&self) {
+        let pids = self.lock().ledger.owner_pids();
+        for pid in pids.into_iter().filter(|p| *p != 0) {
+            if let Ok((process, pidfd)) = self.processes.resolve(pid) {
+                self.track(&mut self.lock(), process, pidfd);
+            }
+        }
+    }
+
+    fn track(&self, state: &mut State, process: Process, pidfd: Option<OwnedFd>) {
+        if let Some(fd) = pidfd {
+            self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).insert(process.pid, (process.start_time, fd));
+        }
+        state.owners.insert(process.pid, process);
+    }
+
+    /// Runs `f` with the ledger locked and journals the events it returns before returning.
+    fn change<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, Vec<Event>)>) -> Result<T> {
+        let mut state = self.lock();
+        let (value, events) = f(&mut state)?;
+        journal(&mut state, &events)?;
+        Ok(value)
+    }
+
+    fn is_trusted(&self, caller: Caller) -> bool {
+        self.policy.is_trusted_uid(caller.uid)
+    }
+
+    fn require_trusted(&self, caller: Caller, what: &'static str) -> Result<()> {
+        if self.is_trusted(caller) {
+            Ok(())
+        } else {
+            Err(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what })
+        }
+    }
+
+    /// If a process moved to another cgroup since it was last seen, its charges follow it.
+    fn follow_migration(state: &mut State, process: &Process, events: &mut Vec<Event>) -> Result<()> {
+        let moved = state.owners.get(&process.pid).is_some_and(|known| known.start_time == process.start_time && known.cgroup != process.cgroup);
+        if moved {
+            events.push(state.ledger.migrate(process.pid, &process.cgroup)?);
+        }
+        Ok(())
+    }
+
+    fn heap_of(&self, state: &State, buffer: &DmaBufInfo) -> Result<String> {
+        match state.ledger.heap(&buffer.exporter) {
+            Some(_) => Ok(buffer.exporter.clone()),
+            None => Err(Error::UnknownHeap(buffer.exporter.clone())),
+        }
+    }
+
+    /// Charges `buffer` to the caller, or with `on_behalf` to another live process (trusted
+    /// callers only). Charging the same owner twice is a no-op.
+    pub fn charge(&self, caller: Caller, buffer: &DmaBufInfo, on_behalf: Option<u32>) -> Result<BufferInfo> {
+        let (caller_proc, caller_fd) = self.processes.resolve_caller(caller)?;
+        let (owner, owner_fd) = match on_behalf {
+            Some(pid) if pid != caller.pid => {
+                self.require_trusted(caller, "charge on behalf of another process")?;
+                self.processes.resolve(pid)?
+            }
+            _ => (caller_proc.clone(), caller_fd),
+        };
+        if buffer.size == 0 {
+            return Err(Error::InvalidArgument(format!("buffer {} has size 0", buffer.inode)));
+        }
+        self.change(|state| {
+            let heap = self.heap_of(state, buffer)?;
+            let mut events = Vec::new();
+            Self::follow_migration(state, &owner, &mut events)?;
+            match state.ledger.charge(buffer.inode, buffer.size, &heap, owner.pid, &owner.cgroup) {
+                Ok(e) => events.push(e),
+                Err(LedgerError::AlreadyCharged { pid, .. }) if pid == owner.pid => {}
+                Err(e) => {
+                    journal(state, &events)?;
+                    return Err(e.into());
+                }
+            }
+            if self.policy.kernel_charges_heap(&heap) {
+                state.kernel_payer.insert(buffer.inode, caller_proc.cgroup.clone());
+            }
+            self.track(state, owner, owner_fd);
+            let info = state.ledger.buffer(buffer.inode).expect("just charged");
+            Ok((info, events))
+        })
+    }
+
+    /// Releases a charge: its owner, or a trusted caller.
+    pub fn release(&self, caller: Caller, inode: Inode) -> Result<()> {
+        self.change(|state| {
+            let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
+            if b.pid != caller.pid && !self.is_trusted(caller) {
+                return Err(Error::NotOwner { caller: caller.pid, inode, owner: b.pid });
+            }
+            let e = state.ledger.release(inode)?;
+            state.tickets.forget_buffer(inode);
+            state.kernel_payer.remove(&inode);
+            Ok(((), vec![e]))
+        })
+    }
+
+    /// Trusted push: the caller presented the buffer (so it holds it) and is a trusted
+    /// allocator or compositor; the charge moves to `to_pid`, which must be alive.
+    pub fn transfer(&self, caller: Caller, buffer: &DmaBufInfo, to_pid: u32) -> Result<BufferInfo> {
+        self.require_trusted(caller, "push a charge to another process")?;
+        self.processes.resolve_caller(caller)?;
+        let (to, to_fd) = self.processes.resolve(to_pid)?;
+        self.change(|state| {
+            let mut events = Vec::new();
+            Self::follow_migration(state, &to, &mut events)?;
+            let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
+            if current.pid != to.pid || current.cgroup != to.cgroup {
+                events.push(state.ledger.transfer(buffer.inode, to.pid, &to.cgroup)?);
+            }
+            state.tickets.forget_buffer(buffer.inode);
+            self.track(state, to, to_fd);
+            Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
+        })
+    }
+
+    /// The owner offers its charge for `buffer` to `to_pid`; returns the ticket.
+    pub fn offer(&self, caller: Caller, buffer: &DmaBufInfo, to_pid: u32, ttl: Duration) -> Result<u64> {
+        if to_pid == caller.pid {
+            return Err(Error::InvalidArgument("cannot offer a buffer to yourself".into()));
+        }
+        self.processes.resolve_caller(caller)?;
+        let (to, _) = self.processes.resolve(to_pid)?;
+        let mut state = self.lock();
+        let b = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
+        if b.pid != caller.pid {
+            return Err(Error::NotOwner { caller: caller.pid, inode: buffer.inode, owner: b.pid });
+        }
+        state.tickets.offer(buffer.inode, caller.pid, to, ttl, Instant::now())
+    }
+
+    /// The receiver redeems a ticket with the buffer fd it received. If it already pays for the
+    /// buffer, nothing changes (no double charge).
+    pub fn accept(&self, caller: Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
+        let (receiver, receiver_fd) = self.processes.resolve_caller(caller)?;
+        self.change(|state| {
+            let offer = state.tickets.check(ticket, &receiver, buffer.inode, Instant::now())?;
+            let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
+            let mut events = Vec::new();
+            if current.pid != offer.from_pid && current.pid != receiver.pid {
+                state.tickets.consume(ticket);
+                return Err(Error::BadTicket { ticket, reason: "the charge changed hands since the offer" });
+            }
+            Self::follow_migration(state, &receiver, &mut events)?;
+            if current.pid != receiver.pid || current.cgroup != receiver.cgroup {
+                events.push(state.ledger.transfer(buffer.inode, receiver.pid, &receiver.cgroup)?);
+            }
+            state.tickets.consume(ticket);
+            self.track(state, receiver, receiver_fd);
+            Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
+        })
+    }
+
+    /// The documented handoff rule when an owner is gone but the buffer lives on:
+    /// 1. another live process of the same uid that holds it becomes the owner (same app,
+    ///    same budget; lowest pid for determinism);
+    /// 2. otherwise the charge moves to the parent of the dead owner's cgroup (pid_X → uid_X),
+    ///    as the kernel reparents, with no owning process: the app's family keeps paying and no
+    ///    other app is charged without consent;
+    /// 3. once no process holds the buffer, it is released (by reconcile).
+    fn hand_over(&self, state: &mut State, inode: Inode, dead_uid: Option<u32>, holders: &BTreeSet<u32>) -> Result<Option<Event>> {
+        let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
+        for &pid in holders {
+            if pid == b.pid {
+                continue;
+            }
+            let Ok((p, fd)) = self.processes.resolve(pid) else { continue };
+            if Some(p.uid) == dead_uid {
+                // Same app: it pays even over its limit (the excess shows in max_events).
+                let event = state.ledger.reassign(inode, p.pid, &p.cgroup)?;
+                self.track(state, p, fd);
+                return Ok(Some(event));
+            }
+        }
+        let parent = match b.cgroup.rfind('/') {
+            Some(0) | None => "/".to_string(),
+            Some(i) => b.cgroup[..i].to_string(),
+        };
+        if b.pid == 0 && b.cgroup == parent {
+            return Ok(None);
+        }
+        Ok(Some(state.ledger.reassign(inode, 0, &parent)?))
+    }
+
+    /// Holders of each of `inodes`, from a scan of the processes of `uid` (or all when `None`).
+    fn holders(&self, uid: Option<u32>) -> BTreeMap<Inode, BTreeSet<u32>> {
+        let procfs = self.processes.procfs();
+        let mut map: BTreeMap<Inode, BTreeSet<u32>> = BTreeMap::new();
+        for pid in procfs.pids().unwrap_or_default() {
+            if uid.is_some_and(|u| procfs.uid_of(pid).ok() != Some(u)) {
+                continue;
+            }
+            if let Ok(refs) = procfs.dmabufs(pid) {
+                for r in refs {
+                    map.entry(r.inode).or_default().insert(pid);
+                }
+            }
+        }
+        map
+    }
+
+    /// A process died (binder death notification or pidfd): its charges are handed over by the
+    /// rule in [`Self::hand_over`] or released when nobody else holds the buffer.
+    pub fn process_died(&self, pid: u32) -> Result<usize> {
+        self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+        let (inodes, uid) = {
+            let mut state = self.lock();
+            let dead = state.owners.remove(&pid);
+            (state.ledger.buffers_of_pid(pid), dead.map(|p| p.uid))
+        };
+        if inodes.is_empty() {
+            return Ok(0);
+        }
+        let holders = self.holders(uid);
+        let n = inodes.len();
+        self.change(|state| {
+            let mut events = Vec::new();
+            for inode in inodes {
+                let empty = BTreeSet::new();
+                let h = holders.get(&inode).unwrap_or(&empty);
+                let alive_holders: BTreeSet<u32> = h.iter().copied().filter(|p| *p != pid).collect();
+                if alive_holders.is_empty() && uid.is_some() && !self.buffer_held_elsewhere(inode, uid) {
+                    events.push(state.ledger.release(inode)?);
+                    state.kernel_payer.remove(&inode);
+                } else if let Some(e) = self.hand_over(state, inode, uid, &alive_holders)? {
+                    events.push(e);
+                }
+                state.tickets.forget_buffer(inode);
+            }
+            info!("pid {pid} died: {n} charges handled");
+            Ok((n, events))
+        })
+    }
+
+    /// Whether a process outside `uid` holds the buffer (the targeted scan only looked at `uid`).
+    fn buffer_held_elsewhere(&self, inode: Inode, uid: Option<u32>) -> bool {
+        let procfs = self.processes.procfs();
+        procfs.pids().unwrap_or_default().into_iter().any(|pid| {
+            procfs.uid_of(pid).ok() != uid && procfs.dmabufs(pid).is_ok_and(|refs| refs.iter().any(|r| r.inode == inode))
+        })
+    }
+
+    /// Pidfds of owners, for the death watcher: (pid, start time, fd). Borrowed under the lock.
+    pub fn with_pidfds<T>(&self, f: impl FnOnce(&HashMap<u32, (u64, OwnedFd)>) -> T) -> T {
+        f(&self.pidfds.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Compares the ledger with the procfs truth and repairs it: releases buffers no process
+    /// holds, hands over charges of dead owners, follows cgroup moves, reparents removed cgroups,
+    /// and reports dma-bufs nobody charged.
+    pub fn reconcile(&self) -> Result<ReconcileReport> {
+        let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
+        let mut report = ReconcileReport {
+            processes_scanned: scan.processes,
+            buffers_seen: scan.buffers.len(),
+            ..ReconcileReport::default()
+        };
+        let live: HashMap<u32, Process> = scan
+            .buffers
+            .values()
+            .flat_map(|b| b.holders.keys().copied())
+            .chain(self.lock().owners.keys().copied())
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .filter_map(|pid| self.processes.resolve(pid).ok().map(|(p, _)| (pid, p)))
+            .collect();
+        self.change(|state| {
+            let mut events = Vec::new();
+            let known: Vec<BufferInfo> = state.ledger.buffers().collect();
+            for b in &known {
+                let Some(seen) = scan.buffers.get(&b.inode) else {
+                    // A process the scan could not read may hold it: release only on a full view.
+                    if !scan.is_complete() {
+                        continue;
+                    }
+                    events.push(state.ledger.release(b.inode)?);
+                    state.tickets.forget_buffer(b.inode);
+                    state.kernel_payer.remove(&b.inode);
+                    report.released.push(b.inode);
+                    continue;
+                };
+                let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.start_time == o.start_time));
+                if !owner_alive {
+                    let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
+                    let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
+                    if let Some(e) = self.hand_over(state, b.inode, dead_uid, &holders)? {
+                        events.push(e);
+                        report.moved.push(b.inode);
+                    }
+                }
+            }
+            for (pid, process) in &live {
+                let was = state.owners.get(pid).cloned();
+                if let Some(known) = was {
+                    if known.start_time == process.start_time && known.cgroup != process.cgroup && !state.ledger.buffers_of_pid(*pid).is_empty() {
+                        events.push(state.ledger.migrate(*pid, &process.cgroup)?);
+                        report.migrated.push(*pid);
+                        state.owners.insert(*pid, process.clone());
+                    }
+                }
+            }
+            let dead: Vec<u32> = state.owners.keys().copied().filter(|pid| !live.contains_key(pid)).collect();
+            for pid in dead {
+                state.owners.remove(&pid);
+                self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+            }
+            if let Some(cgroupfs) = &self.cgroupfs {
+                let mut paths = state.ledger.cgroups();
+                paths.reverse();
+                for path in paths {
+                    if path != "/" && !cgroupfs.exists(&path) && state.ledger.reparent(&path).map(|e| events.push(e)).is_ok() {
+                        report.reparented.push(path);
+                    }
+                }
+            }
+            for (inode, seen) in &scan.buffers {
+                let known = state.ledger.buffer(*inode).is_some();
+                let ours = seen.exporter.as_deref().is_some_and(|e| state.ledger.heap(e).is_some());
+                if !known && ours {
+                    report.unaccounted.push(*inode);
+                    report.unaccounted_bytes += seen.size;
+                }
+            }
+            Ok(((), events))
+        })?;
+        report.released.sort_unstable();
+        report.moved.sort_unstable();
+        report.unaccounted.sort_unstable();
+        report.migrated.sort_unstable();
+        if !report.released.is_empty() || !report.moved.is_empty() {
+            info!("reconcile: released {:?}, moved {:?}", report.released, report.moved);
+        }
+        Ok(report)
+    }
+
+    // ---- queries ----
+
+    fn pool_usages(&self, state: &State, cgroup: &str) -> Vec<PoolUsage> {
+        let counters = state.ledger.counters(cgroup).unwrap_or_else(|_| {
+            state.ledger.pools().map(|(_, name, _)| (name.to_string(), Counter::default())).collect()
+        });
+        counters
+            .into_iter()
+            .map(|(pool, counter)| {
+                let kernel_usage = self.kernel_usage(cgroup, &pool);
+                PoolUsage { pool, counter, kernel_usage }
+            })
+            .collect()
+    }
+
+    /// What the kernel reports for a cgroup's pool, if the file is there.
+    pub fn kernel_usage(&self, cgroup: &str, pool: &str) -> Option<u64> {
+        let fs = self.cgroupfs.as_ref()?;
+        if pool == MEMCG_POOL {
+            fs.memory(cgroup).ok().map(|m| m.current)
+        } else {
+            fs.dmem(cgroup, DmemFile::Current).ok()?.get(pool).copied()
+        }
+    }
+
+    fn usage_where(&self, state: &State, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
+        let (count, bytes) = state.ledger.buffers().filter(|b| keep(b)).fold((0, 0), |(n, s), b| (n + 1, s + b.size));
+        Usage { cgroup: cgroup.to_string(), pools: self.pool_usages(state, cgroup), buffer_count: count, buffer_bytes: bytes }
+    }
+
+    pub fn process_usage(&self, pid: u32) -> Result<Usage> {
+        let known = self.lock().owners.get(&pid).map(|p| p.cgroup.clone());
+        let cgroup = match known {
+            Some(c) => c,
+            None => self.processes.resolve(pid)?.0.cgroup,
+        };
+        let state = self.lock();
+        Ok(self.usage_where(&state, &cgroup, |b| b.pid == pid))
+    }
+
+    pub fn uid_usage(&self, uid: u32) -> Usage {
+        let cgroup = uid_cgroup(uid);
+        let state = self.lock();
+        self.usage_where(&state, &cgroup, |b| in_subtree(&b.cgroup, &cgroup))
+    }
+
+    pub fn cgroup_usage(&self, cgroup: &str) -> Result<Usage> {
+        if !cgroup.starts_with('/') || cgroup.split('/').any(|c| c == "..") {
+            return Err(Error::InvalidArgument(format!("cgroup path {cgroup:?} must be absolute")));
+        }
+        let state = self.lock();
+        Ok(self.usage_where(&state, cgroup, |b| in_subtree(&b.cgroup, cgroup)))
+    }
+
+    /// Buffers of a process (pid > 0) or all, biggest first.
+    pub fn charges(&self, pid: u32) -> Vec<BufferInfo> {
+        let state = self.lock();
+        let mut v: Vec<BufferInfo> = state.ledger.buffers().filter(|b| pid == 0 || b.pid == pid).collect();
+        v.sort_by(|a, b| b.size.cmp(&a.size).then(a.inode.cmp(&b.inode)));
+        v
+    }
+
+    pub fn uid_of_owner(&self, pid: u32) -> Option<u32> {
+        self.lock().owners.get(&pid).map(|p| p.uid)
+    }
+
+    pub fn kernel_payer(&self, inode: Inode) -> Option<String> {
+        self.lock().kernel_payer.get(&inode).cloned()
+    }
+
+    /// Runs `f` on the ledger (read-only views: dump, regions, advice).
+    pub fn with_ledger<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
+        f(&self.lock().ledger)
+    }
+
+    /// Applies events computed outside (autoconfig) and journals them.
+    pub fn apply_events(&self, events: Vec<Event>) -> Result<()> {
+        self.change(|state| {
+            let mut applied = Vec::new();
+            for e in events {
+                state.ledger.apply(&e)?;
+                applied.push(e);
+            }
+            Ok(((), applied))
+        })
+    }
+
+    /// Runs `f` with mutable access to the ledger and journals the events it returns.
+    pub fn with_ledger_mut<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<(T, Vec<Event>)>) -> Result<T> {
+        self.change(|state| f(&mut state.ledger))
+    }
+
+    // ---- vram: eviction and pins (trusted: the GPU driver's userspace) ----
+
+    pub fn evict(&self, caller: Caller, inode: Inode) -> Result<()> {
+        self.require_trusted(caller, "report eviction")?;
+        self.change(|state| Ok(((), vec![state.ledger.evict(inode)?])))
+    }
+
+    pub fn restore(&self, caller: Caller, inode: Inode) -> Result<()> {
+        self.require_trusted(caller, "report restore")?;
+        self.change(|state| Ok(((), vec![state.ledger.restore(inode)?])))
+    }
+
+    pub fn pin(&self, caller: Caller, inode: Inode, pin: bool) -> Result<()> {
+        self.require_trusted(caller, "pin or unpin")?;
+        self.change(|state| Ok(((), vec![if pin { state.ledger.pin(inode)? } else { state.ledger.unpin(inode)? }])))
+    }
+
+    pub fn eviction_advice(&self, region: &str, bytes: u64) -> Result<Vec<Inode>> {
+        Ok(self.lock().ledger.eviction_advice(region, bytes)?)
+    }
+
+    /// Writes a snapshot and starts a new journal generation (on shutdown, and when the journal
+    /// grew past its threshold).
+    pub fn compact(&self) -> Result<()> {
+        let mut state = self.lock();
+        let State { ledger, journal, .. } = &mut *state;
+        if let Some(j) = journal {
+            j.compact(ledger).map_err(|e| Error::Internal(format!("compaction: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Pools with what feeds them and who enforces them: autoconfig's view where it ran,
+    /// otherwise derived from the ledger (heaps in enforce mode → service, else nobody).
+    pub fn regions(&self) -> Vec<RegionSummary> {
+        let known = self.regions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !known.is_empty() {
+            return known;
+        }
+        self.with_ledger(|l| {
+            l.pools()
+                .map(|(id, name, capacity)| {
+                    let feeding: Vec<(String, bool)> = l
+                        .heaps()
+                        .filter(|(h, _)| crate::ledger::PoolSet::of(h.class, h.region.as_deref().and_then(|r| l.pool_id(r)), false).contains(id))
+                        .map(|(h, enforce)| (h.name.clone(), enforce))
+                        .collect();
+                    let enforced = feeding.iter().any(|(_, e)| *e);
+                    RegionSummary {
+                        name: name.to_string(),
+                        class: if name == MEMCG_POOL { "system".into() } else { "unknown".into() },
+                        capacity,
+                        heaps: feeding.into_iter().map(|(h, _)| h).collect(),
+                        enforced_by: if enforced { "service" } else { "nobody" }.into(),
+                        why: "autoconfig has not run".into(),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    pub fn set_regions(&self, regions: Vec<RegionSummary>) {
+        *self.regions.lock().unwrap_or_else(|p| p.into_inner()) = regions;
+    }
+
+    pub fn open_offers(&self) -> usize {
+        self.lock().tickets.len()
+    }
+}
+
+/// Makes `events` durable. A failure here is reported as INTERNAL; the events stay applied in
+/// memory and the next reconcile re-derives any charge the journal missed.
+fn journal(state: &mut State, events: &[Event]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let State { ledger, journal, .. } = state;
+    if let Some(j) = journal {
+        j.append_all(events).map_err(|e| Error::Internal(format!("journal append: {e}")))?;
+        if j.should_compact() {
+            if let Err(e) = j.compact(ledger) {
+                warn!("journal compaction failed: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn in_subtree(path: &str, root: &str) -> bool {
+    root == "/" || path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The uid of an Android per-app cgroup path (`/uid_10001/pid_5` → 10001).
+fn uid_of_cgroup(path: &str) -> Option<u32> {
+    path.split('/').find_map(|c| c.strip_prefix("uid_")?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtree_and_uid_parsing() {
+        assert!(in_subtree("/uid_1/pid_2", "/uid_1"));
+        assert!(!in_subtree("/uid_10/pid_2", "/uid_1"));
+        assert!(in_subtree("/x", "/"));
+        assert_eq!(uid_of_cgroup("/apps/uid_10001/pid_5"), Some(10001));
+        assert_eq!(uid_of_cgroup("/system"), None);
+    }
+}

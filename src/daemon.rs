@@ -1,0 +1,202 @@
+//! The service process: opens the ledger, runs autoconfig, registers the binder service (or
+//! serves RPC on a unix socket), and keeps lifecycles in order — pidfd polling, periodic
+//! reconcile, journal compaction on SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use log::{error, info, warn};
+use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
+
+use crate::accountant::{Accountant, Config};
+use crate::aidl::android::hardware::chargetransfer::IChargeTransfer::BnChargeTransfer;
+use crate::client::RPC_WIRE_VERSION;
+use crate::journal::Durability;
+use crate::policy::Policy;
+use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chargetransferd", about = "Charges dma-buf allocations to the apps that use them")]
+pub struct Options {
+    /// Serve on the kernel binder driver (the default); optionally name the device.
+    #[arg(long, value_name = "DEVICE", conflicts_with = "rpc")]
+    pub binder: Option<Option<String>>,
+    /// Serve over rsbinder's RPC transport on this unix socket instead of kernel binder.
+    #[arg(long, value_name = "SOCKET")]
+    pub rpc: Option<PathBuf>,
+    /// Policy files, merged in order (later wins); the embedded default when none is given.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policies: Vec<PathBuf>,
+    /// Journal directory; without it charges live in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// cgroup v2 mount; found from /proc/self/mounts when not given.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    #[arg(long, default_value = "/sys")]
+    pub sys_root: PathBuf,
+    #[arg(long, default_value = "/dev")]
+    pub dev_root: PathBuf,
+    /// fsync each journal record (default), batch, or none (tests only).
+    #[arg(long, default_value = "fsync", value_parser = ["fsync", "batch", "none"])]
+    pub durability: String,
+    /// Skip autoconfig at start (limits stay as journaled).
+    #[arg(long)]
+    pub no_autoconfig: bool,
+    /// Seconds between reconcile passes; 0 disables the periodic pass.
+    #[arg(long, default_value_t = 30)]
+    pub reconcile_secs: u64,
+    /// Milliseconds between pidfd polls for owners without a death token.
+    #[arg(long, default_value_t = 100)]
+    pub pidfd_poll_ms: u64,
+    /// Binder threads.
+    #[arg(long, default_value_t = 8)]
+    pub threads: u32,
+}
+
+fn durability(name: &str) -> Durability {
+    match name {
+        "batch" => Durability::Batch,
+        "none" => Durability::None,
+        _ => Durability::Fsync,
+    }
+}
+
+/// Runs the service until SIGTERM. Errors are start-up failures, printed by the caller.
+pub fn run(opts: Options) -> Result<(), String> {
+    let policy = if opts.policies.is_empty() {
+        Policy::embedded_default()
+    } else {
+        Policy::load(&opts.policies).map_err(|e| e.to_string())?
+    };
+    let cgroup_root = match &opts.cgroup_root {
+        Some(r) => Some(r.clone()),
+        None => crate::kernel::cgroupfs::CgroupFs::discover(&opts.proc_root).ok().map(|c| c.root().to_path_buf()),
+    };
+    let config = Config {
+        proc_root: opts.proc_root.clone(),
+        cgroup_root: cgroup_root.clone(),
+        state_dir: opts.state_dir.clone(),
+        durability: durability(&opts.durability),
+        pidfds: opts.proc_root == std::path::Path::new("/proc"),
+    };
+    let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
+    let roots = DeviceRoots {
+        cgroup: cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
+        proc: opts.proc_root.clone(),
+        sys: opts.sys_root.clone(),
+        dev: opts.dev_root.clone(),
+    };
+    if !opts.no_autoconfig {
+        match autoconfigure(&accountant, &roots, false, false) {
+            Ok(report) => info!("autoconfig:\n{report}"),
+            Err(e) => warn!("autoconfig failed, limits unchanged: {e}"),
+        }
+    }
+    match accountant.reconcile() {
+        Ok(r) => info!("start-up reconcile: released {:?}, moved {:?}, {} unaccounted", r.released, r.moved, r.unaccounted.len()),
+        Err(e) => warn!("start-up reconcile failed: {e}"),
+    }
+
+    let deaths = DeathWatch::new(&accountant);
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_lifecycle(&accountant, &deaths, &stop, &opts);
+    let autoconfigure: crate::service::Autoconfigure =
+        Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
+    let service = ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
+    let binder = BnChargeTransfer::new_binder(service);
+    spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
+
+    match &opts.rpc {
+        Some(socket) => {
+            let _ = std::fs::remove_file(socket);
+            let server = RpcServer::setup_unix_server(socket).map_err(|e| format!("{}: {e:?}", socket.display()))?;
+            server.set_android13plus(RPC_WIRE_VERSION);
+            server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
+            server.set_max_threads(opts.threads);
+            server.set_root(binder.as_binder()).map_err(|e| format!("{e:?}"))?;
+            info!("serving {INSTANCE} over RPC on {}", socket.display());
+            server.run().map_err(|e| format!("rpc server: {e:?}"))
+        }
+        None => {
+            let device = opts.binder.clone().flatten();
+            match &device {
+                Some(d) => rsbinder::ProcessState::init(d, opts.threads),
+                None => rsbinder::ProcessState::init_default(),
+            }
+            .map_err(|e| format!("binder: {e}"))?;
+            rsbinder::ProcessState::start_thread_pool();
+            rsbinder::hub::add_service(INSTANCE, binder.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
+            info!("registered {INSTANCE}");
+            rsbinder::ProcessState::join_thread_pool().map_err(|e| format!("thread pool: {e:?}"))
+        }
+    }
+}
+
+/// Where autoconfig looks at the device.
+#[derive(Clone, Debug)]
+pub struct DeviceRoots {
+    pub cgroup: PathBuf,
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+}
+
+/// Probes the device, computes limits from the policy and applies them: cgroup files where the
+/// kernel enforces, ledger limits where the service does. Returns the report.
+pub fn autoconfigure(_accountant: &Accountant, _roots: &DeviceRoots, _dry_run: bool, _json: bool) -> crate::error::Result<String> {
+    Err(crate::error::Error::Internal("autoconfig is not wired yet".into()))
+}
+
+fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {
+    let (d, s) = (Arc::clone(deaths), Arc::clone(stop));
+    let interval = Duration::from_millis(opts.pidfd_poll_ms.max(10));
+    std::thread::Builder::new()
+        .name("pidfd-watch".into())
+        .spawn(move || d.poll_pidfds(interval, &|| s.load(Ordering::Relaxed)))
+        .expect("spawn pidfd watcher");
+    if opts.reconcile_secs > 0 {
+        let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let every = Duration::from_secs(opts.reconcile_secs);
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    if let Err(e) = a.reconcile() {
+                        warn!("periodic reconcile: {e}");
+                    }
+                }
+            })
+            .expect("spawn reconcile");
+    }
+}
+
+/// SIGTERM/SIGINT: stop the lifecycle threads, compact the journal, exit 0.
+fn spawn_signal_handler(accountant: &Arc<Accountant>, stop: &Arc<AtomicBool>, socket: Option<PathBuf>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: shutting down");
+                s.store(true, Ordering::Relaxed);
+                if let Err(e) = a.compact() {
+                    error!("final compaction: {e}");
+                }
+                if let Some(path) = socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                std::process::exit(0);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

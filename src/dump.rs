@@ -1,0 +1,112 @@
+//! dumpsys-style text: per-owner table, per-region totals, biggest buffers, and where the
+//! kernel's own accounting disagrees with the ledger.
+
+use std::fmt::Write;
+
+use crate::accountant::Accountant;
+use crate::ledger::{Counter, UNLIMITED};
+
+/// Human-readable bytes: 4.0M, 512K, 1.5G; "max" for no limit.
+pub fn human(bytes: u64) -> String {
+    if bytes == UNLIMITED {
+        return "max".into();
+    }
+    const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
+fn cell(c: &Counter) -> String {
+    if c.max == UNLIMITED {
+        human(c.usage)
+    } else {
+        format!("{}/{}", human(c.usage), human(c.max))
+    }
+}
+
+/// The per-cgroup table: one row per cgroup that has charges or limits, one column per pool.
+pub fn owner_table(accountant: &Accountant) -> String {
+    accountant.with_ledger(|l| {
+        let pools: Vec<String> = l.pools().map(|(_, n, _)| n.to_string()).collect();
+        let mut out = format!("{:<28}", "cgroup");
+        for p in &pools {
+            let _ = write!(out, " {:>22}", p);
+        }
+        out.push('\n');
+        for cg in l.cgroups() {
+            let counters = l.counters(&cg).unwrap_or_default();
+            if counters.iter().all(|(_, c)| c.usage == 0 && c.max == UNLIMITED) {
+                continue;
+            }
+            let _ = write!(out, "{cg:<28}");
+            for (_, c) in &counters {
+                let _ = write!(out, " {:>22}", cell(c));
+            }
+            out.push('\n');
+        }
+        out
+    })
+}
+
+pub fn render(accountant: &Accountant) -> String {
+    let mut out = String::new();
+    let charges = accountant.charges(0);
+    let total: u64 = charges.iter().map(|b| b.size).sum();
+    let _ = writeln!(out, "chargetransfer: {} buffers, {} charged, {} open offers", charges.len(), human(total), accountant.open_offers());
+    let _ = writeln!(out, "\nRegions:");
+    let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} heaps", "pool", "class", "capacity", "usage", "enforced");
+    let root = accountant.cgroup_usage("/").map(|u| u.pools).unwrap_or_default();
+    for r in accountant.regions() {
+        let usage = root.iter().find(|p| p.pool == r.name).map_or(0, |p| p.counter.usage);
+        let cap = if r.capacity == 0 { "?".to_string() } else { human(r.capacity) };
+        let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} {}", r.name, r.class, cap, human(usage), r.enforced_by, r.heaps.join(","));
+    }
+    let _ = writeln!(out, "\nOwners (usage/max per pool):");
+    for line in owner_table(accountant).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "\nBiggest buffers:");
+    let _ = writeln!(out, "  {:>12} {:>9} {:<20} {:>7} {:<28} kernel charged", "inode", "size", "heap", "pid", "owner cgroup");
+    for b in charges.iter().take(10) {
+        let kernel = accountant.kernel_payer(b.inode).filter(|k| *k != b.cgroup).unwrap_or_else(|| "-".into());
+        let flags = match (b.evicted, b.pinned) {
+            (true, _) => " (evicted)",
+            (_, true) => " (pinned)",
+            _ => "",
+        };
+        let _ = writeln!(out, "  {:>12} {:>9} {:<20} {:>7} {:<28} {kernel}{flags}", b.inode, human(b.size), b.heap, b.pid, b.cgroup);
+    }
+    let gaps: Vec<String> = accountant.with_ledger(|l| l.cgroups()).into_iter().filter_map(|cg| {
+        let u = accountant.cgroup_usage(&cg).ok()?;
+        let lines: Vec<String> = u
+            .pools
+            .iter()
+            .filter_map(|p| p.kernel_usage.map(|k| format!("{} kernel {} ledger {}", p.pool, human(k), human(p.counter.usage))))
+            .collect();
+        (!lines.is_empty()).then(|| format!("  {cg}: {}", lines.join("; ")))
+    }).collect();
+    if !gaps.is_empty() {
+        let _ = writeln!(out, "\nKernel vs ledger:");
+        for g in gaps {
+            let _ = writeln!(out, "{g}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(4 << 20), "4.0M");
+        assert_eq!(human(1536 << 20), "1.5G");
+        assert_eq!(human(100), "100B");
+        assert_eq!(human(u64::MAX), "max");
+    }
+}

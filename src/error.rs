@@ -1,0 +1,77 @@
+//! The service's domain errors. Each maps to exactly one AIDL `ErrorCode`, so a client always
+//! gets a typed refusal with a message that names the buffer, process or limit involved.
+
+use thiserror::Error;
+
+use crate::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
+use crate::kernel::error::KernelError;
+use crate::ledger::{Inode, LedgerError};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("not a dma-buf: {0}")]
+    NotDmaBuf(String),
+    #[error("heap {0:?} is not in the policy")]
+    UnknownHeap(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("pid {caller} does not own the charge of buffer {inode} (owner pid {owner})")]
+    NotOwner { caller: u32, inode: Inode, owner: u32 },
+    #[error("uid {uid} (pid {pid}) is not a trusted allocator: {what}")]
+    NotTrusted { uid: u32, pid: u32, what: &'static str },
+    #[error("no such process: pid {0}")]
+    NoSuchProcess(u32),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("bad ticket {ticket}: {reason}")]
+    BadTicket { ticket: u64, reason: &'static str },
+    #[error("pid {pid} does not hold buffer {inode}")]
+    NotHolder { pid: u32, inode: Inode },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<KernelError> for Error {
+    fn from(e: KernelError) -> Error {
+        match e {
+            KernelError::NotDmaBuf { .. } => Error::NotDmaBuf(e.to_string()),
+            KernelError::NoSuchProcess(pid) => Error::NoSuchProcess(pid),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::NotDmaBuf(_) => ErrorCode::NOT_DMA_BUF,
+            Error::UnknownHeap(_) => ErrorCode::UNKNOWN_HEAP,
+            Error::Ledger(e) => match e {
+                LedgerError::OverLimit { .. } => ErrorCode::OVER_LIMIT,
+                LedgerError::OverPinLimit { .. } => ErrorCode::OVER_PIN_LIMIT,
+                LedgerError::UnknownBuffer(_) => ErrorCode::NOT_CHARGED,
+                LedgerError::AlreadyCharged { .. } => ErrorCode::ALREADY_CHARGED,
+                LedgerError::UnknownHeap(_) => ErrorCode::UNKNOWN_HEAP,
+                LedgerError::InvalidState { .. } => ErrorCode::INVALID_STATE,
+                LedgerError::UnknownPool(_)
+                | LedgerError::HeapNeedsRegion { .. }
+                | LedgerError::HeapRedefined(_)
+                | LedgerError::UnknownCgroup(_)
+                | LedgerError::InvalidCgroupPath(_)
+                | LedgerError::CgroupHasChildren(_)
+                | LedgerError::RootRemoval
+                | LedgerError::ZeroSize
+                | LedgerError::InvalidLimit { .. } => ErrorCode::INVALID_ARGUMENT,
+            },
+            Error::NotOwner { .. } => ErrorCode::NOT_OWNER,
+            Error::NotTrusted { .. } => ErrorCode::NOT_TRUSTED,
+            Error::NoSuchProcess(_) => ErrorCode::NO_SUCH_PROCESS,
+            Error::InvalidArgument(_) => ErrorCode::INVALID_ARGUMENT,
+            Error::BadTicket { .. } => ErrorCode::BAD_TICKET,
+            Error::NotHolder { .. } => ErrorCode::NOT_HOLDER,
+            Error::Internal(_) => ErrorCode::INTERNAL,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,210 @@
+//! The AIDL boundary: the only code that touches binder types. It takes the caller's identity
+//! from the driver, inspects received fds itself, converts to plain types, calls the
+//! [`Accountant`], and maps every refusal to a ServiceSpecificException with an `ErrorCode`.
+
+mod convert;
+mod death;
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsbinder::{ParcelFileDescriptor, SIBinder, Status};
+
+use crate::accountant::Accountant;
+use crate::aidl::android::hardware::chargetransfer::{
+    ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
+    UsageReport::UsageReport,
+};
+use crate::error::Error;
+use crate::kernel::dmabuf;
+use crate::owner::Caller;
+
+pub use death::DeathWatch;
+
+/// The instance the service registers with the service manager (and the VINTF manifest declares).
+pub const INSTANCE: &str = "android.hardware.chargetransfer.IChargeTransfer/default";
+
+/// Runs autoconfig for the service: `(dry_run, json) -> report`. Supplied by the daemon, which
+/// knows the device roots.
+pub type Autoconfigure = Box<dyn Fn(&Accountant, bool, bool) -> crate::error::Result<String> + Send + Sync>;
+
+pub struct ChargeTransferService {
+    accountant: Arc<Accountant>,
+    proc_root: PathBuf,
+    deaths: Arc<DeathWatch>,
+    autoconfigure: Autoconfigure,
+}
+
+impl rsbinder::Interface for ChargeTransferService {}
+
+type BinderResult<T> = rsbinder::BinderResult<T>;
+
+fn status(e: Error) -> Status {
+    log::debug!("refused: {e}");
+    Status::new_service_specific_error(e.code().0, Some(e.to_string()))
+}
+
+fn invalid(msg: String) -> Status {
+    status(Error::InvalidArgument(msg))
+}
+
+fn non_negative(name: &str, v: i64) -> BinderResult<u64> {
+    u64::try_from(v).map_err(|_| invalid(format!("{name} must not be negative, got {v}")))
+}
+
+fn pid_arg(name: &str, v: i32) -> BinderResult<u32> {
+    match u32::try_from(v) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(invalid(format!("{name} must be a positive pid, got {v}"))),
+    }
+}
+
+impl ChargeTransferService {
+    pub fn new(accountant: Arc<Accountant>, proc_root: PathBuf, deaths: Arc<DeathWatch>, autoconfigure: Autoconfigure) -> Self {
+        ChargeTransferService { accountant, proc_root, deaths, autoconfigure }
+    }
+
+    /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it.
+    fn caller(&self) -> BinderResult<Caller> {
+        let pid = rsbinder::get_calling_pid();
+        let uid = rsbinder::get_calling_uid();
+        if pid <= 0 || uid == u32::MAX {
+            return Err(status(Error::NotTrusted { uid, pid: pid.max(0) as u32, what: "call without a verifiable pid" }));
+        }
+        Ok(Caller { pid: pid as u32, uid })
+    }
+
+    fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
+        dmabuf::inspect(fd.as_fd(), &self.proc_root).map_err(|e| status(e.into()))
+    }
+}
+
+impl IChargeTransfer for ChargeTransferService {
+    fn charge(&self, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
+        let caller = self.caller()?;
+        let info = self.inspect(buffer)?;
+        let b = self.accountant.charge(caller, &info, None).map_err(status)?;
+        Ok(convert::charge_info(&self.accountant, &b))
+    }
+
+    fn chargeOnBehalf(&self, buffer: &ParcelFileDescriptor, owner_pid: i32) -> BinderResult<ChargeInfo> {
+        let caller = self.caller()?;
+        let owner = pid_arg("ownerPid", owner_pid)?;
+        let info = self.inspect(buffer)?;
+        let b = self.accountant.charge(caller, &info, Some(owner)).map_err(status)?;
+        Ok(convert::charge_info(&self.accountant, &b))
+    }
+
+    fn release(&self, inode: i64) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.accountant.release(caller, non_negative("inode", inode)?).map_err(status)
+    }
+
+    fn transfer(&self, buffer: &ParcelFileDescriptor, to_pid: i32) -> BinderResult<ChargeInfo> {
+        let caller = self.caller()?;
+        let to = pid_arg("toPid", to_pid)?;
+        let info = self.inspect(buffer)?;
+        let b = self.accountant.transfer(caller, &info, to).map_err(status)?;
+        Ok(convert::charge_info(&self.accountant, &b))
+    }
+
+    fn offer(&self, buffer: &ParcelFileDescriptor, to_pid: i32, ttl_millis: i32) -> BinderResult<i64> {
+        let caller = self.caller()?;
+        let to = pid_arg("toPid", to_pid)?;
+        let ttl = u64::try_from(ttl_millis).ok().filter(|t| *t > 0).ok_or_else(|| invalid(format!("ttlMillis must be positive, got {ttl_millis}")))?;
+        let info = self.inspect(buffer)?;
+        let ticket = self.accountant.offer(caller, &info, to, Duration::from_millis(ttl)).map_err(status)?;
+        Ok(ticket as i64)
+    }
+
+    fn accept(&self, ticket: i64, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
+        let caller = self.caller()?;
+        let ticket = u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
+        let info = self.inspect(buffer)?;
+        let b = self.accountant.accept(caller, ticket, &info).map_err(status)?;
+        Ok(convert::charge_info(&self.accountant, &b))
+    }
+
+    fn registerClient(&self, token: &SIBinder) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.deaths.register(caller.pid, token).map_err(status)
+    }
+
+    fn getProcessUsage(&self, pid: i32) -> BinderResult<UsageReport> {
+        let pid = pid_arg("pid", pid)?;
+        let usage = self.accountant.process_usage(pid).map_err(status)?;
+        Ok(convert::usage_report(&usage))
+    }
+
+    fn getUidUsage(&self, uid: i32) -> BinderResult<UsageReport> {
+        let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid must not be negative, got {uid}")))?;
+        Ok(convert::usage_report(&self.accountant.uid_usage(uid)))
+    }
+
+    fn getCgroupUsage(&self, cgroup: &str) -> BinderResult<UsageReport> {
+        let usage = self.accountant.cgroup_usage(cgroup).map_err(status)?;
+        Ok(convert::usage_report(&usage))
+    }
+
+    fn listCharges(&self, pid: i32) -> BinderResult<Vec<ChargeInfo>> {
+        let pid = u32::try_from(pid).map_err(|_| invalid(format!("pid must not be negative, got {pid}")))?;
+        Ok(self.accountant.charges(pid).iter().map(|b| convert::charge_info(&self.accountant, b)).collect())
+    }
+
+    fn getRegions(&self) -> BinderResult<Vec<RegionInfo>> {
+        Ok(convert::regions(&self.accountant))
+    }
+
+    fn evict(&self, inode: i64) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.accountant.evict(caller, non_negative("inode", inode)?).map_err(status)
+    }
+
+    fn restore(&self, inode: i64) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.accountant.restore(caller, non_negative("inode", inode)?).map_err(status)
+    }
+
+    fn pin(&self, inode: i64) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.accountant.pin(caller, non_negative("inode", inode)?, true).map_err(status)
+    }
+
+    fn unpin(&self, inode: i64) -> BinderResult<()> {
+        let caller = self.caller()?;
+        self.accountant.pin(caller, non_negative("inode", inode)?, false).map_err(status)
+    }
+
+    fn evictionAdvice(&self, region: &str, bytes: i64) -> BinderResult<Vec<i64>> {
+        let bytes = non_negative("bytes", bytes)?;
+        let advice = self.accountant.eviction_advice(region, bytes).map_err(status)?;
+        Ok(advice.into_iter().map(|i| i as i64).collect())
+    }
+
+    fn reconcile(&self) -> BinderResult<ReconcileReport> {
+        let caller = self.caller()?;
+        if !self.accountant.policy().is_trusted_uid(caller.uid) {
+            return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "reconcile" }));
+        }
+        let report = self.accountant.reconcile().map_err(status)?;
+        Ok(convert::reconcile_report(&report))
+    }
+
+    fn autoconfigure(&self, dry_run: bool, json: bool) -> BinderResult<String> {
+        let caller = self.caller()?;
+        if !dry_run && !self.accountant.policy().is_trusted_uid(caller.uid) {
+            return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "apply autoconfig" }));
+        }
+        (self.autoconfigure)(&self.accountant, dry_run, json).map_err(status)
+    }
+
+    fn dumpState(&self) -> BinderResult<String> {
+        Ok(crate::dump::render(&self.accountant))
+    }
+
+    fn ping(&self) -> BinderResult<()> {
+        Ok(())
+    }
+}

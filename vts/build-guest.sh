@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the static binaries the kernel lanes run (the service, chargectl, the VTS suite, and
+# rsbinder's service manager rsb_hub) and prints BIN_DIR=<dir>. glibc with crt-static needs no
+# extra toolchain download; rsb_hub is built once per version under ~/.cache.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+target=x86_64-unknown-linux-gnu
+export RUSTFLAGS="-C target-feature=+crt-static"
+cargo build --release --locked --target "$target" --workspace --bins >&2
+bin="$root/target/$target/release"
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/chargetransfer/tools/rsbinder-tools-0.12.0"
+if [ ! -x "$tools/bin/rsb_hub" ]; then
+    cargo install rsbinder-tools@0.12.0 --locked --target "$target" --root "$tools" >&2
+fi
+cp "$tools/bin/rsb_hub" "$bin/rsb_hub"
+for b in chargetransferd chargectl chargetransfer-vts rsb_hub; do
+    if readelf -l "$bin/$b" | grep -q INTERP; then echo "build-guest: $b is not static" >&2; exit 1; fi
+done
+echo "BIN_DIR=$bin"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README and CI run it: unit, fixture and host-IPC tiers with
+# cargo, then the VTS suite in both kernel lanes (Debian's kernel; the dmem kernel). Any tier
+# that cannot run fails the run; nothing is skipped.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+start=$(date +%s)
+log_dir="$root/target/test-logs"
+mkdir -p "$log_dir"
+
+echo "== cargo test (unit, fixture, host RPC tier, Android build files)"
+cargo test --workspace --locked 2>&1 | tee "$log_dir/cargo-test.log"
+
+echo "== static guest binaries"
+eval "$(vts/build-guest.sh | grep '^BIN_DIR=')"
+export BIN_DIR
+
+declare -A passed failed
+total_pass=0 total_fail=0
+for lane in debian dmem; do
+    echo "== kernel lane: $lane"
+    set +e
+    vts/run-lane.sh "$lane" 2>&1 | tee "$log_dir/lane-$lane.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -a -E '^vts: [0-9]+ passed, [0-9]+ failed' "$log_dir/lane-$lane.log" | tail -n 1 || true)
+    if [ -z "$line" ]; then
+        echo "run-all: FAIL: lane $lane produced no VTS result (exit $rc)"
+        passed[$lane]=0 failed[$lane]=1
+    else
+        passed[$lane]=$(echo "$line" | sed -E 's/^vts: ([0-9]+) passed.*/\1/')
+        failed[$lane]=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+        if [ "$rc" -ne 0 ] && [ "${failed[$lane]}" -eq 0 ]; then failed[$lane]=1; fi
+    fi
+    total_pass=$((total_pass + passed[$lane])) total_fail=$((total_fail + failed[$lane]))
+done
+for lane in debian dmem; do
+    echo "lane $lane: VTS ${passed[$lane]} passed, ${failed[$lane]} failed"
+done
+echo "run-all: $(( $(date +%s) - start )) s"
+echo "lanes: $total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

@@ -1,0 +1,138 @@
+//! The orchestrator's side: spawns client processes as given uids in Android-style per-app
+//! cgroups (`uid_<uid>/pid_<pid>`), hands buffers between them like binder would (pidfd_getfd,
+//! then SCM_RIGHTS), and reads the kernel's own numbers for cross-checks.
+
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+
+use chargetransfer::client::Client;
+use chargetransfer::kernel::cgroupfs::CgroupFs;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+/// Uids of the roles, as on Android.
+pub const AID_SYSTEM: u32 = 1000;
+pub const AID_GRAPHICS: u32 = 1003;
+pub const AID_CAMERASERVER: u32 = 1047;
+
+pub struct Env {
+    pub exe: PathBuf,
+    pub cgroup: CgroupFs,
+    pub rpc: Option<PathBuf>,
+    pub binder: Option<String>,
+    pub client: Client,
+}
+
+/// Where a refused command failed: the ErrorCode number and message.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: i32,
+    pub message: String,
+}
+
+pub struct Child {
+    pub pid: u32,
+    pub uid: u32,
+    pub cgroup: String,
+    process: std::process::Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    control: UnixStream,
+}
+
+impl Env {
+    /// Spawns a client as `uid` in `/uid_<uid>/pid_<pid>` (or `cgroup_override`).
+    pub fn spawn(&self, uid: u32, cgroup_override: Option<&str>) -> Result<Child, String> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+        rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--child")
+            .env("CT_CONTROL_FD", theirs.as_raw_fd().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        if let Some(rpc) = &self.rpc {
+            cmd.env("CT_RPC", rpc);
+        }
+        if let Some(b) = &self.binder {
+            cmd.env("CT_BINDER", b);
+        }
+        let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
+        drop(theirs);
+        let pid = process.id();
+        let cgroup = cgroup_override.map_or_else(|| format!("/uid_{uid}/pid_{pid}"), str::to_string);
+        self.cgroup.create(&cgroup).map_err(|e| e.to_string())?;
+        self.cgroup.add_proc(&cgroup, pid).map_err(|e| e.to_string())?;
+        let stdin = process.stdin.take().expect("piped");
+        let stdout = BufReader::new(process.stdout.take().expect("piped"));
+        let mut child = Child { pid, uid, cgroup, process, stdin, stdout, control: ours };
+        child.cmd("start").map_err(|r| format!("child {pid} could not connect: {}", r.message))?;
+        Ok(child)
+    }
+}
+
+impl Child {
+    /// Sends one command and returns the fields after `ok`.
+    pub fn cmd(&mut self, line: &str) -> Result<Vec<String>, Refusal> {
+        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).map_err(|e| Refusal { code: -1, message: format!("pid {} stdin: {e}", self.pid) })?;
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).map_err(|e| Refusal { code: -1, message: e.to_string() })?;
+        let mut words = reply.split_whitespace();
+        match words.next() {
+            Some("ok") => Ok(words.map(str::to_string).collect()),
+            Some("err") => {
+                let code = words.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                Err(Refusal { code, message: words.collect::<Vec<_>>().join(" ") })
+            }
+            _ => Err(Refusal { code: -1, message: format!("pid {} said {reply:?} to {line:?}", self.pid) }),
+        }
+    }
+
+    /// `cmd` for commands that must succeed.
+    pub fn ok(&mut self, line: &str) -> Result<Vec<String>, String> {
+        self.cmd(line).map_err(|r| format!("pid {} uid {}: {line:?} refused: code {} {}", self.pid, self.uid, r.code, r.message))
+    }
+
+    /// Allocates a dma-buf: (slot, inode).
+    pub fn alloc(&mut self, heap: &str, size: u64) -> Result<(usize, u64), String> {
+        let r = self.ok(&format!("alloc {heap} {size}"))?;
+        Ok((r[0].parse().map_err(|_| "slot")?, r[1].parse().map_err(|_| "inode")?))
+    }
+
+    /// Hands the buffer in `slot` to `to` (as binder would): returns the receiver's slot.
+    pub fn give(&mut self, slot: usize, to: &mut Child) -> Result<usize, String> {
+        let raw: i32 = self.ok(&format!("fdnum {slot}"))?[0].parse().map_err(|_| "fdnum")?;
+        let pidfd = rustix::process::pidfd_open(rustix::process::Pid::from_raw(self.pid as i32).ok_or("pid")?, rustix::process::PidfdFlags::empty())
+            .map_err(|e| format!("pidfd_open: {e}"))?;
+        let fd: OwnedFd = rustix::process::pidfd_getfd(&pidfd, raw, rustix::process::PidfdGetfdFlags::empty()).map_err(|e| format!("pidfd_getfd: {e}"))?;
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        let fds = [fd.as_fd()];
+        anc.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(&to.control, &[IoSlice::new(b"f")], &mut anc, SendFlags::empty()).map_err(|e| format!("sendmsg: {e}"))?;
+        drop(fd);
+        Ok(to.ok("recv")?[0].parse().map_err(|_| "slot")?)
+    }
+
+    pub fn kill(mut self) -> u32 {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        self.pid
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Reads a single-value kernel file (memory.current and friends).
+pub fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
