@@ -40,7 +40,7 @@ for a in "$@"; do
     case $a in
         --fetch-only) FETCH_ONLY=1 ;;
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument: $a" >&2; exit 2 ;;
     esac
 done
