@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub const UNLIMITED: u64 = u64::MAX;
 
 /// Which limit a write targets, named after the cgroup files `<pool>.max|low|min`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitKind {
     Max,
