@@ -740,6 +740,23 @@ fn rc_policy_paths_are_the_installed_policy_files() {
 }
 
 #[test]
+fn rc_policy_override_may_be_absent() {
+    // The .rc always passes the ODM override; a device without one must still start the service.
+    let policies = flag_values(&rc_service().header, "--policy");
+    let (dir, etc) = module(POLICY_MODULE);
+    let vendor = root().join(dir).join(etc.str("src").expect("src"));
+    let missing = root().join("target/no-such-dir/odm/etc/chargetransfer/policy.json");
+    assert!(!missing.exists());
+    assert_eq!(policies.len(), 2, "vendor policy + ODM override");
+    if let Err(e) = chargetransfer::policy::Policy::load(&[vendor, missing]) {
+        panic!(
+            "the .rc passes --policy {} on every device, but Policy::load fails when it does not exist: {e}",
+            policies[1]
+        );
+    }
+}
+
+#[test]
 fn rc_state_dir_is_created_for_system_and_labelled() {
     let sections = rc_sections();
     let svc = sections.iter().find(|s| s.header[0] == "service").unwrap();
