@@ -223,24 +223,26 @@ fn bench(client: &Client, iterations: u32, heap: &str) -> Result<(), String> {
     let svc = client.service();
     let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
     let n = iterations.max(10);
-    let mut null = Vec::new();
-    let mut pair = Vec::new();
+    let (mut null, mut charge, mut release) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let t = Instant::now();
         svc.ping().map_err(|e| ClientError::from(e).to_string())?;
         null.push(t.elapsed());
         let t = Instant::now();
         let info = client.charge(&buffer).map_err(|e| e.to_string())?;
+        charge.push(t.elapsed());
+        let t = Instant::now();
         client.release(info.inode).map_err(|e| e.to_string())?;
-        pair.push(t.elapsed());
+        release.push(t.elapsed());
     }
-    let (null, pair) = (p50(null), p50(pair));
+    let (null, charge, release) = (p50(null), p50(charge), p50(release));
+    let ratio = |d: Duration| d.as_secs_f64() / null.as_secs_f64();
     println!(
-        "bench: {n} iterations; null call p50 {:?}; charge+release p50 {:?} (two calls); per-call ratio {:.2}x; pair/null {:.2}x",
-        null,
-        pair,
-        pair.as_secs_f64() / 2.0 / null.as_secs_f64(),
-        pair.as_secs_f64() / null.as_secs_f64()
+        "bench: {n} iterations, p50: null {null:?}, charge {charge:?} ({:.2}x null), release {release:?} ({:.2}x null), charge+release {:?} ({:.2}x two null calls)",
+        ratio(charge),
+        ratio(release),
+        charge + release,
+        ratio(charge + release) / 2.0
     );
     Ok(())
 }

@@ -41,6 +41,7 @@ fn main() {
     }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
     let binder = take_flag(&mut raw, "--binder");
+    let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
     let cgroup_root = take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
@@ -71,6 +72,6 @@ fn main() {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    println!("vts: {} passed, {} failed", conclusion.num_passed, conclusion.num_failed);
+    println!("vts: {} passed, {} failed (lane {lane})", conclusion.num_passed, conclusion.num_failed);
     conclusion.exit();
 }
