@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Freezes the current AIDL as version N under aidl/aidl_api/<package>/N with the hash AOSP's
-# aidl_interface computes: sha1 of (sha1sum of the sorted .aidl files, then the version).
+# Freezes the current AIDL as version N under aidl/aidl_api/<package>/N with the hash Soong's
+# aidl_interface computes: sha1 of (sha1sum of the sorted .aidl files, then the previous version,
+# or "latest-version" for version 1), and refreshes the `current` dump Soong compares against.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 pkg=android.hardware.chargetransfer
@@ -9,6 +10,11 @@ dest="$here/aidl_api/$pkg/$version"
 rm -rf "$dest"
 mkdir -p "$dest/android/hardware/chargetransfer"
 cp "$here"/android/hardware/chargetransfer/*.aidl "$dest/android/hardware/chargetransfer/"
-hash=$(cd "$dest" && { find ./ -name "*.aidl" -print0 | LC_ALL=C sort -z | xargs -0 sha1sum && echo "$version"; } | sha1sum | cut -d ' ' -f 1)
+if [ "$version" -gt 1 ]; then prev=$((version - 1)); else prev=latest-version; fi
+hash=$(cd "$dest" && { find ./ -name "*.aidl" -print0 | LC_ALL=C sort -z | xargs -0 sha1sum && echo "$prev"; } | sha1sum | cut -d ' ' -f 1)
 echo "$hash" > "$dest/.hash"
+current="$here/aidl_api/$pkg/current"
+rm -rf "$current"
+mkdir -p "$current/android/hardware/chargetransfer"
+cp "$here"/android/hardware/chargetransfer/*.aidl "$current/android/hardware/chargetransfer/"
 echo "frozen $pkg version $version: $hash"

@@ -292,10 +292,14 @@ impl Policy {
     }
 
     /// A base file and its overrides, merged in order (later wins), then validated as a whole.
+    /// The base must exist; a missing override (an ODM file a device does not ship) is skipped.
     pub fn load(paths: &[PathBuf]) -> Result<Policy, PolicyError> {
         let mut merged: Option<serde_json::Value> = None;
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
+        for (i, path) in paths.iter().enumerate() {
+            let text = match std::fs::read_to_string(path) {
+                Err(e) if i > 0 && e.kind() == std::io::ErrorKind::NotFound => continue,
+                r => r.map_err(|source| PolicyError::Io { path: path.clone(), source })?,
+            };
             let value = parse::json(&text, Some(path))?;
             match &mut merged {
                 None => merged = Some(value),
