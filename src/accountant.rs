@@ -5,8 +5,7 @@
 //! order is the order in which changes were applied, and each change is durable before the
 //! caller hears it succeeded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::fd::OwnedFd;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -96,8 +95,6 @@ pub struct Accountant {
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
     regions: Mutex<Vec<RegionSummary>>,
-    /// Pidfds of owners, for the death watcher. Separate lock: polled without the ledger.
-    pidfds: Mutex<HashMap<u32, (u64, OwnedFd)>>,
 }
 
 /// Android's per-app cgroup of a uid.
@@ -129,7 +126,6 @@ impl Accountant {
                 kernel_payer: HashMap::new(),
             }),
             regions: Mutex::new(Vec::new()),
-            pidfds: Mutex::new(HashMap::new()),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners();
@@ -175,16 +171,13 @@ impl Accountant {
     fn adopt_owners(&self) {
         let pids = self.lock().ledger.owner_pids();
         for pid in pids.into_iter().filter(|p| *p != 0) {
-            if let Ok((process, pidfd)) = self.processes.resolve(pid) {
-                self.track(&mut self.lock(), process, pidfd);
+            if let Ok(process) = self.processes.resolve(pid) {
+                self.lock().owners.insert(pid, process);
             }
         }
     }
 
-    fn track(&self, state: &mut State, process: Process, pidfd: Option<OwnedFd>) {
-        if let Some(fd) = pidfd {
-            self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).insert(process.pid, (process.start_time, fd));
-        }
+    fn track(state: &mut State, process: Process) {
         state.owners.insert(process.pid, process);
     }
 
@@ -227,13 +220,13 @@ impl Accountant {
     /// Charges `buffer` to the caller, or with `on_behalf` to another live process (trusted
     /// callers only). Charging the same owner twice is a no-op.
     pub fn charge(&self, caller: Caller, buffer: &DmaBufInfo, on_behalf: Option<u32>) -> Result<BufferInfo> {
-        let (caller_proc, caller_fd) = self.processes.resolve_caller(caller)?;
-        let (owner, owner_fd) = match on_behalf {
+        let caller_proc = self.processes.resolve_caller(caller)?;
+        let owner = match on_behalf {
             Some(pid) if pid != caller.pid => {
                 self.require_trusted(caller, "charge on behalf of another process")?;
                 self.processes.resolve(pid)?
             }
-            _ => (caller_proc.clone(), caller_fd),
+            _ => caller_proc.clone(),
         };
         if buffer.size == 0 {
             return Err(Error::InvalidArgument(format!("buffer {} has size 0", buffer.inode)));
@@ -253,7 +246,7 @@ impl Accountant {
             if self.policy.kernel_charges_heap(&heap) {
                 state.kernel_payer.insert(buffer.inode, caller_proc.cgroup.clone());
             }
-            self.track(state, owner, owner_fd);
+            Self::track(state, owner);
             let info = state.ledger.buffer(buffer.inode).expect("just charged");
             Ok((info, events))
         })
@@ -278,7 +271,7 @@ impl Accountant {
     pub fn transfer(&self, caller: Caller, buffer: &DmaBufInfo, to_pid: u32) -> Result<BufferInfo> {
         self.require_trusted(caller, "push a charge to another process")?;
         self.processes.resolve_caller(caller)?;
-        let (to, to_fd) = self.processes.resolve(to_pid)?;
+        let to = self.processes.resolve(to_pid)?;
         self.change(|state| {
             let mut events = Vec::new();
             Self::follow_migration(state, &to, &mut events)?;
@@ -287,7 +280,7 @@ impl Accountant {
                 events.push(state.ledger.transfer(buffer.inode, to.pid, &to.cgroup)?);
             }
             state.tickets.forget_buffer(buffer.inode);
-            self.track(state, to, to_fd);
+            Self::track(state, to);
             Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
         })
     }
@@ -298,7 +291,7 @@ impl Accountant {
             return Err(Error::InvalidArgument("cannot offer a buffer to yourself".into()));
         }
         self.processes.resolve_caller(caller)?;
-        let (to, _) = self.processes.resolve(to_pid)?;
+        let to = self.processes.resolve(to_pid)?;
         let mut state = self.lock();
         let b = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
         if b.pid != caller.pid {
@@ -310,7 +303,7 @@ impl Accountant {
     /// The receiver redeems a ticket with the buffer fd it received. If it already pays for the
     /// buffer, nothing changes (no double charge).
     pub fn accept(&self, caller: Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
-        let (receiver, receiver_fd) = self.processes.resolve_caller(caller)?;
+        let receiver = self.processes.resolve_caller(caller)?;
         self.change(|state| {
             let offer = state.tickets.check(ticket, &receiver, buffer.inode, Instant::now())?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
@@ -324,7 +317,7 @@ impl Accountant {
                 events.push(state.ledger.transfer(buffer.inode, receiver.pid, &receiver.cgroup)?);
             }
             state.tickets.consume(ticket);
-            self.track(state, receiver, receiver_fd);
+            Self::track(state, receiver);
             Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
         })
     }
@@ -342,11 +335,11 @@ impl Accountant {
             if pid == b.pid {
                 continue;
             }
-            let Ok((p, fd)) = self.processes.resolve(pid) else { continue };
+            let Ok(p) = self.processes.resolve(pid) else { continue };
             if Some(p.uid) == dead_uid {
                 // Same app: it pays even over its limit (the excess shows in max_events).
                 let event = state.ledger.reassign(inode, p.pid, &p.cgroup)?;
-                self.track(state, p, fd);
+                Self::track(state, p);
                 return Ok(Some(event));
             }
         }
@@ -360,47 +353,34 @@ impl Accountant {
         Ok(Some(state.ledger.reassign(inode, 0, &parent)?))
     }
 
-    /// Holders of each of `inodes`, from a scan of the processes of `uid` (or all when `None`).
-    fn holders(&self, uid: Option<u32>) -> BTreeMap<Inode, BTreeSet<u32>> {
-        let procfs = self.processes.procfs();
-        let mut map: BTreeMap<Inode, BTreeSet<u32>> = BTreeMap::new();
-        for pid in procfs.pids().unwrap_or_default() {
-            if uid.is_some_and(|u| procfs.uid_of(pid).ok() != Some(u)) {
-                continue;
-            }
-            if let Ok(refs) = procfs.dmabufs(pid) {
-                for r in refs {
-                    map.entry(r.inode).or_default().insert(pid);
-                }
-            }
-        }
-        map
-    }
-
-    /// A process died (binder death notification or pidfd): its charges are handed over by the
-    /// rule in [`Self::hand_over`] or released when nobody else holds the buffer.
+    /// A process died (binder death notification or pidfd): each of its charges is released when
+    /// no other process holds the buffer, or handed over by the rule in [`Self::hand_over`]. When
+    /// the scan could not read every process, nothing is released on its word: the charge is
+    /// handed over instead and the next complete reconcile settles it.
     pub fn process_died(&self, pid: u32) -> Result<usize> {
-        self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+        self.processes.forget(pid);
         let (inodes, uid) = {
             let mut state = self.lock();
-            let dead = state.owners.remove(&pid);
-            (state.ledger.buffers_of_pid(pid), dead.map(|p| p.uid))
+            let Some(dead) = state.owners.remove(&pid) else { return Ok(0) };
+            (state.ledger.buffers_of_pid(pid), dead.uid)
         };
         if inodes.is_empty() {
             return Ok(0);
         }
-        let holders = self.holders(uid);
+        let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
         let n = inodes.len();
         self.change(|state| {
             let mut events = Vec::new();
             for inode in inodes {
-                let empty = BTreeSet::new();
-                let h = holders.get(&inode).unwrap_or(&empty);
-                let alive_holders: BTreeSet<u32> = h.iter().copied().filter(|p| *p != pid).collect();
-                if alive_holders.is_empty() && uid.is_some() && !self.buffer_held_elsewhere(inode, uid) {
+                let holders: BTreeSet<u32> = scan
+                    .buffers
+                    .get(&inode)
+                    .map(|b| b.holders.keys().copied().filter(|p| *p != pid).collect())
+                    .unwrap_or_default();
+                if holders.is_empty() && scan.is_complete() {
                     events.push(state.ledger.release(inode)?);
                     state.kernel_payer.remove(&inode);
-                } else if let Some(e) = self.hand_over(state, inode, uid, &alive_holders)? {
+                } else if let Some(e) = self.hand_over(state, inode, Some(uid), &holders)? {
                     events.push(e);
                 }
                 state.tickets.forget_buffer(inode);
@@ -408,19 +388,6 @@ impl Accountant {
             info!("pid {pid} died: {n} charges handled");
             Ok((n, events))
         })
-    }
-
-    /// Whether a process outside `uid` holds the buffer (the targeted scan only looked at `uid`).
-    fn buffer_held_elsewhere(&self, inode: Inode, uid: Option<u32>) -> bool {
-        let procfs = self.processes.procfs();
-        procfs.pids().unwrap_or_default().into_iter().any(|pid| {
-            procfs.uid_of(pid).ok() != uid && procfs.dmabufs(pid).is_ok_and(|refs| refs.iter().any(|r| r.inode == inode))
-        })
-    }
-
-    /// Pidfds of owners, for the death watcher: (pid, start time, fd). Borrowed under the lock.
-    pub fn with_pidfds<T>(&self, f: impl FnOnce(&HashMap<u32, (u64, OwnedFd)>) -> T) -> T {
-        f(&self.pidfds.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Compares the ledger with the procfs truth and repairs it: releases buffers no process
@@ -440,7 +407,7 @@ impl Accountant {
             .chain(self.lock().owners.keys().copied())
             .collect::<BTreeSet<u32>>()
             .into_iter()
-            .filter_map(|pid| self.processes.resolve(pid).ok().map(|(p, _)| (pid, p)))
+            .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
         self.change(|state| {
             let mut events = Vec::new();
@@ -480,7 +447,7 @@ impl Accountant {
             let dead: Vec<u32> = state.owners.keys().copied().filter(|pid| !live.contains_key(pid)).collect();
             for pid in dead {
                 state.owners.remove(&pid);
-                self.pidfds.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+                self.processes.forget(pid);
             }
             if let Some(cgroupfs) = &self.cgroupfs {
                 let mut paths = state.ledger.cgroups();
@@ -545,7 +512,7 @@ impl Accountant {
         let known = self.lock().owners.get(&pid).map(|p| p.cgroup.clone());
         let cgroup = match known {
             Some(c) => c,
-            None => self.processes.resolve(pid)?.0.cgroup,
+            None => self.processes.resolve(pid)?.cgroup,
         };
         let state = self.lock();
         Ok(self.usage_where(&state, &cgroup, |b| b.pid == pid))
@@ -666,6 +633,14 @@ impl Accountant {
 
     pub fn set_regions(&self, regions: Vec<RegionSummary>) {
         *self.regions.lock().unwrap_or_else(|p| p.into_inner()) = regions;
+    }
+
+    /// Syncs journal records written since the last sync (background flusher, batch mode).
+    pub fn sync_journal(&self) -> Result<()> {
+        match &mut self.lock().journal {
+            Some(j) => j.flush().map_err(|e| Error::Internal(format!("journal sync: {e}"))),
+            None => Ok(()),
+        }
     }
 
     pub fn open_offers(&self) -> usize {

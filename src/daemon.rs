@@ -42,8 +42,11 @@ pub struct Options {
     pub sys_root: PathBuf,
     #[arg(long, default_value = "/dev")]
     pub dev_root: PathBuf,
-    /// fsync each journal record (default), batch, or none (tests only).
-    #[arg(long, default_value = "fsync", value_parser = ["fsync", "batch", "none"])]
+    /// Journal durability. `batch` (default) writes each record to the kernel before the reply,
+    /// so it survives the service's own death, and syncs in the background: after a power loss
+    /// no dma-buf survives either, so there is nothing a synced record could add. `fsync` syncs
+    /// every record; `none` is for tests.
+    #[arg(long, default_value = "batch", value_parser = ["fsync", "batch", "none"])]
     pub durability: String,
     /// Skip autoconfig at start (limits stay as journaled).
     #[arg(long)]
@@ -160,6 +163,18 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
         .name("pidfd-watch".into())
         .spawn(move || d.poll_pidfds(interval, &|| s.load(Ordering::Relaxed)))
         .expect("spawn pidfd watcher");
+    let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name("journal-sync".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Err(e) = a.sync_journal() {
+                    error!("{e}");
+                }
+            }
+        })
+        .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
         let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
         let every = Duration::from_secs(opts.reconcile_secs);

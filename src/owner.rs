@@ -1,8 +1,14 @@
 //! Who a caller is. Identity comes from the binder driver (calling pid and uid), never from
 //! arguments; the pid is pinned with a pidfd at once so a recycled pid cannot inherit it, and its
 //! uid is checked against what the driver reported.
+//!
+//! Resolved processes are cached with their pidfd: while the pidfd does not report an exit, the
+//! pid still names the same process, so a repeat caller costs one poll instead of four /proc
+//! reads. A cached cgroup can be stale after a migration; reconcile refreshes it.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::kernel::procfs::ProcFs;
@@ -30,19 +36,40 @@ pub struct Process {
 pub struct Processes {
     procfs: ProcFs,
     pidfds: bool,
+    live: Mutex<HashMap<u32, (Process, OwnedFd)>>,
+}
+
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let now = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
 }
 
 impl Processes {
     pub fn new(procfs: ProcFs, pidfds: bool) -> Processes {
-        Processes { procfs, pidfds }
+        Processes { procfs, pidfds, live: Mutex::new(HashMap::new()) }
     }
 
     pub fn procfs(&self) -> &ProcFs {
         &self.procfs
     }
 
-    /// The process `pid` now, with a pidfd when running against the real /proc.
-    pub fn resolve(&self, pid: u32) -> Result<(Process, Option<OwnedFd>)> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Process, OwnedFd)>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The process `pid`, from the cache while its pidfd says it is alive.
+    pub fn resolve(&self, pid: u32) -> Result<Process> {
+        if let Some((p, fd)) = self.live().get(&pid) {
+            if !exited(fd) {
+                return Ok(p.clone());
+            }
+        }
+        self.resolve_fresh(pid)
+    }
+
+    /// Reads /proc again (pinning the pid with a pidfd first): current cgroup and all.
+    pub fn resolve_fresh(&self, pid: u32) -> Result<Process> {
         if pid == 0 || pid > i32::MAX as u32 {
             return Err(Error::NoSuchProcess(pid));
         }
@@ -59,21 +86,38 @@ impl Processes {
             cgroup: self.procfs.cgroup_of(pid).map_err(gone)?,
             start_time: self.procfs.starttime(pid).map_err(gone)?,
         };
-        Ok((process, pidfd))
+        if let Some(fd) = pidfd {
+            self.live().insert(pid, (process.clone(), fd));
+        }
+        Ok(process)
     }
 
     /// Resolves the binder caller and checks the driver's uid against /proc: a mismatch means the
     /// pid was recycled after the call was sent.
-    pub fn resolve_caller(&self, caller: Caller) -> Result<(Process, Option<OwnedFd>)> {
-        let (process, pidfd) = self.resolve(caller.pid)?;
+    pub fn resolve_caller(&self, caller: Caller) -> Result<Process> {
+        let process = self.resolve(caller.pid)?;
         if process.uid != caller.uid {
             return Err(Error::NoSuchProcess(caller.pid));
         }
-        Ok((process, pidfd))
+        Ok(process)
     }
 
     /// Is this very process (not a successor with the same pid) still alive?
     pub fn is_alive(&self, process: &Process) -> bool {
         self.procfs.starttime(process.pid).is_ok_and(|t| t == process.start_time)
+    }
+
+    /// Pids whose pidfd reports an exit, dropped from the cache.
+    pub fn reap_exited(&self) -> Vec<u32> {
+        let mut live = self.live();
+        let dead: Vec<u32> = live.iter().filter(|(_, (_, fd))| exited(fd)).map(|(pid, _)| *pid).collect();
+        for pid in &dead {
+            live.remove(pid);
+        }
+        dead
+    }
+
+    pub fn forget(&self, pid: u32) {
+        self.live().remove(&pid);
     }
 }

@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 lane=${1:?usage: run-lane.sh debian|dmem}
 bin_dir=${BIN_DIR:?BIN_DIR must point at the static guest binaries}
-share="$root/target/lane/$lane"
+share=${LANE_DIR:-$root/target/lane/$lane}
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/out"
 cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts "$bin_dir"/rsb_hub "$share/bin/"

@@ -63,22 +63,15 @@ impl DeathWatch {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
     }
 
-    /// Polls the owners' pidfds until `stop` says so; a readable pidfd means the process exited.
+    /// Polls the pidfds of known processes until `stop` says so; a readable pidfd means the
+    /// process exited, and its charges are handled.
     pub fn poll_pidfds(self: &Arc<Self>, interval: Duration, stop: &dyn Fn() -> bool) {
         while !stop() {
             let Some(accountant) = self.accountant.upgrade() else { return };
-            let dead: Vec<u32> = accountant.with_pidfds(|fds| {
-                fds.iter()
-                    .filter(|(_, (_, fd))| {
-                        let mut p = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-                        rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|n| n > 0)
-                    })
-                    .map(|(pid, _)| *pid)
-                    .collect()
-            });
-            for pid in dead {
+            for pid in accountant.processes().reap_exited() {
                 self.forget(pid);
                 match accountant.process_died(pid) {
+                    Ok(0) => {}
                     Ok(n) => info!("pid {pid} exited (pidfd): {n} charges handled"),
                     Err(e) => warn!("pid {pid} exited: {e}"),
                 }
