@@ -1,0 +1,387 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::probe::{CgroupProbe, CmaArea, DmemRegion, DrmDevice, MemInfo};
+use super::*;
+use crate::ledger::{Counter, Event, HeapClass, LimitKind, MEMCG_POOL, UNLIMITED};
+use crate::policy::{OwnerClass, Policy};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autoconfig")
+}
+
+/// The fixture's probe and its policy: the embedded default with the fixture's override, if any.
+fn load_fixture(dir: &Path) -> (Probe, Policy) {
+    let probe_path = dir.join("probe.json");
+    let text = fs::read_to_string(&probe_path).unwrap_or_else(|e| panic!("{}: {e}", probe_path.display()));
+    let probe = Probe::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", probe_path.display()));
+    let overrides: Vec<String> = fs::read_to_string(dir.join("policy.json")).into_iter().collect();
+    let refs: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let policy = Policy::default_with(&refs).unwrap_or_else(|e| panic!("{}/policy.json: {e}", dir.display()));
+    (probe, policy)
+}
+
+fn fixture_report(name: &str) -> Report {
+    let (probe, policy) = load_fixture(&fixtures_dir().join(name));
+    let (topology, plan) = plan(&probe, &policy);
+    Report { topology, plan, applied: None }
+}
+
+/// Every fixture's report matches its golden `report.txt`; `UPDATE_GOLDEN=1` rewrites them.
+#[test]
+fn fixture_reports_match_their_golden_files() {
+    let required = [
+        "phone-soc",
+        "camera-codec",
+        "dgpu-24g-vram-16g-ram",
+        "igpu-shared-memory",
+        "no-dmem-controller",
+        "dmem-without-regions",
+    ];
+    let mut names: Vec<String> = fs::read_dir(fixtures_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("probe.json").is_file())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for r in required {
+        assert!(names.iter().any(|n| n == r), "fixture {r} is missing");
+    }
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let mut mismatched = Vec::new();
+    for name in &names {
+        let report = fixture_report(name);
+        let text = report.to_string();
+        let golden = fixtures_dir().join(name).join("report.txt");
+        if update {
+            fs::write(&golden, &text).unwrap();
+            continue;
+        }
+        let want = fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+        if want != text {
+            mismatched.push(format!("--- {}\n{text}", golden.display()));
+        }
+        let back: Report = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(back, report, "{name}: the JSON report round-trips");
+    }
+    assert!(mismatched.is_empty(), "reports differ from golden files (UPDATE_GOLDEN=1 to accept):\n{}", mismatched.join("\n"));
+}
+
+fn entry<'a>(plan: &'a Plan, owner: OwnerClass, pool: &str, kind: LimitKind) -> &'a LimitEntry {
+    plan.defaults
+        .iter()
+        .find(|e| e.owner == owner && e.pool == pool && e.kind == kind)
+        .unwrap_or_else(|| panic!("no {owner} {pool} {kind:?} in {:#?}", plan.defaults))
+}
+
+#[test]
+fn planning_is_deterministic() {
+    let (probe, policy) = load_fixture(&fixtures_dir().join("phone-soc"));
+    let a = plan(&probe, &policy);
+    let b = plan(&probe.clone(), &policy.clone());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn phone_cma_regions_are_kernel_enforced_and_the_carveout_by_the_service() {
+    let r = fixture_report("phone-soc");
+    let t = &r.topology;
+    assert_eq!(t.region("cma/display").unwrap().enforced_by, Enforcer::Kernel);
+    assert_eq!(t.region("cma/camera").unwrap().enforced_by, Enforcer::Kernel);
+    let secure = t.region("carveout/secure_video").unwrap();
+    assert_eq!((secure.enforced_by, secure.capacity, secure.kind), (Enforcer::Service, Some(192 * MIB), HeapClass::Carveout));
+    let display_max = entry(&r.plan, OwnerClass::App, "cma/display", LimitKind::Max);
+    assert_eq!((display_max.value, display_max.enforced_by), (64 * MIB, Enforcer::Kernel));
+    let pin = entry(&r.plan, OwnerClass::App, "cma/display", LimitKind::PinMax);
+    assert_eq!(pin.enforced_by, Enforcer::Service, "no kernel file holds pin limits");
+    assert!(t.notes.iter().any(|n| n.contains("qcom,qseecom")), "an unknown heap is reported: {:?}", t.notes);
+    let gpu = t.heaps.iter().find(|h| h.name == "gpu").unwrap();
+    assert!(gpu.region.is_none() && !gpu.declarable(), "the vram pattern matched nothing on a phone");
+    let owners: Vec<(&str, OwnerClass)> = t.owners.iter().map(|o| (o.cgroup.as_str(), o.class)).collect();
+    assert!(owners.contains(&("/uid_1047", OwnerClass::System)) && owners.contains(&("/uid_1010100", OwnerClass::App)));
+}
+
+#[test]
+fn memory_max_leaves_room_for_dmabufs_only_when_the_kernel_charges_them() {
+    // mem_accounting=Y: memory.max = 50% + 25% of RAM, the ledger keeps 25% for CMA.
+    let r = fixture_report("dgpu-24g-vram-16g-ram");
+    let max = entry(&r.plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max);
+    assert_eq!(max.value, 12 * GIB);
+    assert!(max.adjusted.as_deref().unwrap().contains("system"), "{max:?}");
+    // mem_accounting=N: memory.max is the own memory alone; the ledger holds the dma-buf budget.
+    let r = fixture_report("camera-codec");
+    let max = entry(&r.plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max);
+    let ram = r.topology.memcg.mem_total.unwrap();
+    assert_eq!(max.value, ram / 2 / 4096 * 4096);
+    assert!(max.adjusted.is_none());
+    let budget = entry(&r.plan, OwnerClass::App, MEMCG_POOL, LimitKind::Max);
+    assert_eq!((budget.value, budget.enforced_by), (ram / 4 / 4096 * 4096, Enforcer::Service));
+}
+
+#[test]
+fn vram_beyond_ram_is_capped_so_eviction_fits_in_memcg() {
+    let r = fixture_report("dgpu-24g-vram-16g-ram");
+    let region = "drm/0000:03:00.0/vram";
+    assert_eq!(r.topology.region(region).unwrap().enforced_by, Enforcer::Kernel);
+    let app = entry(&r.plan, OwnerClass::App, region, LimitKind::Max);
+    assert_eq!(app.value, 4 * GIB, "50% of 24 GiB capped at the 25% of 16 GiB dma-buf budget");
+    assert!(app.adjusted.as_deref().unwrap().contains("evicted vram fits"));
+    let system = entry(&r.plan, OwnerClass::System, region, LimitKind::Max);
+    assert_eq!(system.value, 16 * GIB, "unlimited budget: bounded by RAM + swap");
+    let heap = r.topology.heaps.iter().find(|h| h.name == "amdgpu").unwrap();
+    assert_eq!((heap.region.as_deref(), heap.region_pattern.as_deref()), (Some(region), Some("drm/*/vram*")));
+    assert_eq!(r.topology.controllers_to_enable, ["dmem"]);
+}
+
+#[test]
+fn without_dmem_every_region_is_service_enforced() {
+    let r = fixture_report("no-dmem-controller");
+    assert!(!r.topology.dmem_controller);
+    for region in r.topology.regions.iter().filter(|x| x.present) {
+        assert_eq!(region.enforced_by, Enforcer::Service, "{}", region.name);
+    }
+    let absent = r.topology.region("carveout/secure_video").unwrap();
+    assert_eq!((absent.present, absent.enforced_by), (false, Enforcer::Nobody), "the policy's carve-out is not on this device");
+    assert!(r.plan.defaults.iter().all(|e| e.pool != "carveout/secure_video"), "no limits for a region that is not there");
+    assert!(r.plan.defaults.iter().filter(|e| e.pool != MEMORY_POOL).all(|e| e.enforced_by != Enforcer::Kernel));
+    let sys = r.topology.heaps.iter().find(|h| h.name == "system").unwrap();
+    assert_eq!(sys.pools[0].enforced_by, Enforcer::Service, "mem_accounting absent");
+}
+
+#[test]
+fn dmem_without_regions_maps_the_default_cma_heap_in_observe_mode() {
+    let r = fixture_report("dmem-without-regions");
+    assert!(r.topology.notes.iter().any(|n| n.contains("no driver registered a region")));
+    let heap = r.topology.heaps.iter().find(|h| h.name == "default_cma_region").unwrap();
+    assert_eq!((heap.region.as_deref(), heap.origin), (Some("cma/reserved"), topology::Origin::Default));
+    let region = r.topology.region("cma/reserved").unwrap();
+    assert_eq!((region.enforced_by, region.capacity), (Enforcer::Nobody, Some(64 * MIB)));
+}
+
+#[test]
+fn integrated_gpu_has_no_vram_region() {
+    let r = fixture_report("igpu-shared-memory");
+    assert!(r.topology.regions.iter().all(|x| x.kind != HeapClass::Vram));
+    assert_eq!(r.topology.drm[0].vram_total, None);
+}
+
+#[test]
+fn new_owner_cgroups_get_their_class_defaults() {
+    let r = fixture_report("phone-soc");
+    let entries = r.plan.for_cgroup("/uid_10999", OwnerClass::App);
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| e.cgroup == "/uid_10999" && e.owner == OwnerClass::App));
+    assert_eq!(entries.len(), r.plan.defaults.iter().filter(|e| e.owner == OwnerClass::App).count());
+}
+
+/// A 10-region device: probe data for 10 regions and 200 owner cgroups; topology and limits
+/// must stay cheap (the target is < 20 ms including the probe, in release builds).
+#[test]
+fn ten_regions_plan_quickly() {
+    let regions: Vec<DmemRegion> = (0..10).map(|i| DmemRegion { name: format!("cma/area{i}"), capacity: (64 + i) * MIB }).collect();
+    let probe = Probe {
+        cgroup: Found::Present(CgroupProbe {
+            controllers: vec!["memory".into(), "dmem".into()],
+            subtree_control: vec!["memory".into(), "dmem".into()],
+            children: (0..200).map(|i| format!("/uid_{}", 10000 + i)).collect(),
+        }),
+        dmem_capacity: Found::Present(regions.clone()),
+        mem_accounting: Found::Present(true),
+        dma_heaps: Found::Present((0..10).map(|i| format!("area{i}")).chain(["system".into()]).collect()),
+        cma_areas: Found::Present(regions.iter().map(|r| CmaArea { name: r.name[4..].into(), total: r.capacity, available: None }).collect()),
+        meminfo: Found::Present(MemInfo { mem_total: 8 * GIB, swap_total: 0, cma_total: None }),
+        cmdline: Found::absent("test"),
+        reserved_memory: Found::absent("test"),
+        drm: Found::Present(vec![DrmDevice { card: "card0".into(), device: None, driver: None, vendor: None, vram_total: None }]),
+    };
+    let policy = Policy::embedded_default();
+    let start = Instant::now();
+    let (topology, plan) = plan(&probe, &policy);
+    let took = start.elapsed();
+    assert_eq!(topology.regions.len(), 13, "10 probed + the policy's display, camera and secure_video");
+    assert_eq!(topology.owners.len(), 200);
+    assert!(plan.entries.len() > 200 * 10 * 4);
+    assert!(took.as_millis() < 200, "topology + limits took {took:?}");
+}
+
+// ---- a fake device tree: probe → apply → idempotence → convergence ----
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    fs::read_to_string(root.join(rel)).unwrap()
+}
+
+const OWNERS: [&str; 2] = ["uid_1000", "uid_10001"];
+
+/// A small phone: memory controller, a system heap and a display CMA area, no dmem yet.
+fn fake_device(root: &Path) -> ProbeRoots {
+    let cg = "sys/fs/cgroup";
+    write(root, &format!("{cg}/cgroup.controllers"), "cpu memory\n");
+    write(root, &format!("{cg}/cgroup.subtree_control"), "cpu memory\n");
+    for uid in OWNERS {
+        write(root, &format!("{cg}/{uid}/memory.max"), "max\n");
+        write(root, &format!("{cg}/{uid}/memory.low"), "0\n");
+        write(root, &format!("{cg}/{uid}/memory.min"), "0\n");
+    }
+    write(root, "proc/meminfo", "MemTotal:        4194304 kB\nSwapTotal:             0 kB\n");
+    write(root, "proc/cmdline", "console=ttyS0\n");
+    write(root, "sys/module/dma_heap/parameters/mem_accounting", "N\n");
+    write(root, "sys/kernel/mm/cma/display/total_pages", "65536\n");
+    write(root, "dev/dma_heap/system", "");
+    write(root, "dev/dma_heap/display", "");
+    ProbeRoots::under(root)
+}
+
+fn ledger_limit(ledger: &Ledger, cgroup: &str, pool: &str, kind: LimitKind) -> u64 {
+    ledger.counter(cgroup, pool).unwrap_or_default().limit(kind)
+}
+
+#[test]
+fn apply_writes_once_then_converges_when_dmem_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = fake_device(root);
+    let policy = Policy::embedded_default();
+    let mut ledger = Ledger::new();
+
+    // Dry run: reports the change, writes nothing, leaves the ledger alone.
+    let dry = run(&roots, &policy, &mut ledger, true);
+    let applied = dry.applied.as_ref().unwrap();
+    assert!(applied.dry_run && applied.failures.is_empty());
+    assert_eq!(applied.changes.iter().map(|c| c.file.as_str()).collect::<Vec<_>>(), ["/uid_10001/memory.max"]);
+    assert!(!applied.events.is_empty());
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), "max\n");
+    assert!(ledger.to_events().is_empty(), "a dry run leaves the ledger untouched");
+    assert!(!policy.kernel_charges_heap("system"));
+
+    // First run: the app's memory.max (50% of 4 GiB; the kernel does not charge dma-bufs), and
+    // the ledger gets the heaps, regions and the limits it enforces.
+    let first = run(&roots, &policy, &mut ledger, false);
+    let applied = first.applied.as_ref().unwrap();
+    assert!(first.is_clean(), "{:?}", applied.failures);
+    assert_eq!(applied.changes, vec![FileChange { file: "/uid_10001/memory.max".into(), from: Some("max".into()), to: "2147483648".into() }]);
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), "2147483648\n");
+    assert_eq!(read(root, "sys/fs/cgroup/uid_1000/memory.max"), "max\n");
+    assert_eq!(ledger.heap("display").map(|(s, e)| (s.region.clone(), e)), Some((Some("cma/display".into()), true)));
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max), 64 * MIB, "25% of 256 MiB, service-enforced");
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), GIB, "dma-buf budget 25% of 4 GiB");
+    assert_eq!(ledger_limit(&ledger, "/uid_1000", "cma/display", LimitKind::Min), 64 * MIB);
+    assert!(applied.events.iter().any(|e| matches!(e, Event::HeapAdded { heap, .. } if heap.name == "system")));
+    assert!(ledger.check_invariants().is_ok());
+
+    // Second run: nothing to do.
+    let second = run(&roots, &policy, &mut ledger, false);
+    let applied = second.applied.as_ref().unwrap();
+    assert!(applied.changes.is_empty() && applied.events.is_empty(), "{applied:#?}");
+
+    // The kernel gains dmem with the display region: the controller is enabled for the
+    // children, dmem limits are written, and the ledger's copies are reset.
+    write(root, "sys/fs/cgroup/cgroup.controllers", "cpu memory dmem\n");
+    write(root, "sys/fs/cgroup/dmem.capacity", "cma/display 268435456\n");
+    for uid in OWNERS {
+        write(root, &format!("sys/fs/cgroup/{uid}/dmem.max"), "cma/display max\n");
+        write(root, &format!("sys/fs/cgroup/{uid}/dmem.low"), "cma/display 0\n");
+        write(root, &format!("sys/fs/cgroup/{uid}/dmem.min"), "cma/display 0\n");
+    }
+    let third = run(&roots, &policy, &mut ledger, false);
+    let applied = third.applied.as_ref().unwrap();
+    assert!(third.is_clean(), "{:?}", applied.failures);
+    let files: Vec<&str> = applied.changes.iter().map(|c| c.file.as_str()).collect();
+    assert_eq!(files, ["/cgroup.subtree_control", "/uid_1000/dmem.low", "/uid_1000/dmem.min", "/uid_10001/dmem.max"]);
+    assert_eq!(read(root, "sys/fs/cgroup/cgroup.subtree_control"), "+dmem\n");
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/dmem.max"), "cma/display 67108864\n");
+    assert_eq!(read(root, "sys/fs/cgroup/uid_1000/dmem.min"), "cma/display 67108864\n");
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max), UNLIMITED, "the kernel enforces it now");
+    assert_eq!(ledger_limit(&ledger, "/uid_1000", "cma/display", LimitKind::Min), 0);
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::PinMax), 64 * MIB, "pins stay with the ledger");
+    assert_eq!(third.topology.region("cma/display").unwrap().enforced_by, Enforcer::Kernel);
+
+    // What the kernel shows once +dmem took effect; then the fourth run changes nothing.
+    write(root, "sys/fs/cgroup/cgroup.subtree_control", "cpu memory dmem\n");
+    let fourth = run(&roots, &policy, &mut ledger, false);
+    let applied = fourth.applied.as_ref().unwrap();
+    assert!(applied.changes.is_empty() && applied.events.is_empty(), "{applied:#?}");
+    assert!(fourth.to_string().contains("changed: 0 files, 0 ledger events"));
+}
+
+#[test]
+fn kernel_charged_system_heap_is_recorded_in_the_policy_and_not_limited_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = fake_device(dir.path());
+    write(dir.path(), "sys/module/dma_heap/parameters/mem_accounting", "Y\n");
+    let policy = Policy::embedded_default();
+    let mut ledger = Ledger::new();
+    let report = run(&roots, &policy, &mut ledger, false);
+    assert!(report.is_clean());
+    assert!(policy.kernel_charges_heap("system"));
+    assert_eq!(read(dir.path(), "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 3 * GIB), "50% + 25% of 4 GiB");
+    let sys = report.topology.heaps.iter().find(|h| h.name == "system").unwrap();
+    assert_eq!(sys.pools[0].enforced_by, Enforcer::Kernel);
+    // CMA still uses RAM unseen by the kernel's memcg: the ledger keeps the budget.
+    assert_eq!(report.topology.memcg.enforced_by, Enforcer::Service);
+}
+
+#[test]
+fn a_device_without_cgroups_leaves_everything_to_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "proc/meminfo", "MemTotal: 2097152 kB\n");
+    write(root, "dev/dma_heap/system", "");
+    let policy = Policy::embedded_default();
+    let mut ledger = Ledger::new();
+    ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap_err();
+    let report = run(&ProbeRoots::under(root), &policy, &mut ledger, false);
+    let applied = report.applied.as_ref().unwrap();
+    assert!(report.is_clean(), "{:?}", applied.failures);
+    assert!(applied.changes.is_empty());
+    assert_eq!(report.topology.memcg.memory_enforced_by, Enforcer::Nobody);
+    assert!(report.topology.notes.iter().any(|n| n.contains("no cgroup v2")));
+    // The heap is declared, so a later charge works and owner cgroups the ledger learns get limits.
+    ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap();
+    let again = run(&ProbeRoots::under(root), &policy, &mut ledger, false);
+    assert_eq!(again.topology.owners.len(), 1, "owners come from the ledger too");
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), GIB / 2);
+    assert_ne!(ledger.counter("/uid_10001", MEMCG_POOL).unwrap(), Counter::default());
+}
+
+#[test]
+fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
+    use crate::accountant::{Accountant, Config};
+    use crate::journal::Durability;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = fake_device(dir.path());
+    let config = Config {
+        proc_root: roots.proc.clone(),
+        cgroup_root: Some(roots.cgroup.clone()),
+        state_dir: Some(dir.path().join("state")),
+        durability: Durability::None,
+        pidfds: false,
+    };
+    let accountant = Accountant::open(config.clone(), Policy::embedded_default()).unwrap();
+    let dry = run_for(&accountant, &roots, true).unwrap();
+    assert!(dry.applied.as_ref().unwrap().dry_run);
+    assert!(accountant.regions().iter().all(|r| r.why == "autoconfig has not run"), "a dry run records nothing");
+
+    let report = run_for(&accountant, &roots, false).unwrap();
+    assert!(report.is_clean());
+    let regions = accountant.regions();
+    let display = regions.iter().find(|r| r.name == "cma/display").unwrap();
+    assert_eq!((display.capacity, display.enforced_by.as_str(), display.heaps.as_slice()), (256 * MIB, "service", &["display".to_string()][..]));
+    assert_eq!(regions[0].name, MEMCG_POOL);
+    drop(accountant);
+
+    // The limits were journaled: a restarted service has them before autoconfig runs again.
+    let reopened = Accountant::open(config, Policy::embedded_default()).unwrap();
+    let max = reopened.with_ledger(|l| l.counter("/uid_10001", "cma/display").map(|c| c.max));
+    assert_eq!(max, Some(64 * MIB));
+}
