@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::topology::{Enforcer, Owner, Region, Topology, OWNER_TEMPLATE};
 use crate::ledger::{HeapClass, LimitKind, MEMCG_POOL, UNLIMITED};
-use crate::policy::{format_bytes, Amount, OwnerClass, Policy};
+use crate::policy::{format_bytes, Amount, OwnerClass, Policy, PAGE_SIZE};
 
 /// The plan's name for the kernel's memory.* files of an owner.
 pub const MEMORY_POOL: &str = "memory";
@@ -93,6 +93,16 @@ fn explain(amount: Amount, base: Option<u64>, of: &str) -> String {
     }
 }
 
+/// The kernel keeps memory.* limits in whole pages and reads them back rounded down; writing
+/// them rounded keeps a second run from rewriting them.
+fn page_floor(v: u64) -> u64 {
+    if v == UNLIMITED {
+        v
+    } else {
+        v / PAGE_SIZE * PAGE_SIZE
+    }
+}
+
 /// A protection or pin limit above max means nothing more than max.
 fn clamp(v: u64, max: Option<u64>) -> (u64, Option<String>) {
     match max {
@@ -154,6 +164,7 @@ impl Plan {
                 } else {
                     (own, m.max.to_string(), None)
                 };
+                let value = page_floor(value);
                 mem_max = Some(value);
                 let why = format!("own memory {}; {mem_why}", explain(m.max, ram, "RAM"));
                 self.push(class, MEMORY_POOL, LimitKind::Max, value, mem_by, policy_text, adjusted, why);
@@ -162,7 +173,7 @@ impl Plan {
         }
         for (kind, amount) in [(LimitKind::Low, m.low), (LimitKind::Min, m.min)] {
             if let Some(v) = amount.resolve(ram) {
-                let (v, adjusted) = clamp(v, mem_max);
+                let (v, adjusted) = clamp(page_floor(v), mem_max);
                 self.push(class, MEMORY_POOL, kind, v, mem_by, amount.to_string(), adjusted, format!("{}; {mem_why}", explain(amount, ram, "RAM")));
             }
         }

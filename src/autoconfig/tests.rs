@@ -385,3 +385,13 @@ fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
     let max = reopened.with_ledger(|l| l.counter("/uid_10001", "cma/display").map(|c| c.max));
     assert_eq!(max, Some(64 * MIB));
 }
+
+#[test]
+fn memory_limits_are_whole_pages_so_they_read_back_unchanged() {
+    let policy = Policy::default_with(&[r#"{"limits": {"memcg": {"app": {"max": 1000000, "low": "4097", "dmabuf_max": 5000}}}}"#]).unwrap();
+    let (probe, _) = load_fixture(&fixtures_dir().join("phone-soc"));
+    let (_, plan) = plan(&probe, &policy);
+    let max = entry(&plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max);
+    assert_eq!(max.value, (1_000_000 + 5000) / 4096 * 4096);
+    assert_eq!(entry(&plan, OwnerClass::App, MEMORY_POOL, LimitKind::Low).value, 4096);
+}
