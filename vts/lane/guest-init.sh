@@ -82,7 +82,10 @@ else
         [ -e "$d" ] && ln -s "$d" "/dev/binderfs/${d##*/}"
     done
 fi
-chmod 0666 /dev/binder* /dev/hwbinder /dev/vndbinder /dev/binderfs/* /dev/dma_heap/* 2>/dev/null
+# Device nodes only: /dev/binderfs itself must keep its search bit.
+for n in /dev/binder* /dev/hwbinder /dev/vndbinder /dev/binderfs/* /dev/dma_heap/*; do
+    [ -c "$n" ] && chmod 0666 "$n"
+done
 
 # Banner.
 echo "lane: kernel $(uname -r)"

@@ -6,6 +6,7 @@
 
 mod cases;
 mod child;
+mod dmem_cases;
 mod harness;
 
 use std::path::PathBuf;
@@ -26,6 +27,13 @@ const CASES: &[(&str, Case)] = &[
     ("non_dma_buf_fds_are_rejected", cases::non_dma_buf_fds_are_rejected),
     ("release_and_transfer_move_the_numbers", cases::release_and_transfer_move_the_numbers),
     ("killed_client_charges_are_released", cases::killed_client_charges_are_released),
+];
+
+/// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
+const DMEM_CASES: &[(&str, Case)] = &[
+    ("dmem_capacity_lists_the_cma_region", dmem_cases::dmem_capacity_lists_the_cma_region),
+    ("cma_heap_charges_land_in_the_allocating_process_dmem_current", dmem_cases::cma_heap_charges_land_in_the_allocating_process_dmem_current),
+    ("an_allocation_over_dmem_max_is_refused_by_the_kernel", dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel),
 ];
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
@@ -63,8 +71,10 @@ fn main() {
         binder,
         client,
     });
+    let dmem = if lane == "dmem" { DMEM_CASES } else { &[] };
     let trials = CASES
         .iter()
+        .chain(dmem)
         .map(|(name, case)| {
             let env = std::sync::Arc::clone(&env);
             let case = *case;
