@@ -95,6 +95,22 @@ pub struct Accountant {
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
     regions: Mutex<Vec<RegionSummary>>,
+    /// Runs autoconfig when a charge meets an owner cgroup it has not configured yet.
+    new_owner_hook: std::sync::OnceLock<NewOwnerHook>,
+    /// Top-level owner cgroups (`/uid_<uid>`, `/system`) the hook has run for.
+    configured: Mutex<BTreeSet<String>>,
+}
+
+/// Called with the accountant when an owner cgroup shows up that autoconfig has not seen.
+pub type NewOwnerHook = Box<dyn Fn(&Accountant) + Send + Sync>;
+
+/// The owner-level cgroup limits are set on: the first component (`/uid_10001/pid_5` →
+/// `/uid_10001`).
+fn owner_level(cgroup: &str) -> &str {
+    match cgroup[1..].find('/') {
+        Some(i) => &cgroup[..i + 1],
+        None => cgroup,
+    }
 }
 
 /// Android's per-app cgroup of a uid.
@@ -126,10 +142,25 @@ impl Accountant {
                 kernel_payer: HashMap::new(),
             }),
             regions: Mutex::new(Vec::new()),
+            new_owner_hook: std::sync::OnceLock::new(),
+            configured: Mutex::new(BTreeSet::new()),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners();
         Ok(accountant)
+    }
+
+    pub fn set_new_owner_hook(&self, hook: NewOwnerHook) {
+        let _ = self.new_owner_hook.set(hook);
+    }
+
+    /// Makes sure the owner's cgroup has its class limits before it is charged.
+    fn prepare_owner(&self, owner: &Process) {
+        let Some(hook) = self.new_owner_hook.get() else { return };
+        let level = owner_level(&owner.cgroup).to_string();
+        if self.configured.lock().unwrap_or_else(|p| p.into_inner()).insert(level) {
+            hook(self);
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -231,6 +262,7 @@ impl Accountant {
         if buffer.size == 0 {
             return Err(Error::InvalidArgument(format!("buffer {} has size 0", buffer.inode)));
         }
+        self.prepare_owner(&owner);
         self.change(|state| {
             let heap = self.heap_of(state, buffer)?;
             let mut events = Vec::new();
@@ -272,6 +304,7 @@ impl Accountant {
         self.require_trusted(caller, "push a charge to another process")?;
         self.processes.resolve_caller(caller)?;
         let to = self.processes.resolve(to_pid)?;
+        self.prepare_owner(&to);
         self.change(|state| {
             let mut events = Vec::new();
             Self::follow_migration(state, &to, &mut events)?;
@@ -304,6 +337,7 @@ impl Accountant {
     /// buffer, nothing changes (no double charge).
     pub fn accept(&self, caller: Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
         let receiver = self.processes.resolve_caller(caller)?;
+        self.prepare_owner(&receiver);
         self.change(|state| {
             let offer = state.tickets.check(ticket, &receiver, buffer.inode, Instant::now())?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
@@ -678,6 +712,13 @@ fn uid_of_cgroup(path: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_level_is_the_first_component() {
+        assert_eq!(owner_level("/uid_10001/pid_5"), "/uid_10001");
+        assert_eq!(owner_level("/system"), "/system");
+        assert_eq!(owner_level("/"), "/");
+    }
 
     #[test]
     fn subtree_and_uid_parsing() {

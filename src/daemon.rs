@@ -12,6 +12,7 @@ use log::{error, info, warn};
 use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
+use crate::autoconfig::ProbeRoots;
 use crate::aidl::android::hardware::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
@@ -89,7 +90,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
     };
     let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
-    let roots = DeviceRoots {
+    let roots = ProbeRoots {
         cgroup: cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
         proc: opts.proc_root.clone(),
         sys: opts.sys_root.clone(),
@@ -100,6 +101,13 @@ pub fn run(opts: Options) -> Result<(), String> {
             Ok(report) => info!("autoconfig:\n{report}"),
             Err(e) => warn!("autoconfig failed, limits unchanged: {e}"),
         }
+        // An app that appears after boot gets its class limits before its first charge.
+        let hook_roots = roots.clone();
+        accountant.set_new_owner_hook(Box::new(move |a| {
+            if let Err(e) = crate::autoconfig::run_for(a, &hook_roots, false) {
+                warn!("autoconfig for a new owner: {e}");
+            }
+        }));
     }
     match accountant.reconcile() {
         Ok(r) => info!("start-up reconcile: released {:?}, moved {:?}, {} unaccounted", r.released, r.moved, r.unaccounted.len()),
@@ -141,19 +149,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
 }
 
-/// Where autoconfig looks at the device.
-#[derive(Clone, Debug)]
-pub struct DeviceRoots {
-    pub cgroup: PathBuf,
-    pub proc: PathBuf,
-    pub sys: PathBuf,
-    pub dev: PathBuf,
-}
-
 /// Probes the device, computes limits from the policy and applies them: cgroup files where the
-/// kernel enforces, ledger limits where the service does. Returns the report.
-pub fn autoconfigure(_accountant: &Accountant, _roots: &DeviceRoots, _dry_run: bool, _json: bool) -> crate::error::Result<String> {
-    Err(crate::error::Error::Internal("autoconfig is not wired yet".into()))
+/// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON.
+pub fn autoconfigure(accountant: &Accountant, roots: &ProbeRoots, dry_run: bool, json: bool) -> crate::error::Result<String> {
+    let report = crate::autoconfig::run_for(accountant, roots, dry_run)?;
+    Ok(if json { report.to_json() } else { report.to_string() })
 }
 
 fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {

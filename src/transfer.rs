@@ -126,6 +126,8 @@ mod tests {
         assert!(matches!(t.offer(9999, 1, proc(2), Duration::from_secs(1), now), Err(Error::InvalidArgument(_))));
         assert!(t.offer(9999, 5, proc(2), Duration::from_secs(1), now).is_ok(), "others unaffected");
         t.expire(now + Duration::from_secs(2));
+        assert_eq!(t.len(), 1, "only the capped 60 s offer remains");
+        t.expire(now + MAX_TTL);
         assert_eq!(t.len(), 0);
     }
 }
