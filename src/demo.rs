@@ -1,2 +1,0 @@
-//! Placeholder replaced below.
-pub fn run(_out: &std::path::Path) -> Result<(), String> { Err("demo not yet written".into()) }
