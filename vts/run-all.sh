@@ -18,7 +18,7 @@ export BIN_DIR
 
 declare -A passed failed
 total_pass=0 total_fail=0
-for lane in debian dmem; do
+for lane in debian debian-memacct dmem; do
     echo "== kernel lane: $lane"
     set +e
     vts/run-lane.sh "$lane" 2>&1 | tee "$log_dir/lane-$lane.log"
@@ -35,7 +35,7 @@ for lane in debian dmem; do
     fi
     total_pass=$((total_pass + passed[$lane])) total_fail=$((total_fail + failed[$lane]))
 done
-for lane in debian dmem; do
+for lane in debian debian-memacct dmem; do
     echo "lane $lane: VTS ${passed[$lane]} passed, ${failed[$lane]} failed"
 done
 echo "run-all: $(( $(date +%s) - start )) s"

@@ -125,3 +125,67 @@ pub fn killed_client_charges_are_released(env: &Env) -> Outcome {
     }
     Ok(())
 }
+
+fn mem_accounting() -> bool {
+    std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting").is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
+}
+
+/// The memcg pool of the system heap is the kernel's when `dma_heap.mem_accounting=1`, the
+/// service's otherwise; the service says which.
+pub fn system_heap_enforcer_follows_mem_accounting(env: &Env) -> Outcome {
+    let regions = env.client.service().getRegions().map_err(|e| format!("{e:?}"))?;
+    let memcg = regions.iter().find(|r| r.name == "memcg").ok_or("no memcg pool")?;
+    let expected = if mem_accounting() { "kernel" } else { "service" };
+    println!("mem_accounting={} → memcg enforced by {} ({})", mem_accounting(), memcg.enforcedBy, memcg.why);
+    check(memcg.enforcedBy == expected, || format!("memcg enforced by {}, expected {expected}", memcg.enforcedBy))
+}
+
+/// Where the service enforces the app's dma-buf budget (kernel blind), a charge over it is
+/// refused with OVER_LIMIT and a smaller one still fits. Where the kernel enforces, the kernel's
+/// memory.max does it and the ledger adds no second limit.
+pub fn over_limit_charge_is_refused_while_a_smaller_one_succeeds(env: &Env) -> Outcome {
+    let mut app = env.spawn(10030, None)?;
+    let (a, _) = app.alloc("system", 12 * MIB)?;
+    app.ok(&format!("charge {a}"))?;
+    let (b, _) = app.alloc("system", 8 * MIB)?;
+    let (c, _) = app.alloc("system", 2 * MIB)?;
+    if mem_accounting() {
+        app.ok(&format!("charge {b}"))?;
+        let u = env.client.service().getProcessUsage(app.pid as i32).map_err(|e| format!("{e:?}"))?;
+        let memcg = u.pools.iter().find(|p| p.pool == "memcg").ok_or("no memcg")?;
+        println!("kernel-enforced: ledger memcg {} (max {}), kernel memory.current {}", memcg.usage, memcg.max, memcg.kernelUsage);
+        check(memcg.max == -1, || "the ledger must not add a limit the kernel enforces".into())?;
+        return check(memcg.kernelUsage >= 20 * MIB as i64, || format!("the kernel should count the app's own 20 MiB: {}", memcg.kernelUsage));
+    }
+    refused(&mut app, &format!("charge {b}"), ErrorCode::OVER_LIMIT)?;
+    check(charged_bytes_of(env, app.pid)? == 12 * MIB as i64, || "the refused charge left a trace".into())?;
+    app.ok(&format!("charge {c}"))?;
+    check(charged_bytes_of(env, app.pid)? == 14 * MIB as i64, || "the smaller charge did not land".into())
+}
+
+/// Autoconfig gives an app's `/uid_<uid>` cgroup real memory limits before its first charge.
+pub fn autoconfig_writes_real_memory_limits_for_a_new_app(env: &Env) -> Outcome {
+    let mut app = env.spawn(10031, None)?;
+    let (slot, _) = app.alloc("system", MIB)?;
+    app.ok(&format!("charge {slot}"))?;
+    let dir = env.cgroup.root().join(format!("uid_{}", app.uid));
+    let max = std::fs::read_to_string(dir.join("memory.max")).map_err(|e| e.to_string())?;
+    println!("/uid_{}/memory.max = {}", app.uid, max.trim());
+    check(max.trim() != "max" && max.trim().parse::<u64>().is_ok(), || format!("memory.max not set: {max:?}"))
+}
+
+/// `chargectl dump`'s text shows each app's charges (printed into the lane log).
+pub fn dump_shows_per_app_charges(env: &Env) -> Outcome {
+    let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
+    let apps = [env.spawn(10040, None)?, env.spawn(10041, None)?];
+    for (i, app) in apps.iter().enumerate() {
+        let (slot, _) = gralloc.alloc("system", (i as u64 + 1) * 3 * MIB)?;
+        gralloc.ok(&format!("charge_for {slot} {}", app.pid))?;
+    }
+    let dump = env.client.service().dumpState().map_err(|e| format!("{e:?}"))?;
+    println!("{dump}");
+    for app in &apps {
+        check(dump.contains(&app.cgroup), || format!("dump lacks {}", app.cgroup))?;
+    }
+    Ok(())
+}

@@ -59,3 +59,18 @@ pub fn an_allocation_over_dmem_max_is_refused_by_the_kernel(env: &Env) -> Outcom
         }
     }
 }
+
+/// Autoconfig writes the region's limits into a new app's `/uid_<uid>/dmem.*` (kernel-enforced),
+/// as the policy says (the VTS policy: display-class app max 8 MiB).
+pub fn autoconfig_writes_real_dmem_limits(env: &Env) -> Outcome {
+    let mut app = env.spawn(10023, None)?;
+    let (slot, _) = app.alloc(CMA_HEAP, MIB)?;
+    app.ok(&format!("charge {slot}"))?;
+    let uid_cgroup = format!("/uid_{}", app.uid);
+    for file in [DmemFile::Max, DmemFile::Low, DmemFile::Min] {
+        let values = env.cgroup.dmem(&uid_cgroup, file).map_err(|e| e.to_string())?;
+        println!("{uid_cgroup}/{}: {values:?}", file.file_name());
+    }
+    let max = env.cgroup.dmem(&uid_cgroup, DmemFile::Max).map_err(|e| e.to_string())?;
+    check(max.get(REGION) == Some(&(8 * MIB)), || format!("dmem.max {max:?}, expected {REGION} 8 MiB"))
+}
