@@ -361,7 +361,8 @@ impl Accountant {
     ///    same budget; lowest pid for determinism);
     /// 2. otherwise the charge moves to the parent of the dead owner's cgroup (pid_X → uid_X),
     ///    as the kernel reparents, with no owning process: the app's family keeps paying and no
-    ///    other app is charged without consent;
+    ///    other app is charged without consent; it stays there until a process of that uid
+    ///    holds the buffer again (rule 1);
     /// 3. once no process holds the buffer, it is released (by reconcile).
     fn hand_over(&self, state: &mut State, inode: Inode, dead_uid: Option<u32>, holders: &BTreeSet<u32>) -> Result<Option<Event>> {
         let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
@@ -377,13 +378,15 @@ impl Accountant {
                 return Ok(Some(event));
             }
         }
+        // Already parked on the dead owner's parent cgroup: it stays there. Moving it again would
+        // climb one level per reconcile pass until the root paid for the app's buffer.
+        if b.pid == 0 {
+            return Ok(None);
+        }
         let parent = match b.cgroup.rfind('/') {
             Some(0) | None => "/".to_string(),
             Some(i) => b.cgroup[..i].to_string(),
         };
-        if b.pid == 0 && b.cgroup == parent {
-            return Ok(None);
-        }
         Ok(Some(state.ledger.reassign(inode, 0, &parent)?))
     }
 
@@ -712,6 +715,23 @@ fn uid_of_cgroup(path: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use crate::journal::Durability;
+
+    /// A process in a fake /proc holding `buffers` (inode, size) of the system heap by fd.
+    fn put_process(proc_root: &Path, pid: u32, uid: u32, cgroup: &str, buffers: &[(Inode, u64)]) {
+        let dir = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("fdinfo")).unwrap();
+        std::fs::write(dir.join("status"), format!("Name:\tapp\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")).unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+        std::fs::write(dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n", 1000 + pid)).unwrap();
+        std::fs::write(dir.join("maps"), "").unwrap();
+        for (fd, (inode, size)) in buffers.iter().enumerate() {
+            let info = format!("pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t1\nexp_name:\tsystem\n");
+            std::fs::write(dir.join("fdinfo").join((fd + 3).to_string()), info).unwrap();
+        }
+    }
 
     #[test]
     fn owner_level_is_the_first_component() {
@@ -727,5 +747,33 @@ mod tests {
         assert!(in_subtree("/x", "/"));
         assert_eq!(uid_of_cgroup("/apps/uid_10001/pid_5"), Some(10001));
         assert_eq!(uid_of_cgroup("/system"), None);
+    }
+
+    #[test]
+    fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        // App 10001's pid 100 pays for buffer 7; another app's pid 200 holds it too.
+        put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
+        put_process(&proc_root, 200, 10002, "/uid_10002/pid_200", &[(7, 4096)]);
+        let config = Config { proc_root: proc_root.clone(), cgroup_root: None, state_dir: None, durability: Durability::None, pidfds: false };
+        let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+        let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
+        accountant.charge(Caller { pid: 100, uid: 10001 }, &buffer, None).unwrap();
+        let payer = || accountant.charges(0).first().map(|b| (b.pid, b.cgroup.clone()));
+        let parked = Some((0, "/uid_10001".to_string()));
+
+        std::fs::remove_dir_all(proc_root.join("100")).unwrap();
+        assert_eq!(accountant.reconcile().unwrap().moved, [7]);
+        assert_eq!(payer(), parked, "no process of the app holds it: the app's cgroup pays, not the other app");
+        for _ in 0..2 {
+            let report = accountant.reconcile().unwrap();
+            assert!(report.moved.is_empty(), "{report:?}");
+            assert_eq!(payer(), parked, "a parked charge must not climb a level per pass");
+        }
+        // A process of the same app that holds the buffer takes the charge back.
+        put_process(&proc_root, 300, 10001, "/uid_10001/pid_300", &[(7, 4096)]);
+        assert_eq!(accountant.reconcile().unwrap().moved, [7]);
+        assert_eq!(payer(), Some((300, "/uid_10001/pid_300".to_string())));
     }
 }
