@@ -61,7 +61,8 @@ impl Error {
                 | LedgerError::CgroupHasChildren(_)
                 | LedgerError::RootRemoval
                 | LedgerError::ZeroSize
-                | LedgerError::InvalidLimit { .. } => ErrorCode::INVALID_ARGUMENT,
+                | LedgerError::InvalidLimit { .. }
+                | LedgerError::TooMany { .. } => ErrorCode::INVALID_ARGUMENT,
             },
             Error::NotOwner { .. } => ErrorCode::NOT_OWNER,
             Error::NotTrusted { .. } => ErrorCode::NOT_TRUSTED,

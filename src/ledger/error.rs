@@ -35,4 +35,7 @@ pub enum LedgerError {
     InvalidState { inode: Inode, reason: &'static str },
     #[error("limit {kind} is not valid for pool {pool}")]
     InvalidLimit { pool: String, kind: &'static str },
+    /// Pools and heaps are indexed with 16 bits to keep buffer records small.
+    #[error("cannot add {what} {name:?}: the ledger holds at most {max}")]
+    TooMany { what: &'static str, name: String, max: usize },
 }

@@ -344,8 +344,10 @@ impl Ledger {
         for h in &self.heaps {
             events.push(Event::HeapAdded { heap: h.spec.clone(), enforce: h.enforce });
         }
+        // Evicted buffers first: each is charged resident and evicted at once, so while it is
+        // replayed its region holds that one buffer, never it on top of the resident ones.
         let mut inodes: Vec<&Inode> = self.buffers.keys().collect();
-        inodes.sort_unstable();
+        inodes.sort_unstable_by_key(|i| (self.buffers[*i].flags & EVICTED == 0, **i));
         for inode in inodes {
             let b = self.buffers[inode];
             let info = self.info(*inode, &b);
@@ -393,7 +395,11 @@ impl Ledger {
             self.capacities[id.0 as usize] = capacity;
             return Ok(());
         }
-        let id = PoolId(self.pools.len() as u16);
+        let id = PoolId(u16::try_from(self.pools.len()).map_err(|_| LedgerError::TooMany {
+            what: "region",
+            name: region.to_string(),
+            max: u16::MAX as usize + 1,
+        })?);
         self.pools.push(region.to_string());
         self.capacities.push(capacity);
         self.pool_ids.insert(region.to_string(), id);
@@ -402,6 +408,10 @@ impl Ledger {
 
     fn do_add_heap(&mut self, spec: &HeapSpec, enforce: bool) -> Result<()> {
         let region = match (&spec.region, spec.class.needs_region()) {
+            // memcg is not a dmem region: a CMA heap "in" memcg would charge memcg twice.
+            (Some(r), true) if self.pool_id(r) == Some(PoolId::MEMCG) => {
+                return Err(LedgerError::HeapNeedsRegion { heap: spec.name.clone(), class: spec.class.name() })
+            }
             (Some(r), true) => Some(self.pool_id(r).ok_or_else(|| LedgerError::UnknownPool(r.clone()))?),
             (None, true) => {
                 return Err(LedgerError::HeapNeedsRegion { heap: spec.name.clone(), class: spec.class.name() })
@@ -421,7 +431,11 @@ impl Ledger {
             heap.enforce = enforce;
             return Ok(());
         }
-        let id = HeapId(self.heaps.len() as u16);
+        let id = HeapId(u16::try_from(self.heaps.len()).map_err(|_| LedgerError::TooMany {
+            what: "heap",
+            name: spec.name.clone(),
+            max: u16::MAX as usize + 1,
+        })?);
         self.heaps.push(Heap { spec: spec.clone(), region, enforce });
         self.heap_ids.insert(spec.name.clone(), id);
         Ok(())
@@ -701,7 +715,8 @@ impl Ledger {
     }
 
     /// Eviction already happened in the driver: dmem is released and the owner's memcg charged
-    /// without refusal (excess shows in `max_events`).
+    /// without refusal (excess shows in `max_events`). Only a memcg counter that would overflow
+    /// refuses it.
     fn do_evict(&mut self, inode: Inode) -> Result<()> {
         let b = self.vram_buffer(inode)?;
         if b.flags & EVICTED != 0 {
@@ -710,8 +725,11 @@ impl Ledger {
         if b.flags & PINNED != 0 {
             return Err(LedgerError::InvalidState { inode, reason: "pinned buffers cannot be evicted" });
         }
-        self.apply_chain(b.owner, None, self.pool_set(&b), None, b.size, false);
         let evicted = Buffer { flags: b.flags | EVICTED, ..b };
+        let who = self.nodes[b.owner.0 as usize].path.clone();
+        self.check(&who, b.owner, None, self.pool_set(&evicted), None, b.size, false)
+            .map_err(|_| LedgerError::InvalidState { inode, reason: "evicting it would overflow the owner's memcg usage" })?;
+        self.apply_chain(b.owner, None, self.pool_set(&b), None, b.size, false);
         self.apply_chain(b.owner, None, self.pool_set(&evicted), None, b.size, true);
         self.buffers.insert(inode, evicted);
         Ok(())
