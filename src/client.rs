@@ -23,7 +23,7 @@ pub const RPC_WIRE_VERSION: u32 = 1;
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// The service refused: a typed code and its message.
-    #[error("{}: {message}", code_name(*code))]
+    #[error("{}: {message}", crate::error::code_name(*code))]
     Refused { code: ErrorCode, message: String },
     #[error("binder error: {0}")]
     Binder(String),
@@ -34,10 +34,6 @@ pub enum ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
-
-fn code_name(code: ErrorCode) -> String {
-    format!("{code:?}")
-}
 
 impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {

@@ -41,6 +41,28 @@ impl From<KernelError> for Error {
     }
 }
 
+/// The AIDL name of an error code (the generated enum only derives `Debug`).
+pub fn code_name(code: ErrorCode) -> &'static str {
+
+    match code {
+        ErrorCode::NOT_DMA_BUF => "NOT_DMA_BUF",
+        ErrorCode::UNKNOWN_HEAP => "UNKNOWN_HEAP",
+        ErrorCode::OVER_LIMIT => "OVER_LIMIT",
+        ErrorCode::NOT_OWNER => "NOT_OWNER",
+        ErrorCode::NOT_TRUSTED => "NOT_TRUSTED",
+        ErrorCode::NO_SUCH_PROCESS => "NO_SUCH_PROCESS",
+        ErrorCode::NOT_CHARGED => "NOT_CHARGED",
+        ErrorCode::ALREADY_CHARGED => "ALREADY_CHARGED",
+        ErrorCode::INVALID_ARGUMENT => "INVALID_ARGUMENT",
+        ErrorCode::BAD_TICKET => "BAD_TICKET",
+        ErrorCode::OVER_PIN_LIMIT => "OVER_PIN_LIMIT",
+        ErrorCode::INVALID_STATE => "INVALID_STATE",
+        ErrorCode::NOT_HOLDER => "NOT_HOLDER",
+        ErrorCode::INTERNAL => "INTERNAL",
+        _ => "UNKNOWN_ERROR",
+    }
+}
+
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {

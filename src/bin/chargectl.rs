@@ -97,12 +97,17 @@ enum Command {
         #[arg(value_parser = parse_size)]
         bytes: u64,
     },
-    /// Round-trip cost: null call vs charge+release over the same connection, as a ratio.
+    /// Round-trip cost: null call vs charge, getProcessUsage, transfer and release over the same
+    /// connection, as ratios.
     Bench {
         #[arg(long, default_value_t = 2000)]
         iterations: u32,
         #[arg(long, default_value = "system")]
         heap: String,
+        /// Live process the charge is transferred to and back from (default: our parent).
+        /// Transfer needs a trusted caller; otherwise it is reported as not measured.
+        #[arg(long = "transfer-to")]
+        transfer_to: Option<i32>,
     },
     /// The interface version and hash the service serves.
     Version,
@@ -147,6 +152,10 @@ fn heap_path(heap: &str) -> PathBuf {
 
 fn run(cli: Cli) -> Result<(), String> {
     if let Command::Demo { out } = &cli.command {
+        // The transcript is the output; the accountant's info logs would interleave with it.
+        if std::env::var_os("RUST_LOG").is_none() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
         return chargetransfer::demo::run(out).map_err(|e| e.to_string());
     }
     let client = connect(&cli).map_err(|e| e.to_string())?;
@@ -205,7 +214,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let advice = svc.evictionAdvice(&region, bytes as i64).map_err(e)?;
             println!("{}", advice.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
         }
-        Command::Bench { iterations, heap } => bench(&client, iterations, &heap)?,
+        Command::Bench { iterations, heap, transfer_to } => bench(&client, iterations, &heap, transfer_to)?,
         Command::Version => {
             println!("version {} hash {}", svc.getInterfaceVersion().map_err(e)?, svc.getInterfaceHash().map_err(e)?);
         }
@@ -219,11 +228,16 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench(client: &Client, iterations: u32, heap: &str) -> Result<(), String> {
+fn bench(client: &Client, iterations: u32, heap: &str, transfer_to: Option<i32>) -> Result<(), String> {
     let svc = client.service();
     let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
+    let me = std::process::id() as i32;
+    let to = transfer_to.unwrap_or_else(|| rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get()));
     let n = iterations.max(10);
-    let (mut null, mut charge, mut release) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut null, mut charge, mut usage, mut release) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut transfer = Vec::new();
+    // Why transfer was not timed: the first refusal (an untrusted caller, a dead target).
+    let mut transfer_refused = None;
     for _ in 0..n {
         let t = Instant::now();
         svc.ping().map_err(|e| ClientError::from(e).to_string())?;
@@ -232,10 +246,20 @@ fn bench(client: &Client, iterations: u32, heap: &str) -> Result<(), String> {
         let info = client.charge(&buffer).map_err(|e| e.to_string())?;
         charge.push(t.elapsed());
         let t = Instant::now();
+        svc.getProcessUsage(me).map_err(|e| ClientError::from(e).to_string())?;
+        usage.push(t.elapsed());
+        if transfer_refused.is_none() {
+            let t = Instant::now();
+            match client.transfer(&buffer, to) {
+                Ok(_) => transfer.push(t.elapsed()),
+                Err(e) => transfer_refused = Some(e.to_string()),
+            }
+        }
+        let t = Instant::now();
         client.release(info.inode).map_err(|e| e.to_string())?;
         release.push(t.elapsed());
     }
-    let (null, charge, release) = (p50(null), p50(charge), p50(release));
+    let (null, charge, usage, release) = (p50(null), p50(charge), p50(usage), p50(release));
     let ratio = |d: Duration| d.as_secs_f64() / null.as_secs_f64();
     println!(
         "bench: {n} iterations, p50: null {null:?}, charge {charge:?} ({:.2}x null), release {release:?} ({:.2}x null), charge+release {:?} ({:.2}x two null calls)",
@@ -244,6 +268,14 @@ fn bench(client: &Client, iterations: u32, heap: &str) -> Result<(), String> {
         charge + release,
         ratio(charge + release) / 2.0
     );
+    let transfer = match transfer_refused {
+        Some(why) => format!("transfer not measured ({why})"),
+        None => {
+            let d = p50(transfer);
+            format!("transfer {d:?} ({:.2}x null, to pid {to})", ratio(d))
+        }
+    };
+    println!("bench: p50: getProcessUsage {usage:?} ({:.2}x null), {transfer}", ratio(usage));
     Ok(())
 }
 

@@ -16,17 +16,12 @@ mod script;
 use std::fs;
 use std::path::Path;
 
-use crate::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
 
 /// Marks a directory as the demo's, so a rerun may clear the `tree/` and `state/` it left.
 const MARKER: &str = ".chargectl-demo";
 
 /// Plays the day into `out`. Errors are one line, naming the step and what failed.
 pub fn run(out: &Path) -> Result<(), String> {
-    // The transcript is the output; the accountant's info logs would interleave with it.
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(log::LevelFilter::Warn);
-    }
     prepare(out)?;
     let mut transcript = Transcript::default();
     let result = script::play(out, &mut transcript);
@@ -78,23 +73,3 @@ impl Transcript {
     }
 }
 
-/// The AIDL name of an error code, as a client sees it.
-pub(crate) fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NOT_DMA_BUF => "NOT_DMA_BUF",
-        ErrorCode::UNKNOWN_HEAP => "UNKNOWN_HEAP",
-        ErrorCode::OVER_LIMIT => "OVER_LIMIT",
-        ErrorCode::NOT_OWNER => "NOT_OWNER",
-        ErrorCode::NOT_TRUSTED => "NOT_TRUSTED",
-        ErrorCode::NO_SUCH_PROCESS => "NO_SUCH_PROCESS",
-        ErrorCode::NOT_CHARGED => "NOT_CHARGED",
-        ErrorCode::ALREADY_CHARGED => "ALREADY_CHARGED",
-        ErrorCode::INVALID_ARGUMENT => "INVALID_ARGUMENT",
-        ErrorCode::BAD_TICKET => "BAD_TICKET",
-        ErrorCode::OVER_PIN_LIMIT => "OVER_PIN_LIMIT",
-        ErrorCode::INVALID_STATE => "INVALID_STATE",
-        ErrorCode::NOT_HOLDER => "NOT_HOLDER",
-        ErrorCode::INTERNAL => "INTERNAL",
-        _ => "UNKNOWN_ERROR",
-    }
-}

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use super::phone::{Phone, Proc, APPS, CAMERA_APP, CAMERA_HAL, CODEC, GAME, GRALLOC, MAPS, MIB, PAGE, PROCESSES, SURFACEFLINGER};
 use super::plot::{self, Series};
-use super::{code_name, Transcript};
+use super::Transcript;
+use crate::error::code_name;
 use crate::accountant::{uid_cgroup, Accountant, Config};
 use crate::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
