@@ -395,19 +395,25 @@ impl Policy {
 
 /// Matches a cgroup path against a pattern: `*` matches within one path component, `**` any
 /// number of characters including `/`; everything else literally. The whole path must match.
+/// A table over (pattern position, path position), so a pattern with many `**` costs
+/// pattern × path steps rather than backtracking exponentially.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match p {
-            [] => t.is_empty(),
-            [b'*', b'*', rest @ ..] => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            [b'*', rest @ ..] => {
-                let stop = t.iter().position(|&c| c == b'/').unwrap_or(t.len());
-                (0..=stop).any(|i| go(rest, &t[i..]))
-            }
-            [c, rest @ ..] => t.first() == Some(c) && go(rest, &t[1..]),
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let w = t.len() + 1;
+    // m[i * w + j]: does p[i..] match t[j..]?
+    let mut m = vec![false; (p.len() + 1) * w];
+    m[p.len() * w + t.len()] = true;
+    for i in (0..p.len()).rev() {
+        for j in (0..=t.len()).rev() {
+            let more = j < t.len();
+            m[i * w + j] = match (p[i], p.get(i + 1)) {
+                (b'*', Some(b'*')) => m[(i + 2) * w + j] || (more && m[i * w + j + 1]),
+                (b'*', _) => m[(i + 1) * w + j] || (more && t[j] != b'/' && m[i * w + j + 1]),
+                (c, _) => more && t[j] == c && m[(i + 1) * w + j + 1],
+            };
         }
     }
-    go(pattern.as_bytes(), text.as_bytes())
+    m[0]
 }
 
 #[cfg(test)]
