@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use chargetransfer::aidl::android::hardware::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
+use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::dump::human;
 
@@ -104,13 +105,20 @@ enum Command {
         iterations: u32,
         #[arg(long, default_value = "system")]
         heap: String,
-        /// Live process the charge is transferred to and back from (default: our parent).
+        /// Live process the charge is transferred to (default: our parent).
         /// Transfer needs a trusted caller; otherwise it is reported as not measured.
         #[arg(long = "transfer-to")]
         transfer_to: Option<i32>,
     },
     /// The interface version and hash the service serves.
     Version,
+    /// Print what autoconfig's probe sees on this device, as JSON (no service needed; the
+    /// format of the fixtures under tests/fixtures/autoconfig).
+    Probe {
+        /// Probe a tree laid out like / (sys/fs/cgroup, proc, sys, dev) instead of the device.
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -158,11 +166,16 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         return chargetransfer::demo::run(out).map_err(|e| e.to_string());
     }
+    if let Command::Probe { root } = &cli.command {
+        let roots = root.as_deref().map_or_else(ProbeRoots::system, ProbeRoots::under);
+        println!("{}", Probe::run(&roots).to_json());
+        return Ok(());
+    }
     let client = connect(&cli).map_err(|e| e.to_string())?;
     let svc = client.service();
     let e = |err: rsbinder::Status| ClientError::from(err).to_string();
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Probe { .. } => unreachable!("handled above"),
         Command::Usage { pid, uid, cgroup } => {
             let report = match (pid, uid, cgroup) {
                 (Some(pid), _, _) => svc.getProcessUsage(pid),

@@ -16,6 +16,7 @@ echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?
 cat "$out/vts.log"
+chargectl probe >"$out/probe.json" 2>&1
 echo "== lane $LANE: chargectl regions"
 chargectl regions 2>&1
 echo "== lane $LANE: chargectl bench"
