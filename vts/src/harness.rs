@@ -118,6 +118,13 @@ impl Child {
         Ok(to.ok("recv")?[0].parse().map_err(|_| "slot")?)
     }
 
+    /// Asks the client to exit on its own (closing its fds as a normal exit does) and reaps it.
+    pub fn exit(mut self) -> u32 {
+        let _ = writeln!(self.stdin, "exit").and_then(|_| self.stdin.flush());
+        let _ = self.process.wait();
+        self.pid
+    }
+
     pub fn kill(mut self) -> u32 {
         let _ = self.process.kill();
         let _ = self.process.wait();

@@ -8,6 +8,8 @@ mod cases;
 mod child;
 mod dmem_cases;
 mod harness;
+mod stress;
+mod transfer_cases;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +29,25 @@ const CASES: &[(&str, Case)] = &[
     ("non_dma_buf_fds_are_rejected", cases::non_dma_buf_fds_are_rejected),
     ("release_and_transfer_move_the_numbers", cases::release_and_transfer_move_the_numbers),
     ("killed_client_charges_are_released", cases::killed_client_charges_are_released),
+    ("double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying", transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying),
+    ("an_app_cannot_push_its_buffer_onto_another_app", transfer_cases::an_app_cannot_push_its_buffer_onto_another_app),
+    ("offer_and_accept_move_the_charge_with_consent", transfer_cases::offer_and_accept_move_the_charge_with_consent),
+    ("a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver", transfer_cases::a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver),
+    ("a_ticket_presented_with_another_buffer_is_refused", transfer_cases::a_ticket_presented_with_another_buffer_is_refused),
+    ("a_used_ticket_cannot_be_replayed", transfer_cases::a_used_ticket_cannot_be_replayed),
+    ("an_expired_offer_leaves_the_charge_where_it_was", transfer_cases::an_expired_offer_leaves_the_charge_where_it_was),
+    ("offering_a_buffer_you_do_not_own_is_refused", transfer_cases::offering_a_buffer_you_do_not_own_is_refused),
+    ("offering_or_pushing_to_a_dead_or_non_existent_process_is_refused", transfer_cases::offering_or_pushing_to_a_dead_or_non_existent_process_is_refused),
+    ("a_receiver_that_already_pays_is_not_charged_twice", transfer_cases::a_receiver_that_already_pays_is_not_charged_twice),
+    (
+        "a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_owner_dies",
+        transfer_cases::a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_owner_dies,
+    ),
+    (
+        "a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile",
+        transfer_cases::a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile,
+    ),
+    ("stress_eight_clients_random_workload_matches_procfs", stress::stress_eight_clients_random_workload_matches_procfs),
 ];
 
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
