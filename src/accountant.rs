@@ -409,6 +409,10 @@ impl Accountant {
         self.change(|state| {
             let mut events = Vec::new();
             for inode in inodes {
+                // The lock was dropped for the scan: skip charges that changed hands meanwhile.
+                if state.ledger.buffer(inode).is_none_or(|b| b.pid != pid) {
+                    continue;
+                }
                 let holders: BTreeSet<u32> = scan
                     .buffers
                     .get(&inode)
@@ -500,7 +504,8 @@ impl Accountant {
                 let ours = seen.exporter.as_deref().is_some_and(|e| state.ledger.heap(e).is_some());
                 if !known && ours {
                     report.unaccounted.push(*inode);
-                    report.unaccounted_bytes += seen.size;
+                    // Sizes come from /proc: a corrupt fdinfo must not overflow the report.
+                    report.unaccounted_bytes = report.unaccounted_bytes.saturating_add(seen.size);
                 }
             }
             Ok(((), events))
