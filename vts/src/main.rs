@@ -4,6 +4,7 @@
 //! Run as root: `chargetransfer-vts [--rpc SOCKET] [--binder DEVICE] [libtest args]`. The same
 //! binary re-executes itself as `--child` for each client process it needs.
 
+mod bench;
 mod cases;
 mod child;
 mod dmem_cases;
@@ -67,6 +68,9 @@ fn main() {
     let mut raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("--child") {
         child::run();
+    }
+    if let Some(status) = bench::dispatch(&raw) {
+        std::process::exit(status);
     }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
     let binder = take_flag(&mut raw, "--binder");

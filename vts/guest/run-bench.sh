@@ -1,0 +1,32 @@
+#!/bin/sh
+# Runs inside a lane guest (busybox sh) for vts/benchmarks.sh: starts the service manager and the
+# service on the kernel binder driver, times binder calls with `chargectl bench` on an empty
+# ledger, then runs `chargetransfer-vts --bench` (holder processes with real dma-bufs, the
+# service's per-app usage vs a /proc scan, the service's RSS, and `chargectl bench` again under
+# that load). Raw outputs land in /share/out/*.txt. Settings come from /share/lane.env.
+set -u
+. /share/lane.env
+export PATH=/share/bin:$PATH RUST_LOG=${RUST_LOG:-warn}
+out=/share/out
+mkdir -p "$out" /data/vendor/chargetransfer
+uname -r >"$out/guest-kernel.txt"
+rsb_hub --insecure-allow-all >"$out/hub.log" 2>&1 &
+sleep 1
+# shellcheck disable=SC2086 # SERVICE_ARGS is a word list
+chargetransferd --state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS >"$out/service.log" 2>&1 &
+chargectl --wait 30 version || { echo "run-bench: the service did not come up"; tail -n 20 "$out/service.log"; exit 1; }
+
+echo "== bench: chargectl bench, empty ledger"
+chargectl bench --iterations "$BENCH_CALLS" >"$out/chargectl-empty.txt" 2>&1
+rc=$?
+cat "$out/chargectl-empty.txt"
+[ $rc -eq 0 ] || exit $rc
+
+echo "== bench: $BENCH_PROCS holders x $BENCH_BUFS dma-bufs"
+chargetransfer-vts --bench --procs "$BENCH_PROCS" --bufs "$BENCH_BUFS" --calls "$BENCH_CALLS" \
+    --scans "$BENCH_SCANS" --chargectl /share/bin/chargectl >"$out/vts-bench.txt" 2>&1
+rc=$?
+cat "$out/vts-bench.txt"
+echo "== bench: service log (tail)"
+tail -n 5 "$out/service.log"
+exit $rc
