@@ -324,7 +324,7 @@ impl Accountant {
             return Err(Error::InvalidArgument("cannot offer a buffer to yourself".into()));
         }
         self.processes.resolve_caller(caller)?;
-        let to = self.processes.resolve(to_pid)?;
+        let to = self.processes.peek(to_pid)?;
         let mut state = self.lock();
         let b = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
         if b.pid != caller.pid {
@@ -546,7 +546,8 @@ impl Accountant {
     }
 
     fn usage_where(&self, state: &State, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
-        let (count, bytes) = state.ledger.buffers().filter(|b| keep(b)).fold((0, 0), |(n, s), b| (n + 1, s + b.size));
+        // Buffers in different pools may together exceed u64 (each pool alone cannot).
+        let (count, bytes) = state.ledger.buffers().filter(|b| keep(b)).fold((0, 0u64), |(n, s), b| (n + 1, s.saturating_add(b.size)));
         Usage { cgroup: cgroup.to_string(), pools: self.pool_usages(state, cgroup), buffer_count: count, buffer_bytes: bytes }
     }
 
@@ -554,7 +555,7 @@ impl Accountant {
         let known = self.lock().owners.get(&pid).map(|p| p.cgroup.clone());
         let cgroup = match known {
             Some(c) => c,
-            None => self.processes.resolve(pid)?.cgroup,
+            None => self.processes.peek(pid)?.cgroup,
         };
         let state = self.lock();
         Ok(self.usage_where(&state, &cgroup, |b| b.pid == pid))

@@ -55,7 +55,8 @@ pub fn owner_table(accountant: &Accountant) -> String {
 pub fn render(accountant: &Accountant) -> String {
     let mut out = String::new();
     let charges = accountant.charges(0);
-    let total: u64 = charges.iter().map(|b| b.size).sum();
+    // Buffers in different pools may together exceed u64 (each pool alone cannot).
+    let total = charges.iter().fold(0u64, |sum, b| sum.saturating_add(b.size));
     let _ = writeln!(out, "chargetransfer: {} buffers, {} charged, {} open offers", charges.len(), human(total), accountant.open_offers());
     let _ = writeln!(out, "\nRegions:");
     let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} heaps", "pool", "class", "capacity", "usage", "enforced");

@@ -68,6 +68,32 @@ impl Processes {
         self.resolve_fresh(pid)
     }
 
+    /// The process `pid` for a query about it (usage, an offer's receiver): from the cache if
+    /// it is there, else read from /proc without a pidfd and without caching it. Only owners and
+    /// callers are pinned; otherwise a client asking about every pid would make the service hold
+    /// a pidfd for every process on the device.
+    pub fn peek(&self, pid: u32) -> Result<Process> {
+        if let Some((p, fd)) = self.live().get(&pid) {
+            if !exited(fd) {
+                return Ok(p.clone());
+            }
+        }
+        if pid == 0 || pid > i32::MAX as u32 {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        self.read(pid)
+    }
+
+    fn read(&self, pid: u32) -> Result<Process> {
+        let gone = |_| Error::NoSuchProcess(pid);
+        Ok(Process {
+            pid,
+            uid: self.procfs.uid_of(pid).map_err(gone)?,
+            cgroup: self.procfs.cgroup_of(pid).map_err(gone)?,
+            start_time: self.procfs.starttime(pid).map_err(gone)?,
+        })
+    }
+
     /// Reads /proc again (pinning the pid with a pidfd first): current cgroup and all.
     pub fn resolve_fresh(&self, pid: u32) -> Result<Process> {
         if pid == 0 || pid > i32::MAX as u32 {
@@ -79,13 +105,7 @@ impl Processes {
         } else {
             None
         };
-        let gone = |_| Error::NoSuchProcess(pid);
-        let process = Process {
-            pid,
-            uid: self.procfs.uid_of(pid).map_err(gone)?,
-            cgroup: self.procfs.cgroup_of(pid).map_err(gone)?,
-            start_time: self.procfs.starttime(pid).map_err(gone)?,
-        };
+        let process = self.read(pid)?;
         if let Some(fd) = pidfd {
             self.live().insert(pid, (process.clone(), fd));
         }
