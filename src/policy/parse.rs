@@ -305,6 +305,9 @@ fn heaps(at: &At, v: &Value) -> Result<Vec<HeapPolicy>> {
             None => Mode::Enforce,
         };
         if let Some(r) = &region {
+            if r == crate::ledger::MEMCG_POOL {
+                return at.key("region").fail("memcg is the memory controller's pool, not a dmem region");
+            }
             if r.contains("**") {
                 return at.key("region").fail("'**' is not allowed in a region pattern; '*' matches within one component");
             }
