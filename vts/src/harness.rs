@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, IoSlice, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 
 use chargetransfer::client::Client;
@@ -15,7 +15,6 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 /// Uids of the roles, as on Android.
 pub const AID_SYSTEM: u32 = 1000;
 pub const AID_GRAPHICS: u32 = 1003;
-pub const AID_CAMERASERVER: u32 = 1047;
 
 pub struct Env {
     pub exe: PathBuf,
@@ -43,6 +42,21 @@ pub struct Child {
 }
 
 impl Env {
+    /// Enables memory and dmem down to `cgroup`, as Android's cgroups.json does for the app
+    /// hierarchy, so the per-process cgroup has its own memory.* and dmem.* files.
+    fn delegate_controllers(&self, cgroup: &str) -> Result<(), String> {
+        let mut path = String::new();
+        let parents: Vec<&str> = cgroup.trim_start_matches('/').split('/').collect();
+        for component in &parents[..parents.len().saturating_sub(1)] {
+            path.push('/');
+            path.push_str(component);
+            let available = self.cgroup.controllers(&path).map_err(|e| e.to_string())?;
+            let wanted: Vec<&str> = ["memory", "dmem"].into_iter().filter(|c| available.iter().any(|a| a == c)).collect();
+            self.cgroup.enable_controllers(&path, &wanted).map_err(|e| format!("{path}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Spawns a client as `uid` in `/uid_<uid>/pid_<pid>` (or `cgroup_override`).
     pub fn spawn(&self, uid: u32, cgroup_override: Option<&str>) -> Result<Child, String> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
@@ -66,6 +80,7 @@ impl Env {
         let pid = process.id();
         let cgroup = cgroup_override.map_or_else(|| format!("/uid_{uid}/pid_{pid}"), str::to_string);
         self.cgroup.create(&cgroup).map_err(|e| e.to_string())?;
+        self.delegate_controllers(&cgroup)?;
         self.cgroup.add_proc(&cgroup, pid).map_err(|e| e.to_string())?;
         let stdin = process.stdin.take().expect("piped");
         let stdout = BufReader::new(process.stdout.take().expect("piped"));
@@ -137,9 +152,4 @@ impl Drop for Child {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-/// Reads a single-value kernel file (memory.current and friends).
-pub fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

@@ -30,6 +30,10 @@ const CASES: &[(&str, Case)] = &[
     ("non_dma_buf_fds_are_rejected", cases::non_dma_buf_fds_are_rejected),
     ("release_and_transfer_move_the_numbers", cases::release_and_transfer_move_the_numbers),
     ("killed_client_charges_are_released", cases::killed_client_charges_are_released),
+    ("system_heap_enforcer_follows_mem_accounting", cases::system_heap_enforcer_follows_mem_accounting),
+    ("over_limit_charge_is_refused_while_a_smaller_one_succeeds", cases::over_limit_charge_is_refused_while_a_smaller_one_succeeds),
+    ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
+    ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
     ("double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying", transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying),
     ("an_app_cannot_push_its_buffer_onto_another_app", transfer_cases::an_app_cannot_push_its_buffer_onto_another_app),
     ("offer_and_accept_move_the_charge_with_consent", transfer_cases::offer_and_accept_move_the_charge_with_consent),
@@ -56,6 +60,7 @@ const DMEM_CASES: &[(&str, Case)] = &[
     ("dmem_capacity_lists_the_cma_region", dmem_cases::dmem_capacity_lists_the_cma_region),
     ("cma_heap_charges_land_in_the_allocating_process_dmem_current", dmem_cases::cma_heap_charges_land_in_the_allocating_process_dmem_current),
     ("an_allocation_over_dmem_max_is_refused_by_the_kernel", dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel),
+    ("autoconfig_writes_real_dmem_limits", dmem_cases::autoconfig_writes_real_dmem_limits),
 ];
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
