@@ -724,6 +724,7 @@ mod tests {
     use std::path::Path;
 
     use crate::journal::Durability;
+    use crate::ledger::LimitKind;
 
     /// A process in a fake /proc holding `buffers` (inode, size) of the system heap by fd.
     fn put_process(proc_root: &Path, pid: u32, uid: u32, cgroup: &str, buffers: &[(Inode, u64)]) {
@@ -781,5 +782,48 @@ mod tests {
         put_process(&proc_root, 300, 10001, "/uid_10001/pid_300", &[(7, 4096)]);
         assert_eq!(accountant.reconcile().unwrap().moved, [7]);
         assert_eq!(payer(), Some((300, "/uid_10001/pid_300".to_string())));
+    }
+
+    /// Eviction reported by the GPU driver's userspace (trusted, uid 1000): the *owner's* memcg
+    /// pays for the evicted bytes, never the reporter's; a restore over the owner's dmem max is
+    /// refused and the buffer stays evicted; pins count against the pin limit; untrusted apps
+    /// cannot report any of it.
+    #[test]
+    fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
+        const MIB: u64 = 1 << 20;
+        let vram = "drm/0000:03:00.0/vram0";
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[]);
+        put_process(&proc_root, 500, 1000, "/system/gpu", &[]);
+        let config = Config { proc_root: proc_root.clone(), cgroup_root: None, state_dir: None, durability: Durability::None, pidfds: false };
+        let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+        let (app, driver) = (Caller { pid: 100, uid: 10001 }, Caller { pid: 500, uid: 1000 });
+        accountant
+            .apply_events(vec![
+                Event::RegionAdded { region: vram.into(), capacity: 1 << 30 },
+                Event::HeapAdded { heap: crate::ledger::HeapSpec { name: "vram".into(), class: crate::ledger::HeapClass::Vram, region: Some(vram.into()) }, enforce: true },
+            ])
+            .unwrap();
+        let buffer = DmaBufInfo { inode: 9, size: 64 * MIB, exporter: "vram".into(), name: None };
+        accountant.charge(app, &buffer, None).unwrap();
+        let usage = |cg: &str, pool: &str| accountant.with_ledger(|l| l.counter(cg, pool).map_or(0, |c| c.usage));
+
+        assert!(matches!(accountant.evict(app, 9), Err(Error::NotTrusted { .. })));
+        accountant.evict(driver, 9).unwrap();
+        assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (64 * MIB, 0));
+        assert_eq!(usage("/system/gpu", "memcg"), 0, "the reporter never pays");
+
+        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, 32 * MIB)?]))).unwrap();
+        assert!(matches!(accountant.restore(driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
+        assert!(accountant.charges(0)[0].evicted, "a refused restore leaves it evicted");
+        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, crate::ledger::UNLIMITED)?]))).unwrap();
+        accountant.restore(driver, 9).unwrap();
+        assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (0, 64 * MIB));
+
+        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::PinMax, 16 * MIB)?]))).unwrap();
+        assert!(matches!(accountant.pin(driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
+        assert_eq!(accountant.eviction_advice(vram, MIB).unwrap(), [9]);
+        accountant.with_ledger(|l| l.check_invariants()).unwrap();
     }
 }
