@@ -1,17 +1,25 @@
 #!/bin/sh
 # Runs inside a lane guest (busybox sh): starts the service manager and the service on the kernel
 # binder driver, runs the VTS binary as root (it spawns app/allocator clients as other uids),
-# then shows what the service and the kernel report. Settings come from /share/lane.env.
+# then shows what the service and the kernel report. Then the fault phase: the suite's service is
+# stopped and the VTS binary supervises its own, killing it 100 times under load (FAULT_KILLS;
+# 0 skips the phase). Settings come from /share/lane.env. Exits non-zero if anything failed.
 set -u
 . /share/lane.env
-export PATH=/share/bin:$PATH RUST_LOG=${RUST_LOG:-info}
+# Binaries run from tmpfs: the fault phase starts the service and the clients hundreds of times,
+# and each exec over 9p (cache=none) reads the whole binary through the emulated virtio queue.
+mkdir -p /tmp/bin
+cp /share/bin/* /tmp/bin/
+export PATH=/tmp/bin:$PATH RUST_LOG=${RUST_LOG:-info}
 out=/share/out
 mkdir -p "$out" /data/vendor/chargetransfer
+service_args="--state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS"
 # Background daemons must not hold the console: their output goes to files.
 rsb_hub --insecure-allow-all >"$out/hub.log" 2>&1 &
 sleep 1
-# shellcheck disable=SC2086 # SERVICE_ARGS is a word list
-chargetransferd --state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS >"$out/service.log" 2>&1 &
+# shellcheck disable=SC2086 # service_args is a word list
+chargetransferd $service_args >"$out/service.log" 2>&1 &
+service_pid=$!
 echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?
@@ -23,4 +31,21 @@ echo "== lane $LANE: chargectl bench"
 chargectl bench --iterations "${BENCH_ITERATIONS:-300}" 2>&1
 echo "== lane $LANE: service log (tail)"
 tail -n 20 "$out/service.log"
+
+if [ "${FAULT_KILLS:-100}" -gt 0 ]; then
+    echo "== lane $LANE: fault injection"
+    # Only one service may be registered: the fault phase starts (and kills) its own.
+    kill "$service_pid"
+    wait "$service_pid"
+    # shellcheck disable=SC2086 # VTS_ARGS is a word list
+    CT_SERVICE_ARGS=$service_args chargetransfer-vts --faults $VTS_ARGS --kills "${FAULT_KILLS:-100}" \
+        ${FAULT_SEED:+--seed "$FAULT_SEED"} --service-log "$out/faults-service.log" >"$out/faults.log" 2>&1
+    frc=$?
+    cat "$out/faults.log"
+    if [ "$frc" -ne 0 ]; then
+        echo "== lane $LANE: fault service log (tail)"
+        tail -n 40 "$out/faults-service.log"
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+fi
 exit $rc

@@ -2,11 +2,17 @@
 //! cgroup and obeys one-line commands on stdin, answering `ok ...` or `err CODE message`.
 //! Buffers it receives from other children arrive over the control socket (SCM_RIGHTS), the way
 //! binder would hand them over.
+//!
+//! Like any client of a HAL that init restarts, a child survives the service's death: a call that
+//! fails below the service (dead object, failed transaction) reconnects and is sent again. Every
+//! call is safe to repeat — charging the same owner twice, a repeated transfer or release, all
+//! leave the ledger as one call would, or refuse with a typed code.
 
 use std::io::{BufRead, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chargetransfer::aidl::android::hardware::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeClient::{BnChargeClient, IChargeClient},
@@ -33,11 +39,97 @@ fn refused(e: ClientError) -> String {
     }
 }
 
-fn connect() -> Result<Client, ClientError> {
+/// How long a child waits for the service to come back before it gives up on a call.
+const RECONNECT_WAIT: Duration = Duration::from_secs(20);
+/// Reconnect-and-resend rounds per call: the service may be killed again while one is in flight.
+const RESENDS: u32 = 5;
+
+/// Reconnections since start, reported by `stats`.
+static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+fn connect_once() -> Result<Client, ClientError> {
     match std::env::var_os("CT_RPC") {
         Some(socket) => Client::connect_rpc(std::path::Path::new(&socket)),
-        None => Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(10)),
+        None => Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(1)),
     }
+}
+
+/// Connects and pings until the service answers: a handle the service manager still holds for a
+/// service that just died looks up fine but fails every call.
+fn connect() -> Result<Client, ClientError> {
+    let deadline = Instant::now() + RECONNECT_WAIT;
+    loop {
+        let last = match connect_once() {
+            Ok(client) => match client.service().ping() {
+                Ok(()) => return Ok(client),
+                Err(e) => ClientError::from(e),
+            },
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `call`; when it fails below the service (not a typed refusal), reconnects and sends it
+/// again, at most [`RESENDS`] times.
+fn retrying<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let mut resent = 0;
+    loop {
+        match call(client) {
+            Err(ClientError::Binder(_)) if resent < RESENDS => {
+                resent += 1;
+                *client = connect()?;
+                RECONNECTS.fetch_add(1, Ordering::Relaxed);
+            }
+            r => return r,
+        }
+    }
+}
+
+fn binder_call<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, rsbinder::Status>) -> Result<T, ClientError> {
+    retrying(client, |c| call(c).map_err(ClientError::from))
+}
+
+/// Outcome counts of a flood: (accepted, typed refusals, untyped failures, first refusal code).
+fn flood(n: i64, mut call: impl FnMut() -> Result<(), ClientError>) -> String {
+    let (mut ok, mut typed, mut untyped, mut first) = (0, 0, 0, None);
+    for _ in 0..n.max(0) {
+        match call() {
+            Ok(()) => ok += 1,
+            Err(e) => match e.code() {
+                Some(code) => {
+                    typed += 1;
+                    first.get_or_insert(code.0);
+                }
+                None => untyped += 1,
+            },
+        }
+    }
+    format!("ok {ok} {typed} {untyped} {}", first.unwrap_or(0))
+}
+
+/// `threads` threads calling `dumpState` (the heaviest call) back to back for `millis`:
+/// returns "ok calls failures".
+fn hog(client: &Client, threads: i64, millis: i64) -> String {
+    let until = Instant::now() + Duration::from_millis(millis.max(0) as u64);
+    let calls = AtomicU64::new(0);
+    let failures = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, 256) {
+            s.spawn(|| {
+                while Instant::now() < until {
+                    match client.service().dumpState() {
+                        Ok(_) => calls.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+    });
+    format!("ok {} {}", calls.into_inner(), failures.into_inner())
 }
 
 fn receive(control: &OwnedFd) -> Result<OwnedFd, String> {
@@ -66,7 +158,7 @@ pub fn run() -> ! {
     let mut lines = stdin.lock().lines();
     // Wait until the orchestrator has moved us into our cgroup.
     let _ = lines.next();
-    let client = match connect() {
+    let mut client = match connect() {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "{}", refused(e));
@@ -121,35 +213,89 @@ pub fn run() -> ! {
                     slots.get_mut(n).map(Option::take);
                     "ok".into()
                 }
-                "charge" => format!("ok {}", info(&client.charge(slot(1, &slots)?).map_err(refused)?)),
-                "charge_for" => format!("ok {}", info(&client.charge_for(slot(1, &slots)?, num(2) as i32).map_err(refused)?)),
-                "transfer" => format!("ok {}", info(&client.transfer(slot(1, &slots)?, num(2) as i32).map_err(refused)?)),
-                "offer" => format!("ok {}", client.offer(slot(1, &slots)?, num(2) as i32, Duration::from_millis(num(3) as u64)).map_err(refused)?),
-                "accept" => format!("ok {}", info(&client.accept(num(1), slot(2, &slots)?).map_err(refused)?)),
+                "charge" => {
+                    let fd = slot(1, &slots)?;
+                    format!("ok {}", info(&retrying(&mut client, |c| c.charge(&fd)).map_err(refused)?))
+                }
+                "charge_for" => {
+                    let fd = slot(1, &slots)?;
+                    format!("ok {}", info(&retrying(&mut client, |c| c.charge_for(&fd, num(2) as i32)).map_err(refused)?))
+                }
+                "alloc_charge" | "alloc_charge_for" => {
+                    // Allocate and charge as one step: a buffer this child keeps is always
+                    // charged; one the service refuses is freed at once.
+                    let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
+                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64).map_err(|e| format!("err 0 {e}"))?;
+                    let charged = match args[0] {
+                        "alloc_charge" => retrying(&mut client, |c| c.charge(&fd)),
+                        _ => retrying(&mut client, |c| c.charge_for(&fd, num(3) as i32)),
+                    };
+                    let ino = charged.map_err(refused)?.inode;
+                    slots.push(Some(fd));
+                    format!("ok {} {ino}", slots.len() - 1)
+                }
+                "transfer" => {
+                    let fd = slot(1, &slots)?;
+                    format!("ok {}", info(&retrying(&mut client, |c| c.transfer(&fd, num(2) as i32)).map_err(refused)?))
+                }
+                "offer" => {
+                    let fd = slot(1, &slots)?;
+                    let ttl = Duration::from_millis(num(3) as u64);
+                    format!("ok {}", retrying(&mut client, |c| c.offer(&fd, num(2) as i32, ttl)).map_err(refused)?)
+                }
+                "accept" => {
+                    let fd = slot(2, &slots)?;
+                    format!("ok {}", info(&retrying(&mut client, |c| c.accept(num(1), &fd)).map_err(refused)?))
+                }
                 "release" => {
-                    client.release(num(1)).map_err(refused)?;
+                    retrying(&mut client, |c| c.release(num(1))).map_err(refused)?;
                     "ok".into()
                 }
+                "ping" => {
+                    binder_call(&mut client, |c| c.service().ping()).map_err(refused)?;
+                    "ok".into()
+                }
+                "spam_charge" => {
+                    // Charges the same buffer over and over (each a no-op after the first), so
+                    // that a kill lands mid-call.
+                    let fd = slot(1, &slots)?;
+                    for _ in 0..num(2).max(0) {
+                        client.charge(&fd).map_err(refused)?;
+                    }
+                    "ok".into()
+                }
+                "offer_flood" => {
+                    let fd = slot(1, &slots)?;
+                    let ttl = Duration::from_millis(num(4) as u64);
+                    flood(num(3), || client.offer(&fd, num(2) as i32, ttl).map(drop))
+                }
+                "register_flood" => flood(num(1), || {
+                    let token = BnChargeClient::new_binder(Token);
+                    client.service().registerClient(&token.as_binder())?;
+                    tokens.push(token);
+                    Ok(())
+                }),
+                "hog" => hog(&client, num(1), num(2)),
+                "stats" => format!("ok {}", RECONNECTS.load(Ordering::Relaxed)),
                 "evict" | "restore" | "pin" | "unpin" => {
-                    let svc = client.service();
                     let inode = num(1);
-                    let r = match args[0] {
-                        "evict" => svc.evict(inode),
-                        "restore" => svc.restore(inode),
-                        "pin" => svc.pin(inode),
-                        _ => svc.unpin(inode),
-                    };
-                    r.map_err(|e| refused(e.into()))?;
+                    binder_call(&mut client, |c| match args[0] {
+                        "evict" => c.service().evict(inode),
+                        "restore" => c.service().restore(inode),
+                        "pin" => c.service().pin(inode),
+                        _ => c.service().unpin(inode),
+                    })
+                    .map_err(refused)?;
                     "ok".into()
                 }
                 "register" => {
                     let token = BnChargeClient::new_binder(Token);
-                    client.service().registerClient(&token.as_binder()).map_err(|e| refused(e.into()))?;
+                    binder_call(&mut client, |c| c.service().registerClient(&token.as_binder())).map_err(refused)?;
                     tokens.push(token);
                     "ok".into()
                 }
                 "reconcile" => {
-                    let r = client.service().reconcile().map_err(|e| refused(e.into()))?;
+                    let r = binder_call(&mut client, |c| c.service().reconcile()).map_err(refused)?;
                     format!("ok {}", r.releasedInodes.len())
                 }
                 "exit" => std::process::exit(0),

@@ -93,7 +93,18 @@ impl Env {
 impl Child {
     /// Sends one command and returns the fields after `ok`.
     pub fn cmd(&mut self, line: &str) -> Result<Vec<String>, Refusal> {
-        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).map_err(|e| Refusal { code: -1, message: format!("pid {} stdin: {e}", self.pid) })?;
+        self.send(line)?;
+        self.reply(line)
+    }
+
+    /// Sends one command without waiting for its reply (read it with [`Self::reply`]), so the
+    /// orchestrator can act while the child is in the call.
+    pub fn send(&mut self, line: &str) -> Result<(), Refusal> {
+        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).map_err(|e| Refusal { code: -1, message: format!("pid {} stdin: {e}", self.pid) })
+    }
+
+    /// The reply to the command `line` sent earlier.
+    pub fn reply(&mut self, line: &str) -> Result<Vec<String>, Refusal> {
         let mut reply = String::new();
         self.stdout.read_line(&mut reply).map_err(|e| Refusal { code: -1, message: e.to_string() })?;
         let mut words = reply.split_whitespace();
@@ -135,15 +146,25 @@ impl Child {
 
     /// Asks the client to exit on its own (closing its fds as a normal exit does) and reaps it.
     pub fn exit(mut self) -> u32 {
-        let _ = writeln!(self.stdin, "exit").and_then(|_| self.stdin.flush());
+        let _ = self.send("exit");
         let _ = self.process.wait();
         self.pid
     }
 
+    /// The child is gone (crashed or killed): its replies will never come.
+    pub fn exited(&mut self) -> bool {
+        self.process.try_wait().ok().flatten().is_some()
+    }
+
     pub fn kill(mut self) -> u32 {
+        self.sigkill();
+        self.pid
+    }
+
+    /// SIGKILLs and reaps the process, keeping the handle (for a seat refilled later).
+    pub fn sigkill(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
-        self.pid
     }
 }
 

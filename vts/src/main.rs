@@ -3,11 +3,15 @@
 //!
 //! Run as root: `chargetransfer-vts [--rpc SOCKET] [--binder DEVICE] [libtest args]`. The same
 //! binary re-executes itself as `--child` for each client process it needs.
+//!
+//! `chargetransfer-vts --faults [--kills N] [--seed S] [--service-log FILE]` runs the fault phase
+//! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
 mod bench;
 mod cases;
 mod child;
 mod dmem_cases;
+mod faults;
 mod harness;
 mod stress;
 mod transfer_cases;
@@ -81,6 +85,18 @@ fn main() {
     let binder = take_flag(&mut raw, "--binder");
     let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
     let cgroup_root = take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+    if let Some(i) = raw.iter().position(|a| a == "--faults") {
+        raw.remove(i);
+        let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {
+            Ok(opts) => faults::run(opts),
+            Err(e) => {
+                eprintln!("vts: --faults: {e}");
+                2
+            }
+        };
+        println!("faults: lane {lane}, exit {code}");
+        std::process::exit(code);
+    }
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
     let client = match &rpc {
