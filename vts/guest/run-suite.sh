@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs inside a lane guest (busybox sh): starts the service manager and the service on the kernel
 # binder driver, runs the VTS binary as root (it spawns app/allocator clients as other uids),
-# then shows what the service and the kernel report. Then the fault phase: the suite's service is
-# stopped and the VTS binary supervises its own, killing it 100 times under load (FAULT_KILLS;
-# 0 skips the phase). Settings come from /share/lane.env. Exits non-zero if anything failed.
+# then shows what the service and the kernel report. Then, in the lanes named by FAULT_LANES
+# (default: debian, where the service alone accounts the system heap), the fault phase: the
+# suite's service is stopped and the VTS binary supervises its own, killing it FAULT_KILLS (100)
+# times under load. Settings come from /share/lane.env. Exits non-zero if anything failed.
 set -u
 . /share/lane.env
 # Binaries run from tmpfs: the fault phase starts the service and the clients hundreds of times,
@@ -32,13 +33,14 @@ chargectl bench --iterations "${BENCH_ITERATIONS:-300}" 2>&1
 echo "== lane $LANE: service log (tail)"
 tail -n 20 "$out/service.log"
 
-if [ "${FAULT_KILLS:-100}" -gt 0 ]; then
+case " ${FAULT_LANES:-debian} " in *" $LANE "*) faults=${FAULT_KILLS:-100} ;; *) faults=0 ;; esac
+if [ "$faults" -gt 0 ]; then
     echo "== lane $LANE: fault injection"
     # Only one service may be registered: the fault phase starts (and kills) its own.
     kill "$service_pid"
     wait "$service_pid"
     # shellcheck disable=SC2086 # VTS_ARGS is a word list
-    CT_SERVICE_ARGS=$service_args chargetransfer-vts --faults $VTS_ARGS --kills "${FAULT_KILLS:-100}" \
+    CT_SERVICE_ARGS=$service_args chargetransfer-vts --faults $VTS_ARGS --kills "$faults" \
         ${FAULT_SEED:+--seed "$FAULT_SEED"} --service-log "$out/faults-service.log" >"$out/faults.log" 2>&1
     frc=$?
     cat "$out/faults.log"
