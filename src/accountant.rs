@@ -212,12 +212,15 @@ impl Accountant {
         state.owners.insert(process.pid, process);
     }
 
-    /// Runs `f` with the ledger locked and journals the events it returns before returning.
-    fn change<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, Vec<Event>)>) -> Result<T> {
+    /// Runs `f` with the ledger locked; `f` pushes each event it applies. They are journaled
+    /// before returning — also when `f` fails part-way, since what it applied stays applied
+    /// (otherwise a restart would replay a ledger the service never had).
+    fn change<T>(&self, f: impl FnOnce(&mut State, &mut Vec<Event>) -> Result<T>) -> Result<T> {
         let mut state = self.lock();
-        let (value, events) = f(&mut state)?;
+        let mut events = Vec::new();
+        let result = f(&mut state, &mut events);
         journal(&mut state, &events)?;
-        Ok(value)
+        result
     }
 
     fn is_trusted(&self, caller: Caller) -> bool {
@@ -263,38 +266,33 @@ impl Accountant {
             return Err(Error::InvalidArgument(format!("buffer {} has size 0", buffer.inode)));
         }
         self.prepare_owner(&owner);
-        self.change(|state| {
+        self.change(|state, events| {
             let heap = self.heap_of(state, buffer)?;
-            let mut events = Vec::new();
-            Self::follow_migration(state, &owner, &mut events)?;
+            Self::follow_migration(state, &owner, events)?;
             match state.ledger.charge(buffer.inode, buffer.size, &heap, owner.pid, &owner.cgroup) {
                 Ok(e) => events.push(e),
                 Err(LedgerError::AlreadyCharged { pid, .. }) if pid == owner.pid => {}
-                Err(e) => {
-                    journal(state, &events)?;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
             if self.policy.kernel_charges_heap(&heap) {
                 state.kernel_payer.insert(buffer.inode, caller_proc.cgroup.clone());
             }
             Self::track(state, owner);
-            let info = state.ledger.buffer(buffer.inode).expect("just charged");
-            Ok((info, events))
+            Ok(state.ledger.buffer(buffer.inode).expect("just charged"))
         })
     }
 
     /// Releases a charge: its owner, or a trusted caller.
     pub fn release(&self, caller: Caller, inode: Inode) -> Result<()> {
-        self.change(|state| {
+        self.change(|state, events| {
             let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
             if b.pid != caller.pid && !self.is_trusted(caller) {
                 return Err(Error::NotOwner { caller: caller.pid, inode, owner: b.pid });
             }
-            let e = state.ledger.release(inode)?;
+            events.push(state.ledger.release(inode)?);
             state.tickets.forget_buffer(inode);
             state.kernel_payer.remove(&inode);
-            Ok(((), vec![e]))
+            Ok(())
         })
     }
 
@@ -305,16 +303,15 @@ impl Accountant {
         self.processes.resolve_caller(caller)?;
         let to = self.processes.resolve(to_pid)?;
         self.prepare_owner(&to);
-        self.change(|state| {
-            let mut events = Vec::new();
-            Self::follow_migration(state, &to, &mut events)?;
+        self.change(|state, events| {
+            Self::follow_migration(state, &to, events)?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
             if current.pid != to.pid || current.cgroup != to.cgroup {
                 events.push(state.ledger.transfer(buffer.inode, to.pid, &to.cgroup)?);
             }
             state.tickets.forget_buffer(buffer.inode);
             Self::track(state, to);
-            Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
+            Ok(state.ledger.buffer(buffer.inode).expect("charged"))
         })
     }
 
@@ -338,21 +335,20 @@ impl Accountant {
     pub fn accept(&self, caller: Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
         let receiver = self.processes.resolve_caller(caller)?;
         self.prepare_owner(&receiver);
-        self.change(|state| {
+        self.change(|state, events| {
             let offer = state.tickets.check(ticket, &receiver, buffer.inode, Instant::now())?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
-            let mut events = Vec::new();
             if current.pid != offer.from_pid && current.pid != receiver.pid {
                 state.tickets.consume(ticket);
                 return Err(Error::BadTicket { ticket, reason: "the charge changed hands since the offer" });
             }
-            Self::follow_migration(state, &receiver, &mut events)?;
+            Self::follow_migration(state, &receiver, events)?;
             if current.pid != receiver.pid || current.cgroup != receiver.cgroup {
                 events.push(state.ledger.transfer(buffer.inode, receiver.pid, &receiver.cgroup)?);
             }
             state.tickets.consume(ticket);
             Self::track(state, receiver);
-            Ok((state.ledger.buffer(buffer.inode).expect("charged"), events))
+            Ok(state.ledger.buffer(buffer.inode).expect("charged"))
         })
     }
 
@@ -372,10 +368,16 @@ impl Accountant {
             }
             let Ok(p) = self.processes.resolve(pid) else { continue };
             if Some(p.uid) == dead_uid {
-                // Same app: it pays even over its limit (the excess shows in max_events).
-                let event = state.ledger.reassign(inode, p.pid, &p.cgroup)?;
-                Self::track(state, p);
-                return Ok(Some(event));
+                // Same app: it pays even over its limit (the excess shows in max_events). A
+                // holder in a cgroup the ledger cannot represent (a name with a space) cannot
+                // pay: the next holder, or the parent rule, does.
+                match state.ledger.reassign(inode, p.pid, &p.cgroup) {
+                    Ok(event) => {
+                        Self::track(state, p);
+                        return Ok(Some(event));
+                    }
+                    Err(e) => warn!("buffer {inode}: holder pid {pid} cannot take the charge: {e}"),
+                }
             }
         }
         // Already parked on the dead owner's parent cgroup: it stays there. Moving it again would
@@ -406,8 +408,7 @@ impl Accountant {
         }
         let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
         let n = inodes.len();
-        self.change(|state| {
-            let mut events = Vec::new();
+        self.change(|state, events| {
             for inode in inodes {
                 // The lock was dropped for the scan: skip charges that changed hands meanwhile.
                 if state.ledger.buffer(inode).is_none_or(|b| b.pid != pid) {
@@ -427,7 +428,7 @@ impl Accountant {
                 state.tickets.forget_buffer(inode);
             }
             info!("pid {pid} died: {n} charges handled");
-            Ok((n, events))
+            Ok(n)
         })
     }
 
@@ -450,8 +451,7 @@ impl Accountant {
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
-        self.change(|state| {
-            let mut events = Vec::new();
+        self.change(|state, events| {
             let known: Vec<BufferInfo> = state.ledger.buffers().collect();
             for b in &known {
                 let Some(seen) = scan.buffers.get(&b.inode) else {
@@ -479,9 +479,16 @@ impl Accountant {
                 let was = state.owners.get(pid).cloned();
                 if let Some(known) = was {
                     if known.start_time == process.start_time && known.cgroup != process.cgroup && !state.ledger.buffers_of_pid(*pid).is_empty() {
-                        events.push(state.ledger.migrate(*pid, &process.cgroup)?);
-                        report.migrated.push(*pid);
-                        state.owners.insert(*pid, process.clone());
+                        // One process in a cgroup the ledger cannot represent must not stop the
+                        // pass for everyone else: its charges stay where they are.
+                        match state.ledger.migrate(*pid, &process.cgroup) {
+                            Ok(e) => {
+                                events.push(e);
+                                report.migrated.push(*pid);
+                                state.owners.insert(*pid, process.clone());
+                            }
+                            Err(e) => warn!("reconcile: pid {pid} moved to {}: {e}", process.cgroup),
+                        }
                     }
                 }
             }
@@ -508,7 +515,7 @@ impl Accountant {
                     report.unaccounted_bytes = report.unaccounted_bytes.saturating_add(seen.size);
                 }
             }
-            Ok(((), events))
+            Ok(())
         })?;
         report.released.sort_unstable();
         report.moved.sort_unstable();
@@ -598,36 +605,48 @@ impl Accountant {
 
     /// Applies events computed outside (autoconfig) and journals them.
     pub fn apply_events(&self, events: Vec<Event>) -> Result<()> {
-        self.change(|state| {
-            let mut applied = Vec::new();
+        self.change(|state, applied| {
             for e in events {
                 state.ledger.apply(&e)?;
                 applied.push(e);
             }
-            Ok(((), applied))
+            Ok(())
         })
     }
 
     /// Runs `f` with mutable access to the ledger and journals the events it returns.
     pub fn with_ledger_mut<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<(T, Vec<Event>)>) -> Result<T> {
-        self.change(|state| f(&mut state.ledger))
+        self.change(|state, events| {
+            let (value, applied) = f(&mut state.ledger)?;
+            events.extend(applied);
+            Ok(value)
+        })
     }
 
     // ---- vram: eviction and pins (trusted: the GPU driver's userspace) ----
 
     pub fn evict(&self, caller: Caller, inode: Inode) -> Result<()> {
         self.require_trusted(caller, "report eviction")?;
-        self.change(|state| Ok(((), vec![state.ledger.evict(inode)?])))
+        self.change(|state, events| {
+            events.push(state.ledger.evict(inode)?);
+            Ok(())
+        })
     }
 
     pub fn restore(&self, caller: Caller, inode: Inode) -> Result<()> {
         self.require_trusted(caller, "report restore")?;
-        self.change(|state| Ok(((), vec![state.ledger.restore(inode)?])))
+        self.change(|state, events| {
+            events.push(state.ledger.restore(inode)?);
+            Ok(())
+        })
     }
 
     pub fn pin(&self, caller: Caller, inode: Inode, pin: bool) -> Result<()> {
         self.require_trusted(caller, "pin or unpin")?;
-        self.change(|state| Ok(((), vec![if pin { state.ledger.pin(inode)? } else { state.ledger.unpin(inode)? }])))
+        self.change(|state, events| {
+            events.push(if pin { state.ledger.pin(inode)? } else { state.ledger.unpin(inode)? });
+            Ok(())
+        })
     }
 
     pub fn eviction_advice(&self, region: &str, bytes: u64) -> Result<Vec<Inode>> {

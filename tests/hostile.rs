@@ -1171,7 +1171,9 @@ struct Daemon {
     child: Child,
     socket: PathBuf,
     stderr: PathBuf,
-    _state: tempfile::TempDir,
+    /// The journal directory (`--state-dir`).
+    state: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Daemon {
@@ -1191,13 +1193,13 @@ impl Daemon {
             .args(["--rpc", socket.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--no-autoconfig"])
             .args(["--durability", "none", "--reconcile-secs", "1"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("HOSTILE_SERVICE_LOG").unwrap_or_else(|_| "warn".into()))
             .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let mut d = Daemon { name, child, socket, stderr, _state: dir };
+        let mut d = Daemon { name, child, socket, stderr, state, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !d.socket.exists() {
             assert!(d.child.try_wait().unwrap().is_none(), "{name} exited at start:\n{}", d.log());
@@ -1289,14 +1291,12 @@ impl ServiceFixture {
         let cgroup_root = dir.path().join("cgroup");
         fs::create_dir_all(proc_root.join("self")).unwrap();
         fs::create_dir_all(&cgroup_root).unwrap();
-        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.json");
         let heaps = r#""heaps": {"vram0": {"class": "vram", "region": "drm/0000:03:00.0/vram0", "region_class": "vram"},
                                  "observed": {"class": "system", "mode": "observe"}}"#;
         let trusted_policy = dir.path().join("trusted.json");
         fs::write(&trusted_policy, format!(r#"{{{heaps}, "trusted": {{"uids": [0, 1000]}}}}"#)).unwrap();
         let untrusted_policy = dir.path().join("untrusted.json");
         fs::write(&untrusted_policy, format!(r#"{{{heaps}}}"#)).unwrap();
-        let _ = base;
         let mut fx = ServiceFixture {
             _dir: dir,
             proc_root,
@@ -2086,6 +2086,52 @@ impl AidlWorld {
         Ok(())
     }
 
+    /// After the last call: once the ledger is stable (a periodic reconcile has run without
+    /// changing it), the service is killed and its journal must replay to exactly what it served.
+    fn check_journal(&mut self, lane: usize) -> Result<usize, String> {
+        let charges = |w: &AidlWorld| -> Result<Vec<String>, String> {
+            let s = w.lanes[lane].client.service();
+            let mut list: Vec<String> = s
+                .listCharges(0)
+                .map_err(|e| format!("listCharges: {e:?}"))?
+                .iter()
+                .map(|c| format!("{} {} {} {} {} {:?} {} {}", c.inode, c.size, c.heap, c.ownerPid, c.ownerCgroup, c.pools, c.evicted, c.pinned))
+                .collect();
+            list.sort();
+            Ok(list)
+        };
+        let mut served = charges(self)?;
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(1200));
+            let again = charges(self)?;
+            if again == served {
+                break;
+            }
+            served = again;
+        }
+        let l = &mut self.lanes[lane];
+        l.daemon.child.kill().map_err(|e| e.to_string())?;
+        l.daemon.child.wait().map_err(|e| e.to_string())?;
+        // Replay logs each refused event: let it reach stderr.
+        let _ = env_logger::Builder::new().filter_level(log::LevelFilter::Warn).try_init();
+        let (_, ledger, report) = chargetransfer::journal::Journal::open(&l.daemon.state, chargetransfer::journal::Durability::None)
+            .map_err(|e| format!("{}: journal does not open: {e}", l.daemon.name))?;
+        if report.corrupt.is_some() || report.events_refused > 0 {
+            return Err(format!("{}: journal replay: {report:?}\nservice log:\n{}", l.daemon.name, l.daemon.log()));
+        }
+        ledger.check_invariants().map_err(|e| format!("{}: replayed ledger: {e}", l.daemon.name))?;
+        let wire = |v: u64| if v == u64::MAX { -1 } else { i64::try_from(v).unwrap_or(i64::MAX) };
+        let mut replayed: Vec<String> = ledger
+            .buffers()
+            .map(|b| format!("{} {} {} {} {} {:?} {} {}", wire(b.inode), wire(b.size), b.heap, b.pid as i32, b.cgroup, b.pools, b.evicted, b.pinned))
+            .collect();
+        replayed.sort();
+        if replayed != served {
+            return Err(format!("{}: the journal replays to\n{replayed:#?}\nbut the service served\n{served:#?}", l.daemon.name));
+        }
+        Ok(served.len())
+    }
+
     /// The service is still up, answers, and did not leak memory or fds.
     fn check_health(&mut self, lane: usize) -> Result<(), String> {
         let l = &mut self.lanes[lane];
@@ -2143,6 +2189,12 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         assert!(rss < l.rss_start_kib + 64 * 1024, "{}: RSS grew from {} to {rss} KiB", l.daemon.name, l.rss_start_kib);
         assert!(fds <= l.fds_start + 16, "{}: fds grew from {} to {fds}; received fds leak?", l.daemon.name, l.fds_start);
     }
+    w.fixture.restore_me();
+    let mut journaled = Vec::new();
+    for lane in 1..w.lanes.len() {
+        let n = w.check_journal(lane).unwrap_or_else(|e| panic!("{e}\n(replay with HOSTILE_SEED={})", base_seed()));
+        journaled.push(format!("{} {n}", SERVICE_NAMES[lane]));
+    }
     let t = tally.into_inner().unwrap();
     let refused: usize = t.refused.values().sum();
     let codes: Vec<String> = t.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
@@ -2153,7 +2205,7 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         format!(
             "{} sequences ({}) / {} calls: {} ok, {refused} typed refusals ({}); {} raw parcels ({} rejected by the transport), \
              {} closed fds refused by the client before sending, {} usage queries sweeping every host pid, \
-             {} fixture /proc changes; {}",
+             {} fixture /proc changes; journals replay to the served ledger ({} charges); {}",
             t.sequences,
             per.join(", "),
             t.calls,
@@ -2164,6 +2216,7 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
             t.closed_fd_refused_locally,
             t.sweep_queries,
             t.fixture_ops,
+            journaled.join(", "),
             memory.join("; ")
         ),
         started,
@@ -2179,4 +2232,65 @@ fn policy_refuses_memcg_as_a_heap_region() {
         Err(PolicyError::Invalid { path, reason, .. }) => assert_eq!(path, "heaps.c.region", "{reason}"),
         other => panic!("{other:?}"),
     }
+}
+
+// =====================================================================================
+// Directed regressions for what the AIDL harness found.
+// =====================================================================================
+
+/// A fixture /proc for the accountant: `(pid, uid, cgroup, held inodes)`.
+fn accountant_proc(root: &Path, procs: &[(u32, u32, &str, &[u64])]) {
+    for (pid, uid, cgroup, held) in procs {
+        let dir = root.join(pid.to_string());
+        put(&dir.join("status"), format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}\n").as_bytes());
+        put(&dir.join("cgroup"), format!("0::{cgroup}\n").as_bytes());
+        put(&dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 1 1 0\n", 1000 + pid).as_bytes());
+        put(&dir.join("maps"), b"");
+        fs::create_dir_all(dir.join("fdinfo")).unwrap();
+        for (fd, inode) in held.iter().enumerate() {
+            put(&dir.join(format!("fdinfo/{}", fd + 3)), fdinfo_text(Some(*inode), "4096", "system", None).as_bytes());
+        }
+    }
+}
+
+/// Death handling that meets a holder it cannot charge (its cgroup path has a space, which the
+/// ledger refuses) must neither stop half-way with the journal behind the ledger (a restart then
+/// resurrected a released charge) nor leave the dead owner's charges in place: the buffer goes
+/// to the owner's parent cgroup, and the journal replays to exactly the ledger in memory.
+#[test]
+fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
+    use chargetransfer::accountant::{Accountant, Config};
+    use chargetransfer::owner::Caller;
+    let dir = tempfile::tempdir().unwrap();
+    let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
+    accountant_proc(&proc_root, &[(100, 10001, "/uid_10001/pid_100", &[]), (101, 10001, "/uid_10001/a b", &[2])]);
+    let policy = Policy::from_json(r#"{"version": 1, "heaps": {"system": {"class": "system"}}}"#).unwrap();
+    let config = Config {
+        proc_root: proc_root.clone(),
+        cgroup_root: None,
+        state_dir: Some(state.clone()),
+        durability: chargetransfer::journal::Durability::None,
+        pidfds: false,
+    };
+    let a = Accountant::open(config, policy).unwrap();
+    let caller = Caller { pid: 100, uid: 10001 };
+    for inode in [1, 2] {
+        let buffer = kernel::DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None };
+        a.charge(caller, &buffer, None).unwrap();
+    }
+    fs::remove_dir_all(proc_root.join("100")).unwrap();
+    a.process_died(100).unwrap();
+    let in_memory: Vec<BufferInfo> = a.with_ledger(|l| {
+        let mut v: Vec<BufferInfo> = l.buffers().collect();
+        v.sort_by_key(|b| b.inode);
+        v
+    });
+    assert_eq!(in_memory.len(), 1, "buffer 1 (no holder) is released: {in_memory:?}");
+    assert_eq!((in_memory[0].inode, in_memory[0].cgroup.as_str(), in_memory[0].pid), (2, "/uid_10001", 0));
+    drop(a);
+    let (_, replayed, report) = chargetransfer::journal::Journal::open(&state, chargetransfer::journal::Durability::None).unwrap();
+    assert_eq!(report.events_refused, 0, "{report:?}");
+    let mut replayed: Vec<BufferInfo> = replayed.buffers().collect();
+    replayed.sort_by_key(|b| b.inode);
+    assert_eq!(replayed, in_memory);
 }
