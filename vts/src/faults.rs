@@ -45,8 +45,11 @@ const PAGE: u64 = 4096;
 const MAX_HELD: usize = 10;
 /// How long the service may take to register again after a start.
 const START_WAIT: Duration = Duration::from_secs(30);
+/// Threads of the client that occupies the service's binder threads: one more than the pool
+/// (rsbinder's default of 15), so a call of the hog is always queued.
+const HOG_THREADS: u64 = 16;
 /// A probe round (three calls) while another client occupies every binder thread: generous for
-/// a one-CPU emulated guest (about 4 s there), far below "starved".
+/// a one-CPU emulated guest, far below "starved".
 const HOG_BOUND: Duration = Duration::from_secs(15);
 
 pub struct Options {
@@ -676,10 +679,10 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     report.push(format!("death-token flood of {n}: {ok} registered, {typed} refused INVALID_ARGUMENT, probe served in {during:?}"));
     registrar.kill();
 
-    // Binder threads held: 32 threads calling back to back; the probe still gets through. Then a
-    // second hog is SIGKILLed with its calls in flight.
+    // Binder threads held: HOG_THREADS threads calling back to back; the probe still gets
+    // through. Then a second hog is SIGKILLed with its calls in flight.
     let mut hog = env.spawn(10403, None)?;
-    hog.send("hog 32 3000").map_err(|r| r.message)?;
+    hog.send(&format!("hog {HOG_THREADS} 3000")).map_err(|r| r.message)?;
     let (mut rounds, mut slowest) = (0, Duration::ZERO);
     let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
@@ -691,14 +694,14 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     crate::cases::check(failures == 0, || format!("the hog's own calls failed {failures} times"))?;
     // Binder queues calls first come, first served: the probe waits behind the hog's queued
     // calls (the service has fewer threads than the hog), not behind the hog as a whole.
-    let hog_call = Duration::from_millis(3000 * 32 / calls.max(1));
+    let hog_call = Duration::from_millis(3000 * HOG_THREADS / calls.max(1));
     crate::cases::check(rounds > 0 && slowest < HOG_BOUND, || format!("probe: {rounds} rounds, slowest {slowest:?} (a hog call takes {hog_call:?})"))?;
-    hog.send("hog 32 10000").map_err(|r| r.message)?;
+    hog.send(&format!("hog {HOG_THREADS} 10000")).map_err(|r| r.message)?;
     std::thread::sleep(Duration::from_millis(500));
     hog.kill();
     slowest = slowest.max(probe(&mut probe_child)?);
     report.push(format!(
-        "32 threads holding every binder thread ({calls} dumpState calls in 3 s, {hog_call:?} each; then SIGKILLed mid-call): probe served {rounds}× (slowest round {slowest:?})"
+        "{HOG_THREADS} threads holding every binder thread ({calls} dumpState calls in 3 s, {hog_call:?} each; then SIGKILLed mid-call): probe served {rounds}× (slowest round {slowest:?})"
     ));
     Ok(report)
 }
