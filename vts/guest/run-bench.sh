@@ -5,8 +5,9 @@
 # service's per-app usage vs a /proc scan, the service's RSS, and `chargectl bench` again under
 # that load). Raw outputs land in /share/out/*.txt. Settings come from /share/lane.env.
 set -u
+# shellcheck source=/dev/null # written by vts/benchmarks.sh
 . /share/lane.env
-export PATH=/share/bin:$PATH RUST_LOG=${RUST_LOG:-warn}
+export PATH="/share/bin:$PATH" RUST_LOG="${RUST_LOG:-warn}"
 out=/share/out
 mkdir -p "$out" /data/vendor/chargetransfer
 uname -r >"$out/guest-kernel.txt"

@@ -5,8 +5,8 @@
 //!   N holder processes as app uids in `uid_<uid>/pid_<pid>` cgroups, each holding and charging
 //!   M 4 KiB dma-bufs; then the service's `getProcessUsage` against a libdmabufinfo-style scan
 //!   of /proc (`ProcFs::scan_all`), the service's RSS, and `chargectl bench` at that load.
-//! - `--holder M` (spawned by `--bench`): allocates and charges M buffers, holds them until its
-//!   stdin closes.
+//! - `--holder` (spawned by `--bench`): allocates and charges buffers when told to, holds them
+//!   until its stdin closes.
 //! - `--rss BUFFERS CGROUPS` (host): an in-memory accountant charged with BUFFERS synthetic
 //!   buffers spread over CGROUPS app cgroups; VmRSS before and after.
 //! - `--plot IN OUT`: the ledger latency curves in IN (`panel op/p50 x nanoseconds` lines, one
@@ -31,7 +31,7 @@ const BUFFER_SIZE: u64 = 4096;
 pub fn dispatch(args: &[String]) -> Option<i32> {
     let rest = args.get(2..).unwrap_or_default();
     let result = match args.get(1).map(String::as_str)? {
-        "--holder" => holder(rest),
+        "--holder" => holder(),
         "--bench" => guest(rest),
         "--rss" => rss(rest),
         "--plot" => plot(rest),
@@ -75,33 +75,36 @@ fn rss_kib(status: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("{}: no VmRSS line", status.display()))
 }
 
-/// The holder child: waits for the go line (sent once it is in its cgroup), then allocates and
-/// charges its buffers, says `ok`, and holds them until stdin closes.
-fn holder(args: &[String]) -> Result<(), String> {
-    let count: usize = args.first().and_then(|v| v.parse().ok()).ok_or("--holder COUNT")?;
-    let mut lines = std::io::stdin().lock().lines();
-    let _ = lines.next();
+/// The holder child: for each `charge K` line on stdin (the first arrives once it is in its
+/// cgroup) it allocates and charges K more buffers and answers `ok <held>`; it holds them all
+/// until stdin closes.
+fn holder() -> Result<(), String> {
     let mut out = std::io::stdout();
-    let work = || -> Result<Vec<std::os::fd::OwnedFd>, String> {
-        let client = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
-        let heap = Path::new("/dev/dma_heap/system");
-        let mut held = Vec::with_capacity(count);
-        for _ in 0..count {
-            let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
-            client.charge(&fd).map_err(|e| e.to_string())?;
-            held.push(fd);
-        }
-        Ok(held)
-    };
-    let held = match work() {
-        Ok(held) => held,
-        Err(e) => {
-            let _ = writeln!(out, "err {}", e.replace('\n', " "));
-            return Err(e);
-        }
-    };
-    writeln!(out, "ok {}", held.len()).and_then(|_| out.flush()).map_err(|e| e.to_string())?;
-    lines.for_each(drop);
+    let heap = Path::new("/dev/dma_heap/system");
+    let mut client = None;
+    let mut held = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut round = || -> Result<(), String> {
+            let count: usize = line.strip_prefix("charge ").and_then(|k| k.trim().parse().ok()).ok_or_else(|| format!("bad command {line:?}"))?;
+            if client.is_none() {
+                let c = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                client = Some(c);
+            }
+            let client = client.as_ref().expect("connected above");
+            for _ in 0..count {
+                let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
+                client.charge(&fd).map_err(|e| e.to_string())?;
+                held.push(fd);
+            }
+            Ok(())
+        };
+        let reply = match round() {
+            Ok(()) => format!("ok {}", held.len()),
+            Err(e) => format!("err {}", e.replace('\n', " ")),
+        };
+        writeln!(out, "{reply}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -112,9 +115,9 @@ struct Holder {
     stdout: BufReader<ChildStdout>,
 }
 
-fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32, bufs: usize) -> Result<Holder, String> {
+fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, String> {
     let mut cmd = Command::new(exe);
-    cmd.arg("--holder").arg(bufs.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.arg("--holder").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::uid(&mut cmd, uid);
     std::os::unix::process::CommandExt::gid(&mut cmd, uid);
     let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", exe.display()))?;
@@ -122,10 +125,26 @@ fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32, bufs: usize) -> Result<
     let path = format!("/uid_{uid}/pid_{pid}");
     cgroup.create(&path).map_err(|e| e.to_string())?;
     cgroup.add_proc(&path, pid).map_err(|e| e.to_string())?;
-    let mut stdin = process.stdin.take().expect("piped");
-    writeln!(stdin, "go").and_then(|_| stdin.flush()).map_err(|e| format!("holder {pid}: {e}"))?;
+    let stdin = process.stdin.take().expect("piped");
     let stdout = BufReader::new(process.stdout.take().expect("piped"));
     Ok(Holder { pid, process, stdin: Some(stdin), stdout })
+}
+
+impl Holder {
+    fn send(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().expect("open until the end");
+        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).map_err(|e| format!("holder {}: {e}", self.pid))
+    }
+
+    fn wait_ok(&mut self) -> Result<(), String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| format!("holder {}: {e}", self.pid))?;
+        if line.starts_with("ok") {
+            Ok(())
+        } else {
+            Err(format!("holder {}: {}", self.pid, line.trim()))
+        }
+    }
 }
 
 fn service_pid(proc: &ProcFs) -> Result<u32, String> {
@@ -151,29 +170,27 @@ fn guest(args: &[String]) -> Result<(), String> {
     let rss_before = rss_kib(&status)?;
     let buffers_before = ledger_buffers()?;
 
-    // Holders start in two waves; within a wave they charge in parallel and each answers once
-    // it holds its buffers. The second wave's growth of the service's RSS is the marginal cost
-    // per buffer, after the first has warmed up binder threads and allocator arenas.
+    // Two rounds over the same processes: each charges half its buffers, then the rest, all in
+    // parallel. The second round's growth of the service's RSS is its cost per buffer alone;
+    // the first round's also carries what it keeps per client process.
     let start = Instant::now();
-    let mut holders: Vec<Holder> = Vec::with_capacity(procs);
+    let mut holders = Vec::with_capacity(procs);
+    for i in 0..procs {
+        holders.push(spawn_holder(&exe, &cgroup, FIRST_APP_UID + i as u32)?);
+    }
     let mut rss = Vec::new();
-    for wave in [procs / 2, procs] {
-        let first = holders.len();
-        for i in first..wave {
-            holders.push(spawn_holder(&exe, &cgroup, FIRST_APP_UID + i as u32, bufs)?);
+    for count in [bufs / 2, bufs - bufs / 2] {
+        for h in &mut holders {
+            h.send(&format!("charge {count}"))?;
         }
-        for h in &mut holders[first..] {
-            let mut line = String::new();
-            h.stdout.read_line(&mut line).map_err(|e| format!("holder {}: {e}", h.pid))?;
-            if !line.starts_with("ok") {
-                return Err(format!("holder {}: {}", h.pid, line.trim()));
-            }
+        for h in &mut holders {
+            h.wait_ok()?;
         }
         rss.push((rss_kib(&status)?, ledger_buffers()?));
     }
     let setup = start.elapsed();
     println!("bench: {procs} holders x {bufs} dma-bufs of {BUFFER_SIZE} bytes allocated and charged in {setup:.1?}");
-    let [(rss_mid, buffers_mid), (rss_after, buffers_after)] = rss[..] else { unreachable!("two waves") };
+    let [(rss_mid, buffers_mid), (rss_after, buffers_after)] = rss[..] else { unreachable!("two rounds") };
 
     // The service's answer for one app, rotating over the holders.
     let report = svc.getProcessUsage(holders[0].pid as i32).map_err(|e| format!("getProcessUsage: {e:?}"))?;
@@ -226,7 +243,7 @@ fn guest(args: &[String]) -> Result<(), String> {
         one.as_secs_f64() / usage.as_secs_f64()
     );
     println!(
-        "bench: service VmRSS {rss_before} KiB at {buffers_before} live buffers, {rss_mid} KiB at {buffers_mid}, {rss_after} KiB at {buffers_after}: {:.0} bytes per buffer in the second wave",
+        "bench: service VmRSS {rss_before} KiB at {buffers_before} live buffers, {rss_mid} KiB at {buffers_mid}, {rss_after} KiB at {buffers_after}: {:.0} bytes per buffer in the second round",
         (rss_after.saturating_sub(rss_mid) * 1024) as f64 / (buffers_after - buffers_mid).max(1) as f64
     );
     result("procs", procs);
