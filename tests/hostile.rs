@@ -1443,10 +1443,17 @@ impl ServiceFixture {
     }
 
     /// Our own process as the service must see it, so the next sequence starts callable.
-    fn restore_me(&mut self) {
+    /// Our own process as the service must see it so the next sequence can call: alive, uid 0,
+    /// in its cgroup, holding every fd of the pool (as it does), so a reconcile keeps what it
+    /// charged unless a `Drop` said otherwise.
+    fn restore_me(&mut self, pool: &FdPool) {
         let me = self.me;
         let start = self.procs.get(&me).map_or(1000, |p| p.start);
         self.spawn(me, 0, "/system/hostile", start);
+        for (i, (_, fd)) in pool.fds.iter().enumerate() {
+            let ino = rustix::fs::fstat(fd).unwrap().st_ino;
+            let _ = fs::write(self.pid_dir(me).join(format!("fdinfo/{}", 100 + i)), fdinfo_text(Some(ino), "4096", "system", None));
+        }
     }
 }
 
@@ -2101,13 +2108,21 @@ impl AidlWorld {
             Ok(list)
         };
         let mut served = charges(self)?;
+        let mut stable = false;
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(1200));
             let again = charges(self)?;
             if again == served {
+                stable = true;
                 break;
             }
+            if std::env::var("HOSTILE_DEBUG").is_ok() {
+                report(&format!("{}: changed\n  from {served:?}\n  to   {again:?}", self.lanes[lane].daemon.name));
+            }
             served = again;
+        }
+        if !stable {
+            return Err(format!("{}: the ledger keeps changing with /proc unchanged (reconcile does not converge)", self.lanes[lane].daemon.name));
         }
         let l = &mut self.lanes[lane];
         l.daemon.child.kill().map_err(|e| e.to_string())?;
@@ -2155,9 +2170,10 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
     let tally = Mutex::new(AidlTally::default());
     let strategy = (0..SERVICE_NAMES.len(), prop::collection::vec(call(), 1..36));
     run(&mut runner(1, sequences, false), strategy, |(lane, calls)| {
-        let mut w = world.lock().unwrap();
+        let mut guard = world.lock().unwrap();
+        let w = &mut *guard;
         let mut t = tally.lock().unwrap();
-        w.fixture.restore_me();
+        w.fixture.restore_me(&w.pool);
         t.sequences += 1;
         *t.per_service.entry(SERVICE_NAMES[lane]).or_default() += 1;
         for (i, c) in calls.iter().enumerate() {
@@ -2170,7 +2186,7 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
                 return Err(TestCaseError::fail(format!("{} call {i} {c:?}: {e}\nservice log:\n{}", SERVICE_NAMES[lane], tail.join("\n"))));
             }
         }
-        w.fixture.restore_me();
+        w.fixture.restore_me(&w.pool);
         w.check_health(lane).map_err(TestCaseError::fail)?;
         if lane != 0 {
             w.check_totals(lane, &mut t).map_err(|e| TestCaseError::fail(format!("{}: {e}", SERVICE_NAMES[lane])))?;
@@ -2189,7 +2205,7 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         assert!(rss < l.rss_start_kib + 64 * 1024, "{}: RSS grew from {} to {rss} KiB", l.daemon.name, l.rss_start_kib);
         assert!(fds <= l.fds_start + 16, "{}: fds grew from {} to {fds}; received fds leak?", l.daemon.name, l.fds_start);
     }
-    w.fixture.restore_me();
+    w.fixture.restore_me(&w.pool);
     let mut journaled = Vec::new();
     for lane in 1..w.lanes.len() {
         let n = w.check_journal(lane).unwrap_or_else(|e| panic!("{e}\n(replay with HOSTILE_SEED={})", base_seed()));
