@@ -8,9 +8,11 @@
 //! - `ledger_*`: random event sequences with hostile values into the pure ledger.
 //!
 //! CI runs a fixed number of cases; `HOSTILE_CASES=N` multiplies every count by N, and
-//! `HOSTILE_SEED` replays one run (the seed is printed). Each harness prints its counts to stderr
-//! (uncaptured, so they show in `cargo test` output), and the last one to finish prints the
-//! summary line.
+//! `HOSTILE_SEED` replays one run (the seed is printed; the services' timing still varies).
+//! `HOSTILE_SERVICE_LOG=info` raises the services' log level; `HOSTILE_DEBUG=1` prints what a
+//! reconcile changed while the final check waits for it to settle. Each harness prints its
+//! counts to stderr (uncaptured, so they show in `cargo test` output), and the last one to finish
+//! prints the summary line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
