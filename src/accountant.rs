@@ -533,23 +533,19 @@ impl Accountant {
         let counters = state.ledger.counters(cgroup).unwrap_or_else(|_| {
             state.ledger.pools().map(|(_, name, _)| (name.to_string(), Counter::default())).collect()
         });
+        let fs = self.cgroupfs.as_ref();
+        let dmem = fs.and_then(|fs| fs.dmem(cgroup, DmemFile::Current).ok());
         counters
             .into_iter()
             .map(|(pool, counter)| {
-                let kernel_usage = self.kernel_usage(cgroup, &pool);
+                let kernel_usage = if pool == MEMCG_POOL {
+                    fs.and_then(|fs| fs.memory_current(cgroup).ok())
+                } else {
+                    dmem.as_ref().and_then(|d| d.get(&pool).copied())
+                };
                 PoolUsage { pool, counter, kernel_usage }
             })
             .collect()
-    }
-
-    /// What the kernel reports for a cgroup's pool, if the file is there.
-    pub fn kernel_usage(&self, cgroup: &str, pool: &str) -> Option<u64> {
-        let fs = self.cgroupfs.as_ref()?;
-        if pool == MEMCG_POOL {
-            fs.memory(cgroup).ok().map(|m| m.current)
-        } else {
-            fs.dmem(cgroup, DmemFile::Current).ok()?.get(pool).copied()
-        }
     }
 
     fn usage_where(&self, state: &State, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
@@ -565,7 +561,8 @@ impl Accountant {
             None => self.processes.peek(pid)?.cgroup,
         };
         let state = self.lock();
-        Ok(self.usage_where(&state, &cgroup, |b| b.pid == pid))
+        let (buffer_count, buffer_bytes) = state.ledger.pid_totals(pid);
+        Ok(Usage { pools: self.pool_usages(&state, &cgroup), cgroup, buffer_count, buffer_bytes })
     }
 
     pub fn uid_usage(&self, uid: u32) -> Usage {

@@ -177,6 +177,12 @@ impl CgroupFs {
         Ok(out)
     }
 
+    /// `memory.current` alone: one file, for hot queries.
+    pub fn memory_current(&self, cgroup: &str) -> Result<u64> {
+        let path = self.dir(cgroup)?.join("memory.current");
+        parse::single(&path, &parse::read(&path)?, number)
+    }
+
     pub fn memory(&self, cgroup: &str) -> Result<MemoryState> {
         let dir = self.dir(cgroup)?;
         let single = |name: &str, parser: parse::ValueParser| {

@@ -81,6 +81,9 @@ pub struct Ledger {
     node_ids: HashMap<String, CgroupId>,
     free_nodes: Vec<CgroupId>,
     buffers: HashMap<Inode, Buffer>,
+    /// Per owning process: (buffers, bytes). Kept with every change so a process's usage is a
+    /// lookup, not a walk over all buffers.
+    pid_totals: HashMap<u32, (u32, u64)>,
 }
 
 impl Default for Ledger {
@@ -127,6 +130,7 @@ impl Ledger {
             node_ids: HashMap::from([("/".to_string(), ROOT)]),
             free_nodes: Vec::new(),
             buffers: HashMap::new(),
+            pid_totals: HashMap::new(),
         }
     }
 
@@ -307,6 +311,11 @@ impl Ledger {
             self.buffers.iter().filter(|(_, b)| b.pid == pid).map(|(i, _)| *i).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Buffers and bytes charged to a process.
+    pub fn pid_totals(&self, pid: u32) -> (usize, u64) {
+        self.pid_totals.get(&pid).map_or((0, 0), |(n, b)| (*n as usize, *b))
     }
 
     /// Processes that own at least one buffer.
@@ -622,11 +631,13 @@ impl Ledger {
         let id = self.cgroup(cgroup)?;
         self.apply_chain(id, None, pools, pin, size, true);
         self.buffers.insert(inode, Buffer { owner: id, ..b });
+        self.count_pid(pid, size, true);
         Ok(())
     }
 
     fn do_release(&mut self, inode: Inode) -> Result<()> {
         let b = self.buffers.remove(&inode).ok_or(LedgerError::UnknownBuffer(inode))?;
+        self.count_pid(b.pid, b.size, false);
         let (pools, pin) = (self.pool_set(&b), self.pin_pool(&b));
         self.apply_chain(b.owner, None, pools, pin, b.size, false);
         Ok(())
@@ -653,7 +664,25 @@ impl Ledger {
         let entry = self.buffers.get_mut(&inode).expect("checked above");
         entry.owner = to;
         entry.pid = pid;
+        if b.pid != pid {
+            self.count_pid(b.pid, b.size, false);
+            self.count_pid(pid, b.size, true);
+        }
         Ok(())
+    }
+
+    fn count_pid(&mut self, pid: u32, size: u64, add: bool) {
+        let entry = self.pid_totals.entry(pid).or_default();
+        if add {
+            entry.0 += 1;
+            entry.1 = entry.1.saturating_add(size);
+        } else {
+            entry.0 -= 1;
+            entry.1 = entry.1.saturating_sub(size);
+            if entry.0 == 0 {
+                self.pid_totals.remove(&pid);
+            }
+        }
     }
 
     fn heap_enforces(&self, inode: Inode) -> Result<bool> {
@@ -788,6 +817,15 @@ impl Ledger {
             if let Some(pool) = self.pin_pool(b) {
                 pinned_local[b.owner.0 as usize][pool.0 as usize] += b.size;
             }
+        }
+        let mut by_pid: HashMap<u32, (u32, u64)> = HashMap::new();
+        for b in self.buffers.values() {
+            let e = by_pid.entry(b.pid).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(b.size);
+        }
+        if by_pid != self.pid_totals {
+            return Err("per-process totals differ from the buffers".to_string());
         }
         let mut usage = local.clone();
         let mut pinned = pinned_local.clone();
