@@ -882,4 +882,6 @@ fn valid_path(path: &str) -> bool {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
