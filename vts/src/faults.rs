@@ -37,6 +37,7 @@ use chargetransfer::kernel::procfs::ProcFs;
 use chargetransfer::policy::Policy;
 use chargetransfer::transfer::MAX_OFFERS_PER_PROCESS;
 
+use crate::rng::Rng;
 use crate::harness::{Child, Env, Refusal, AID_GRAPHICS, AID_SYSTEM};
 
 const HEAP: &str = "system";
@@ -89,40 +90,6 @@ impl Options {
         let files: Vec<PathBuf> = self.service.windows(2).filter(|w| w[0] == "--policy").map(|w| PathBuf::from(&w[1])).collect();
         let policy = if files.is_empty() { Policy::embedded_default() } else { Policy::load(&files).map_err(|e| e.to_string())? };
         Ok(policy.heaps().iter().map(|h| h.name.clone()).collect())
-    }
-}
-
-/// xorshift64: reproducible from the printed seed, no crate needed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed, so nearby seeds (worker i, i+1) start far apart.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn percent(&mut self) -> u64 {
-        self.below(100)
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from))
     }
 }
 

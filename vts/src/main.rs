@@ -13,6 +13,7 @@ mod child;
 mod dmem_cases;
 mod faults;
 mod harness;
+mod rng;
 mod stress;
 mod transfer_cases;
 

@@ -16,6 +16,7 @@ use chargetransfer::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCod
 use chargetransfer::kernel::procfs::ProcFs;
 
 use crate::cases::{check, eventually, refused, Outcome};
+use crate::rng::Rng;
 use crate::harness::{Child, Env, AID_GRAPHICS};
 
 const STEPS: usize = 400;
@@ -58,32 +59,6 @@ enum Op {
     Reconcile,
 }
 
-/// xorshift64: enough randomness for a workload, reproducible from the seed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, v: &[T]) -> Option<T> {
-        (!v.is_empty()).then(|| v[self.below(v.len())])
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-}
-
 struct Client {
     child: Child,
     /// Buffers it holds an fd of: inode → its slot.
@@ -112,7 +87,7 @@ struct Pending {
 
 struct World<'a> {
     env: &'a Env,
-    rng: XorShift,
+    rng: Rng,
     clients: Vec<Client>,
     /// What the ledger must say.
     charges: BTreeMap<u64, Charge>,
@@ -170,7 +145,7 @@ impl<'a> World<'a> {
     }
 
     fn other_than(&mut self, not: usize) -> usize {
-        let i = self.rng.below(self.clients.len() - 1);
+        let i = self.rng.index(self.clients.len() - 1);
         if i >= not {
             i + 1
         } else {
@@ -242,13 +217,13 @@ impl<'a> World<'a> {
     /// An app allocates and charges itself; the allocator allocates for an app (charge on
     /// behalf), hands the buffer over and usually drops its own fd.
     fn alloc(&mut self) -> Result<Op, String> {
-        let c = self.rng.below(self.clients.len());
+        let c = self.rng.index(self.clients.len());
         if self.clients[c].held.len() >= MAX_HELD {
             let inode = *self.clients[c].held.keys().next().expect("full");
             self.close(c, inode)?;
             return Ok(Op::Close);
         }
-        let size = SIZES[self.rng.below(SIZES.len())];
+        let size = SIZES[self.rng.index(SIZES.len())];
         let (slot, inode) = self.clients[c].child.alloc("system", size)?;
         self.clients[c].held.insert(inode, slot);
         if c == TRUSTED {
@@ -285,7 +260,7 @@ impl<'a> World<'a> {
         let (from, to) = (self.clients[c].child.pid, self.clients[d].child.pid);
         let slot = self.clients[c].held[&inode];
         let d_slot = self.clients[d].held[&inode];
-        let variant = self.rng.below(8);
+        let variant = self.rng.index(8);
         let ttl = if variant == 1 { 1 } else { LONG_TTL_MS };
         let reply = self.clients[c].child.ok(&format!("offer {slot} {to} {ttl}"))?;
         let ticket: i64 = reply.first().and_then(|t| t.parse().ok()).ok_or_else(|| format!("offer answered {reply:?}"))?;
@@ -327,7 +302,7 @@ impl<'a> World<'a> {
         if self.pending.is_empty() {
             return self.offer();
         }
-        let p = self.pending.swap_remove(self.rng.below(self.pending.len()));
+        let p = self.pending.swap_remove(self.rng.index(self.pending.len()));
         let Some(d) = self.clients.iter().position(|c| c.child.pid == p.to) else { return self.offer() };
         if Instant::now() + Duration::from_secs(2) >= p.expires || !self.ensure_holds(d, p.inode)? {
             return self.offer();
@@ -429,7 +404,7 @@ impl<'a> World<'a> {
 
     /// A client exits (cleanly or killed) and a new process of the same uid takes its role.
     fn exit_one(&mut self) -> Result<Op, String> {
-        let c = self.rng.below(self.clients.len());
+        let c = self.rng.index(self.clients.len());
         let uid = self.clients[c].child.uid;
         self.end(c)?;
         let fresh = self.spawn(uid)?;
@@ -578,7 +553,7 @@ pub fn stress_eight_clients_random_workload_matches_procfs(env: &Env) -> Outcome
     check(before.is_empty(), || format!("earlier cases left charges nobody holds: {before:?}"))?;
     let mut world = World {
         env,
-        rng: XorShift(seed),
+        rng: Rng::new(seed),
         clients: Vec::new(),
         charges: BTreeMap::new(),
         pending: Vec::new(),
@@ -599,7 +574,7 @@ pub fn stress_eight_clients_random_workload_matches_procfs(env: &Env) -> Outcome
     }
     // Some clients leave for good, the rest stay alive; then reconcile and compare with procfs.
     for _ in 0..3 {
-        let c = world.rng.below(world.clients.len());
+        let c = world.rng.index(world.clients.len());
         world.end(c)?;
     }
     world.reconcile()?;
