@@ -82,8 +82,8 @@ pub struct Ledger {
     free_nodes: Vec<CgroupId>,
     buffers: HashMap<Inode, Buffer>,
     /// Per owning process: (buffers, bytes). Kept with every change so a process's usage is a
-    /// lookup, not a walk over all buffers.
-    pid_totals: HashMap<u32, (u32, u64)>,
+    /// lookup, not a walk over all buffers. u128: buffers in different pools may add up past u64.
+    pid_totals: HashMap<u32, (u32, u128)>,
 }
 
 impl Default for Ledger {
@@ -315,7 +315,7 @@ impl Ledger {
 
     /// Buffers and bytes charged to a process.
     pub fn pid_totals(&self, pid: u32) -> (usize, u64) {
-        self.pid_totals.get(&pid).map_or((0, 0), |(n, b)| (*n as usize, *b))
+        self.pid_totals.get(&pid).map_or((0, 0), |(n, b)| (*n as usize, u64::try_from(*b).unwrap_or(u64::MAX)))
     }
 
     /// Processes that own at least one buffer.
@@ -675,10 +675,10 @@ impl Ledger {
         let entry = self.pid_totals.entry(pid).or_default();
         if add {
             entry.0 += 1;
-            entry.1 = entry.1.saturating_add(size);
+            entry.1 += u128::from(size);
         } else {
             entry.0 -= 1;
-            entry.1 = entry.1.saturating_sub(size);
+            entry.1 -= u128::from(size);
             if entry.0 == 0 {
                 self.pid_totals.remove(&pid);
             }
@@ -818,11 +818,11 @@ impl Ledger {
                 pinned_local[b.owner.0 as usize][pool.0 as usize] += b.size;
             }
         }
-        let mut by_pid: HashMap<u32, (u32, u64)> = HashMap::new();
+        let mut by_pid: HashMap<u32, (u32, u128)> = HashMap::new();
         for b in self.buffers.values() {
             let e = by_pid.entry(b.pid).or_default();
             e.0 += 1;
-            e.1 = e.1.saturating_add(b.size);
+            e.1 += u128::from(b.size);
         }
         if by_pid != self.pid_totals {
             return Err("per-process totals differ from the buffers".to_string());
