@@ -210,8 +210,11 @@ fn ledger_is_shareable_between_binder_threads() {
 
 // ---- property tests over random operation sequences ----
 
+/// Each cgroup's counters per pool, and each buffer.
+type Observable = (Vec<(String, Vec<(String, Counter)>)>, Vec<(u64, BufferInfo)>);
+
 /// Everything observable about a ledger, for comparing two of them.
-fn observable(l: &Ledger) -> (Vec<(String, Vec<(String, Counter)>)>, Vec<(u64, BufferInfo)>) {
+fn observable(l: &Ledger) -> Observable {
     let cgroups = l
         .cgroups()
         .into_iter()

@@ -30,10 +30,12 @@ impl DeathRecipient for Recipient {
     }
 }
 
+/// A watched token and its recipient: both must stay alive for the notification to fire.
+type Watched = (SIBinder, Arc<Recipient>);
+
 pub struct DeathWatch {
     accountant: Weak<Accountant>,
-    /// pid → (token, recipient): both must stay alive for the notification to fire.
-    tokens: Mutex<HashMap<u32, Vec<(SIBinder, Arc<Recipient>)>>>,
+    tokens: Mutex<HashMap<u32, Vec<Watched>>>,
 }
 
 impl DeathWatch {
