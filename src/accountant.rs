@@ -269,17 +269,68 @@ impl Accountant {
         self.change(|state, events| {
             let heap = self.heap_of(state, buffer)?;
             Self::follow_migration(state, &owner, events)?;
+            let kernel_charged = self.policy.kernel_charges_heap(&heap);
+            if kernel_charged && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup)) && state.ledger.buffer(buffer.inode).is_none() {
+                self.check_kernel_budget(state, &owner, buffer.size)?;
+            }
             match state.ledger.charge(buffer.inode, buffer.size, &heap, owner.pid, &owner.cgroup) {
                 Ok(e) => events.push(e),
                 Err(LedgerError::AlreadyCharged { pid, .. }) if pid == owner.pid => {}
                 Err(e) => return Err(e.into()),
             }
-            if self.policy.kernel_charges_heap(&heap) {
-                state.kernel_payer.insert(buffer.inode, caller_proc.cgroup.clone());
+            if kernel_charged {
+                state.kernel_payer.entry(buffer.inode).or_insert_with(|| caller_proc.cgroup.clone());
             }
             Self::track(state, owner);
             Ok(state.ledger.buffer(buffer.inode).expect("just charged"))
         })
+    }
+
+    /// Where the kernel charges a heap to memcg (mem_accounting), it charges the *allocating*
+    /// process: a buffer made on an app's behalf, or pushed to it, sits in another cgroup's
+    /// memory.current and the app's memory.max cannot see it. The service enforces that limit for
+    /// those bytes: the app's kernel usage, plus what it pays for but the kernel counts
+    /// elsewhere, plus `size`, must fit its owner-level memory.max.
+    fn check_kernel_budget(&self, state: &State, owner: &Process, size: u64) -> Result<()> {
+        let Some(fs) = &self.cgroupfs else { return Ok(()) };
+        let level = owner_level(&owner.cgroup);
+        let max = fs.read_memory_limit(level, crate::ledger::LimitKind::Max).unwrap_or(crate::ledger::UNLIMITED);
+        if max == crate::ledger::UNLIMITED {
+            return Ok(());
+        }
+        let current = fs.memory_current(level).unwrap_or(0);
+        let elsewhere: u64 = state
+            .kernel_payer
+            .iter()
+            .filter(|(_, payer)| !in_subtree(payer, level))
+            .filter_map(|(inode, _)| state.ledger.buffer(*inode))
+            .filter(|b| in_subtree(&b.cgroup, level))
+            .fold(0u64, |sum, b| sum.saturating_add(b.size));
+        let usage = current.saturating_add(elsewhere);
+        if usage.saturating_add(size) > max {
+            return Err(LedgerError::OverLimit {
+                cgroup: owner.cgroup.clone(),
+                limit_cgroup: level.to_string(),
+                pool: "memory (kernel-charged to the allocator)".into(),
+                size,
+                usage,
+                max,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_kernel_budget`] for a buffer changing hands: needed when the kernel counts
+    /// it outside the receiver's owner-level cgroup and the ledger did not already count it there.
+    fn check_kernel_budget_on_move(&self, state: &State, inode: Inode, from: &str, to: &Process) -> Result<()> {
+        let level = owner_level(&to.cgroup);
+        let misattributed = state.kernel_payer.get(&inode).is_some_and(|payer| !in_subtree(payer, level));
+        if misattributed && !in_subtree(from, level) {
+            let size = state.ledger.buffer(inode).map_or(0, |b| b.size);
+            self.check_kernel_budget(state, to, size)?;
+        }
+        Ok(())
     }
 
     /// Releases a charge: its owner, or a trusted caller.
@@ -307,6 +358,7 @@ impl Accountant {
             Self::follow_migration(state, &to, events)?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
             if current.pid != to.pid || current.cgroup != to.cgroup {
+                self.check_kernel_budget_on_move(state, buffer.inode, &current.cgroup, &to)?;
                 events.push(state.ledger.transfer(buffer.inode, to.pid, &to.cgroup)?);
             }
             state.tickets.forget_buffer(buffer.inode);
@@ -344,6 +396,7 @@ impl Accountant {
             }
             Self::follow_migration(state, &receiver, events)?;
             if current.pid != receiver.pid || current.cgroup != receiver.cgroup {
+                self.check_kernel_budget_on_move(state, buffer.inode, &current.cgroup, &receiver)?;
                 events.push(state.ledger.transfer(buffer.inode, receiver.pid, &receiver.cgroup)?);
             }
             state.tickets.consume(ticket);

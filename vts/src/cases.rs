@@ -189,3 +189,29 @@ pub fn dump_shows_per_app_charges(env: &Env) -> Outcome {
     }
     Ok(())
 }
+
+/// With `dma_heap.mem_accounting=1` the kernel charges gralloc for what it allocates on an app's
+/// behalf, so the app's memory.max cannot see those bytes: the service counts them against it.
+/// (Without mem_accounting the ledger's own dma-buf budget does this; see the over-limit case.)
+pub fn on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app(env: &Env) -> Outcome {
+    if !mem_accounting() {
+        return Ok(());
+    }
+    let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
+    let app = env.spawn(10050, None)?;
+    let level = format!("/uid_{}", app.uid);
+    let (first, _) = gralloc.alloc("system", MIB)?;
+    gralloc.ok(&format!("charge_for {first} {}", app.pid))?;
+    let current = env.cgroup.memory(&level).map_err(|e| e.to_string())?.current;
+    let max = (current + 24 * MIB).div_ceil(4096) * 4096;
+    env.cgroup.write_memory_limit(&level, chargetransfer::ledger::LimitKind::Max, max).map_err(|e| e.to_string())?;
+    let (a, _) = gralloc.alloc("system", 16 * MIB)?;
+    gralloc.ok(&format!("charge_for {a} {}", app.pid))?;
+    let app_kernel = env.cgroup.memory(&level).map_err(|e| e.to_string())?.current;
+    println!("{level}: memory.max {max}, kernel memory.current {app_kernel} (gralloc was charged), ledger {} bytes", charged_bytes_of(env, app.pid)?);
+    let (b, _) = gralloc.alloc("system", 16 * MIB)?;
+    refused(&mut gralloc, &format!("charge_for {b} {}", app.pid), ErrorCode::OVER_LIMIT)?;
+    let (c, _) = gralloc.alloc("system", 2 * MIB)?;
+    gralloc.ok(&format!("charge_for {c} {}", app.pid))?;
+    check(charged_bytes_of(env, app.pid)? == 19 * MIB as i64, || "the app should pay 1 + 16 + 2 MiB".into())
+}

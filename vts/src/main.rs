@@ -39,6 +39,7 @@ const CASES: &[(&str, Case)] = &[
     ("over_limit_charge_is_refused_while_a_smaller_one_succeeds", cases::over_limit_charge_is_refused_while_a_smaller_one_succeeds),
     ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
     ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
+    ("on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app", cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app),
     ("double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying", transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying),
     ("an_app_cannot_push_its_buffer_onto_another_app", transfer_cases::an_app_cannot_push_its_buffer_onto_another_app),
     ("offer_and_accept_move_the_charge_with_consent", transfer_cases::offer_and_accept_move_the_charge_with_consent),
