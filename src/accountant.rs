@@ -167,10 +167,6 @@ impl Accountant {
         &self.policy
     }
 
-    pub fn cgroupfs(&self) -> Option<&CgroupFs> {
-        self.cgroupfs.as_ref()
-    }
-
     pub fn processes(&self) -> &Processes {
         &self.processes
     }

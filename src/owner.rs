@@ -122,11 +122,6 @@ impl Processes {
         Ok(process)
     }
 
-    /// Is this very process (not a successor with the same pid) still alive?
-    pub fn is_alive(&self, process: &Process) -> bool {
-        self.procfs.starttime(process.pid).is_ok_and(|t| t == process.start_time)
-    }
-
     /// Pids whose pidfd reports an exit, dropped from the cache.
     pub fn reap_exited(&self) -> Vec<u32> {
         let mut live = self.live();
