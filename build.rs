@@ -3,17 +3,19 @@
 
 use std::path::Path;
 
-const PACKAGE_DIR: &str = "aidl/android/hardware/chargetransfer";
+const PACKAGE_DIR: &str = "aidl/vendor/chargetransfer";
 const VERSION: i32 = 1;
 
 fn main() {
-    let hash_file = format!("aidl/aidl_api/android.hardware.chargetransfer/{VERSION}/.hash");
+    let hash_file = format!("aidl/aidl_api/vendor.chargetransfer/{VERSION}/.hash");
     let hash = std::fs::read_to_string(&hash_file).unwrap_or_else(|e| panic!("{hash_file}: {e}"));
     println!("cargo:rerun-if-changed=aidl");
     println!("cargo:rustc-env=CHARGETRANSFER_AIDL_HASH={}", hash.trim());
     println!("cargo:rustc-env=CHARGETRANSFER_AIDL_VERSION={VERSION}");
     let mut builder = rsbinder_aidl::Builder::new().include_dir("aidl");
-    for name in ["ErrorCode", "IChargeClient", "PoolUsage", "UsageReport", "ChargeInfo", "RegionInfo", "ReconcileReport"] {
+    for name in
+        ["ErrorCode", "IChargeClient", "PoolUsage", "UsageReport", "ChargeInfo", "RegionInfo", "ReconcileReport"]
+    {
         builder = builder.source(Path::new(PACKAGE_DIR).join(format!("{name}.aidl")));
     }
     builder

@@ -4,17 +4,17 @@
 # or "latest-version" for version 1), and refreshes the `current` dump Soong compares against.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-pkg=android.hardware.chargetransfer
+pkg=vendor.chargetransfer
 version=${1:?usage: freeze.sh VERSION}
 dest="$here/aidl_api/$pkg/$version"
 rm -rf "$dest"
-mkdir -p "$dest/android/hardware/chargetransfer"
-cp "$here"/android/hardware/chargetransfer/*.aidl "$dest/android/hardware/chargetransfer/"
+mkdir -p "$dest/vendor/chargetransfer"
+cp "$here"/vendor/chargetransfer/*.aidl "$dest/vendor/chargetransfer/"
 if [ "$version" -gt 1 ]; then prev=$((version - 1)); else prev=latest-version; fi
 hash=$(cd "$dest" && { find ./ -name "*.aidl" -print0 | LC_ALL=C sort -z | xargs -0 sha1sum && echo "$prev"; } | sha1sum | cut -d ' ' -f 1)
 echo "$hash" > "$dest/.hash"
 current="$here/aidl_api/$pkg/current"
 rm -rf "$current"
-mkdir -p "$current/android/hardware/chargetransfer"
-cp "$here"/android/hardware/chargetransfer/*.aidl "$current/android/hardware/chargetransfer/"
+mkdir -p "$current/vendor/chargetransfer"
+cp "$here"/vendor/chargetransfer/*.aidl "$current/vendor/chargetransfer/"
 echo "frozen $pkg version $version: $hash"

@@ -42,7 +42,11 @@ fn ten_region_device(root: &Path) -> ProbeRoots {
             write(root, &format!("{cg}/{uid}/{f}"), &max);
         }
     }
-    write(root, "proc/meminfo", "MemTotal:        16777216 kB\nSwapTotal:             0 kB\nCmaTotal:          393216 kB\n");
+    write(
+        root,
+        "proc/meminfo",
+        "MemTotal:        16777216 kB\nSwapTotal:             0 kB\nCmaTotal:          393216 kB\n",
+    );
     write(root, "proc/cmdline", "console=ttyS0\n");
     write(root, "sys/module/dma_heap/parameters/mem_accounting", "N\n");
     for (area, pages) in [("display", 32768), ("camera", 65536)] {

@@ -18,7 +18,11 @@ const LIVE: u64 = 100_000;
 const APPS: u64 = 200;
 
 fn setup(l: &mut Ledger) -> Vec<Event> {
-    let heap = |name: &str, class, region: Option<&str>| HeapSpec { name: name.into(), class, region: region.map(String::from) };
+    let heap = |name: &str, class, region: Option<&str>| HeapSpec {
+        name: name.into(),
+        class,
+        region: region.map(String::from),
+    };
     vec![
         l.add_region("cma/display", 256 * MIB).unwrap(),
         l.add_heap(heap("system", HeapClass::System, None), true).unwrap(),
@@ -99,7 +103,11 @@ fn appends(c: &mut Criterion) {
         ("append batch, one flush", Durability::Batch, 200_000, 1),
     ] {
         let d = time_appends(durability, n, batch);
-        println!("journal: {name:<24} {:>8} records/s ({:.2} µs/record, {n} records)", per_second(n, d), d.as_secs_f64() * 1e6 / n as f64);
+        println!(
+            "journal: {name:<24} {:>8} records/s ({:.2} µs/record, {n} records)",
+            per_second(n, d),
+            d.as_secs_f64() * 1e6 / n as f64
+        );
     }
 
     let mut group = c.benchmark_group("journal_append");
@@ -171,7 +179,11 @@ fn replay(c: &mut Criterion) {
     );
     let start = Instant::now();
     let (_, _, report) = Journal::open(dir.path(), Durability::Batch).unwrap();
-    println!("journal: open from that snapshot    {:>8.0} ms ({} events)", start.elapsed().as_secs_f64() * 1e3, report.snapshot_events);
+    println!(
+        "journal: open from that snapshot    {:>8.0} ms ({} events)",
+        start.elapsed().as_secs_f64() * 1e3,
+        report.snapshot_events
+    );
     drop((j, replayed, l, events, json));
 
     // Criterion's own run over a fresh copy of the 1M-record journal each time would cost as

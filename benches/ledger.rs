@@ -103,12 +103,17 @@ impl Bench {
         let mut ledger = Ledger::new();
         ledger.add_region(CMA, 512 * MIB).unwrap();
         ledger.add_region(VRAM, 16 << 30).unwrap();
-        let heap = |name: &str, class, region: Option<&str>| HeapSpec { name: name.into(), class, region: region.map(String::from) };
+        let heap = |name: &str, class, region: Option<&str>| HeapSpec {
+            name: name.into(),
+            class,
+            region: region.map(String::from),
+        };
         ledger.add_heap(heap("system", HeapClass::System, None), true).unwrap();
         ledger.add_heap(heap("display", HeapClass::Cma, Some(CMA)), true).unwrap();
         ledger.add_heap(heap("vram", HeapClass::Vram, Some(VRAM)), true).unwrap();
-        let cgroups: Vec<(u32, String)> =
-            (0..cgroups).map(|i| ((20_000 + i) as u32, format!("/uid_{}/pid_{}", 10_000 + i / PIDS_PER_APP, 20_000 + i))).collect();
+        let cgroups: Vec<(u32, String)> = (0..cgroups)
+            .map(|i| ((20_000 + i) as u32, format!("/uid_{}/pid_{}", 10_000 + i / PIDS_PER_APP, 20_000 + i)))
+            .collect();
         for (i, (pid, cg)) in cgroups.iter().enumerate() {
             ledger.charge(u64::MAX - i as u64, 4096, "system", *pid, cg).unwrap();
             ledger.release(u64::MAX - i as u64).unwrap();
@@ -299,16 +304,30 @@ fn main() {
     println!("latency vs scale (timed single ops, {SAMPLES} per op; p50 / p99):");
     println!("{:>9} {:>8} | {:>19} | {:>19} | {:>19}", "buffers", "cgroups", "charge", "transfer", "release");
     let mut rows = Vec::new();
-    let configs = [(1_000, 1_000), (10_000, 1_000), (100_000, 1_000), (1_000_000, 1_000), (100_000, 10), (100_000, 100), (100_000, 10_000)];
+    let configs = [
+        (1_000, 1_000),
+        (10_000, 1_000),
+        (100_000, 1_000),
+        (1_000_000, 1_000),
+        (100_000, 10),
+        (100_000, 100),
+        (100_000, 10_000),
+    ];
     for (buffers, cgroups) in configs {
         let mut b = Bench::filled(buffers, cgroups);
         let o = measure(&mut b, SAMPLES);
         let cell = |t: Tail| format!("{} / {}", fmt_ns(t.p50), fmt_ns(t.p99));
-        println!("{buffers:>9} {cgroups:>8} | {:>19} | {:>19} | {:>19}", cell(o.charge), cell(o.transfer), cell(o.release));
+        println!(
+            "{buffers:>9} {cgroups:>8} | {:>19} | {:>19} | {:>19}",
+            cell(o.charge),
+            cell(o.transfer),
+            cell(o.release)
+        );
         rows.push((buffers, cgroups, o));
     }
     let worst_p99 = rows.iter().flat_map(|(_, _, o)| [o.charge.p99, o.transfer.p99, o.release.p99]).fold(0.0, f64::max);
-    let best_p99 = rows.iter().flat_map(|(_, _, o)| [o.charge.p99, o.transfer.p99, o.release.p99]).fold(f64::MAX, f64::min);
+    let best_p99 =
+        rows.iter().flat_map(|(_, _, o)| [o.charge.p99, o.transfer.p99, o.release.p99]).fold(f64::MAX, f64::min);
 
     // For the plot: `plot: <axis> <op>_<quantile> <x> <ns>`; 100k x 1k is on both axes.
     println!();

@@ -233,7 +233,10 @@ impl Accountant {
 
     /// If a process moved to another cgroup since it was last seen, its charges follow it.
     fn follow_migration(state: &mut State, process: &Process, events: &mut Vec<Event>) -> Result<()> {
-        let moved = state.owners.get(&process.pid).is_some_and(|known| known.start_time == process.start_time && known.cgroup != process.cgroup);
+        let moved = state
+            .owners
+            .get(&process.pid)
+            .is_some_and(|known| known.start_time == process.start_time && known.cgroup != process.cgroup);
         if moved {
             events.push(state.ledger.migrate(process.pid, &process.cgroup)?);
         }
@@ -266,7 +269,10 @@ impl Accountant {
             let heap = self.heap_of(state, buffer)?;
             Self::follow_migration(state, &owner, events)?;
             let kernel_charged = self.policy.kernel_charges_heap(&heap);
-            if kernel_charged && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup)) && state.ledger.buffer(buffer.inode).is_none() {
+            if kernel_charged
+                && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup))
+                && state.ledger.buffer(buffer.inode).is_none()
+            {
                 self.check_kernel_budget(state, &owner, buffer.size)?;
             }
             match state.ledger.charge(buffer.inode, buffer.size, &heap, owner.pid, &owner.cgroup) {
@@ -409,7 +415,13 @@ impl Accountant {
     ///    other app is charged without consent; it stays there until a process of that uid
     ///    holds the buffer again (rule 1);
     /// 3. once no process holds the buffer, it is released (by reconcile).
-    fn hand_over(&self, state: &mut State, inode: Inode, dead_uid: Option<u32>, holders: &BTreeSet<u32>) -> Result<Option<Event>> {
+    fn hand_over(
+        &self,
+        state: &mut State,
+        inode: Inode,
+        dead_uid: Option<u32>,
+        holders: &BTreeSet<u32>,
+    ) -> Result<Option<Event>> {
         let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
         for &pid in holders {
             if pid == b.pid {
@@ -514,7 +526,10 @@ impl Accountant {
                     report.released.push(b.inode);
                     continue;
                 };
-                let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.start_time == o.start_time));
+                let owner_alive = state
+                    .owners
+                    .get(&b.pid)
+                    .is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.start_time == o.start_time));
                 if !owner_alive {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
                     let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
@@ -527,7 +542,10 @@ impl Accountant {
             for (pid, process) in &live {
                 let was = state.owners.get(pid).cloned();
                 if let Some(known) = was {
-                    if known.start_time == process.start_time && known.cgroup != process.cgroup && !state.ledger.buffers_of_pid(*pid).is_empty() {
+                    if known.start_time == process.start_time
+                        && known.cgroup != process.cgroup
+                        && !state.ledger.buffers_of_pid(*pid).is_empty()
+                    {
                         // One process in a cgroup the ledger cannot represent must not stop the
                         // pass for everyone else: its charges stay where they are.
                         match state.ledger.migrate(*pid, &process.cgroup) {
@@ -550,7 +568,10 @@ impl Accountant {
                 let mut paths = state.ledger.cgroups();
                 paths.reverse();
                 for path in paths {
-                    if path != "/" && !cgroupfs.exists(&path) && state.ledger.reparent(&path).map(|e| events.push(e)).is_ok() {
+                    if path != "/"
+                        && !cgroupfs.exists(&path)
+                        && state.ledger.reparent(&path).map(|e| events.push(e)).is_ok()
+                    {
                         report.reparented.push(path);
                     }
                 }
@@ -599,8 +620,14 @@ impl Accountant {
 
     fn usage_where(&self, state: &State, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
         // Buffers in different pools may together exceed u64 (each pool alone cannot).
-        let (count, bytes) = state.ledger.buffers().filter(|b| keep(b)).fold((0, 0u64), |(n, s), b| (n + 1, s.saturating_add(b.size)));
-        Usage { cgroup: cgroup.to_string(), pools: self.pool_usages(state, cgroup), buffer_count: count, buffer_bytes: bytes }
+        let (count, bytes) =
+            state.ledger.buffers().filter(|b| keep(b)).fold((0, 0u64), |(n, s), b| (n + 1, s.saturating_add(b.size)));
+        Usage {
+            cgroup: cgroup.to_string(),
+            pools: self.pool_usages(state, cgroup),
+            buffer_count: count,
+            buffer_bytes: bytes,
+        }
     }
 
     pub fn process_usage(&self, pid: u32) -> Result<Usage> {
@@ -722,7 +749,10 @@ impl Accountant {
                 .map(|(id, name, capacity)| {
                     let feeding: Vec<(String, bool)> = l
                         .heaps()
-                        .filter(|(h, _)| crate::ledger::PoolSet::of(h.class, h.region.as_deref().and_then(|r| l.pool_id(r)), false).contains(id))
+                        .filter(|(h, _)| {
+                            crate::ledger::PoolSet::of(h.class, h.region.as_deref().and_then(|r| l.pool_id(r)), false)
+                                .contains(id)
+                        })
                         .map(|(h, enforce)| (h.name.clone(), enforce))
                         .collect();
                     let enforced = feeding.iter().any(|(_, e)| *e);
@@ -797,10 +827,16 @@ mod tests {
         std::fs::create_dir_all(dir.join("fdinfo")).unwrap();
         std::fs::write(dir.join("status"), format!("Name:\tapp\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")).unwrap();
         std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
-        std::fs::write(dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n", 1000 + pid)).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n", 1000 + pid),
+        )
+        .unwrap();
         std::fs::write(dir.join("maps"), "").unwrap();
         for (fd, (inode, size)) in buffers.iter().enumerate() {
-            let info = format!("pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t1\nexp_name:\tsystem\n");
+            let info = format!(
+                "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t1\nexp_name:\tsystem\n"
+            );
             std::fs::write(dir.join("fdinfo").join((fd + 3).to_string()), info).unwrap();
         }
     }
@@ -828,7 +864,13 @@ mod tests {
         // App 10001's pid 100 pays for buffer 7; another app's pid 200 holds it too.
         put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
         put_process(&proc_root, 200, 10002, "/uid_10002/pid_200", &[(7, 4096)]);
-        let config = Config { proc_root: proc_root.clone(), cgroup_root: None, state_dir: None, durability: Durability::None, pidfds: false };
+        let config = Config {
+            proc_root: proc_root.clone(),
+            cgroup_root: None,
+            state_dir: None,
+            durability: Durability::None,
+            pidfds: false,
+        };
         let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
         let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
         accountant.charge(Caller { pid: 100, uid: 10001 }, &buffer, None).unwrap();
@@ -861,13 +903,26 @@ mod tests {
         let proc_root = dir.path().join("proc");
         put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[]);
         put_process(&proc_root, 500, 1000, "/system/gpu", &[]);
-        let config = Config { proc_root: proc_root.clone(), cgroup_root: None, state_dir: None, durability: Durability::None, pidfds: false };
+        let config = Config {
+            proc_root: proc_root.clone(),
+            cgroup_root: None,
+            state_dir: None,
+            durability: Durability::None,
+            pidfds: false,
+        };
         let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
         let (app, driver) = (Caller { pid: 100, uid: 10001 }, Caller { pid: 500, uid: 1000 });
         accountant
             .apply_events(vec![
                 Event::RegionAdded { region: vram.into(), capacity: 1 << 30 },
-                Event::HeapAdded { heap: crate::ledger::HeapSpec { name: "vram".into(), class: crate::ledger::HeapClass::Vram, region: Some(vram.into()) }, enforce: true },
+                Event::HeapAdded {
+                    heap: crate::ledger::HeapSpec {
+                        name: "vram".into(),
+                        class: crate::ledger::HeapClass::Vram,
+                        region: Some(vram.into()),
+                    },
+                    enforce: true,
+                },
             ])
             .unwrap();
         let buffer = DmaBufInfo { inode: 9, size: 64 * MIB, exporter: "vram".into(), name: None };
@@ -879,14 +934,22 @@ mod tests {
         assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (64 * MIB, 0));
         assert_eq!(usage("/system/gpu", "memcg"), 0, "the reporter never pays");
 
-        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, 32 * MIB)?]))).unwrap();
+        accountant
+            .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, 32 * MIB)?])))
+            .unwrap();
         assert!(matches!(accountant.restore(driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
         assert!(accountant.charges(0)[0].evicted, "a refused restore leaves it evicted");
-        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, crate::ledger::UNLIMITED)?]))).unwrap();
+        accountant
+            .with_ledger_mut(|l| {
+                Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, crate::ledger::UNLIMITED)?]))
+            })
+            .unwrap();
         accountant.restore(driver, 9).unwrap();
         assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (0, 64 * MIB));
 
-        accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::PinMax, 16 * MIB)?]))).unwrap();
+        accountant
+            .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::PinMax, 16 * MIB)?])))
+            .unwrap();
         assert!(matches!(accountant.pin(driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
         assert_eq!(accountant.eviction_advice(vram, MIB).unwrap(), [9]);
         accountant.with_ledger(|l| l.check_invariants()).unwrap();

@@ -12,7 +12,7 @@ use rsbinder::rpc::{FileDescriptorTransportMode, RpcClientConfig, RpcSession};
 use rsbinder::{FromIBinder, ParcelFileDescriptor, Status, Strong};
 use thiserror::Error;
 
-use crate::aidl::android::hardware::chargetransfer::{
+use crate::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, ErrorCode::ErrorCode, IChargeTransfer::IChargeTransfer,
 };
 use crate::service::INSTANCE;
@@ -91,7 +91,8 @@ impl Client {
         let session = RpcSession::setup_client_android13plus_with_config(config)
             .map_err(|e| ClientError::Connect(format!("{}: {e:?}", socket.display())))?;
         let root = session.get_root().map_err(|e| ClientError::Connect(format!("{e:?}")))?;
-        let service = <dyn IChargeTransfer as FromIBinder>::try_from(root).map_err(|e| ClientError::Connect(format!("{e:?}")))?;
+        let service =
+            <dyn IChargeTransfer as FromIBinder>::try_from(root).map_err(|e| ClientError::Connect(format!("{e:?}")))?;
         Ok(Client { service, _session: Some(session) })
     }
 

@@ -12,8 +12,8 @@ use log::{error, info, warn};
 use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
+use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::autoconfig::ProbeRoots;
-use crate::aidl::android::hardware::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::Policy;
@@ -110,7 +110,12 @@ pub fn run(opts: Options) -> Result<(), String> {
         }));
     }
     match accountant.reconcile() {
-        Ok(r) => info!("start-up reconcile: released {:?}, moved {:?}, {} unaccounted", r.released, r.moved, r.unaccounted.len()),
+        Ok(r) => info!(
+            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
+            r.released,
+            r.moved,
+            r.unaccounted.len()
+        ),
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
@@ -119,7 +124,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     spawn_lifecycle(&accountant, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
         Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
-    let service = ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
+    let service =
+        ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
     let binder = BnChargeTransfer::new_binder(service);
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
@@ -142,7 +148,8 @@ pub fn run(opts: Options) -> Result<(), String> {
             }
             .map_err(|e| format!("binder: {e}"))?;
             rsbinder::ProcessState::start_thread_pool();
-            rsbinder::hub::add_service(INSTANCE, binder.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
+            rsbinder::hub::add_service(INSTANCE, binder.as_binder())
+                .map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
             info!("registered {INSTANCE}");
             rsbinder::ProcessState::join_thread_pool().map_err(|e| format!("thread pool: {e:?}"))
         }
@@ -151,7 +158,12 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 /// Probes the device, computes limits from the policy and applies them: cgroup files where the
 /// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON.
-pub fn autoconfigure(accountant: &Accountant, roots: &ProbeRoots, dry_run: bool, json: bool) -> crate::error::Result<String> {
+pub fn autoconfigure(
+    accountant: &Accountant,
+    roots: &ProbeRoots,
+    dry_run: bool,
+    json: bool,
+) -> crate::error::Result<String> {
     let report = crate::autoconfig::run_for(accountant, roots, dry_run)?;
     Ok(if json { report.to_json() } else { report.to_string() })
 }
@@ -193,7 +205,11 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
 }
 
 /// SIGTERM/SIGINT: stop the lifecycle threads, compact the journal, exit 0.
-fn spawn_signal_handler(accountant: &Arc<Accountant>, stop: &Arc<AtomicBool>, socket: Option<PathBuf>) -> Result<(), String> {
+fn spawn_signal_handler(
+    accountant: &Arc<Accountant>,
+    stop: &Arc<AtomicBool>,
+    socket: Option<PathBuf>,
+) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
     let (a, s) = (Arc::clone(accountant), Arc::clone(stop));

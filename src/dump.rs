@@ -57,21 +57,40 @@ pub fn render(accountant: &Accountant) -> String {
     let charges = accountant.charges(0);
     // Buffers in different pools may together exceed u64 (each pool alone cannot).
     let total = charges.iter().fold(0u64, |sum, b| sum.saturating_add(b.size));
-    let _ = writeln!(out, "chargetransfer: {} buffers, {} charged, {} open offers", charges.len(), human(total), accountant.open_offers());
+    let _ = writeln!(
+        out,
+        "chargetransfer: {} buffers, {} charged, {} open offers",
+        charges.len(),
+        human(total),
+        accountant.open_offers()
+    );
     let _ = writeln!(out, "\nRegions:");
     let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} heaps", "pool", "class", "capacity", "usage", "enforced");
     let root = accountant.cgroup_usage("/").map(|u| u.pools).unwrap_or_default();
     for r in accountant.regions() {
         let usage = root.iter().find(|p| p.pool == r.name).map_or(0, |p| p.counter.usage);
         let cap = if r.capacity == 0 { "?".to_string() } else { human(r.capacity) };
-        let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} {}", r.name, r.class, cap, human(usage), r.enforced_by, r.heaps.join(","));
+        let _ = writeln!(
+            out,
+            "  {:<26} {:<8} {:>9} {:>9} {:<8} {}",
+            r.name,
+            r.class,
+            cap,
+            human(usage),
+            r.enforced_by,
+            r.heaps.join(",")
+        );
     }
     let _ = writeln!(out, "\nOwners (usage/max per pool):");
     for line in owner_table(accountant).lines() {
         let _ = writeln!(out, "  {line}");
     }
     let _ = writeln!(out, "\nBiggest buffers:");
-    let _ = writeln!(out, "  {:>12} {:>9} {:<20} {:>7} {:<28} kernel charged", "inode", "size", "heap", "pid", "owner cgroup");
+    let _ = writeln!(
+        out,
+        "  {:>12} {:>9} {:<20} {:>7} {:<28} kernel charged",
+        "inode", "size", "heap", "pid", "owner cgroup"
+    );
     for b in charges.iter().take(10) {
         let kernel = accountant.kernel_payer(b.inode).filter(|k| *k != b.cgroup).unwrap_or_else(|| "-".into());
         let flags = match (b.evicted, b.pinned) {
@@ -79,17 +98,31 @@ pub fn render(accountant: &Accountant) -> String {
             (_, true) => " (pinned)",
             _ => "",
         };
-        let _ = writeln!(out, "  {:>12} {:>9} {:<20} {:>7} {:<28} {kernel}{flags}", b.inode, human(b.size), b.heap, b.pid, b.cgroup);
+        let _ = writeln!(
+            out,
+            "  {:>12} {:>9} {:<20} {:>7} {:<28} {kernel}{flags}",
+            b.inode,
+            human(b.size),
+            b.heap,
+            b.pid,
+            b.cgroup
+        );
     }
-    let gaps: Vec<String> = accountant.with_ledger(|l| l.cgroups()).into_iter().filter_map(|cg| {
-        let u = accountant.cgroup_usage(&cg).ok()?;
-        let lines: Vec<String> = u
-            .pools
-            .iter()
-            .filter_map(|p| p.kernel_usage.map(|k| format!("{} kernel {} ledger {}", p.pool, human(k), human(p.counter.usage))))
-            .collect();
-        (!lines.is_empty()).then(|| format!("  {cg}: {}", lines.join("; ")))
-    }).collect();
+    let gaps: Vec<String> = accountant
+        .with_ledger(|l| l.cgroups())
+        .into_iter()
+        .filter_map(|cg| {
+            let u = accountant.cgroup_usage(&cg).ok()?;
+            let lines: Vec<String> = u
+                .pools
+                .iter()
+                .filter_map(|p| {
+                    p.kernel_usage.map(|k| format!("{} kernel {} ledger {}", p.pool, human(k), human(p.counter.usage)))
+                })
+                .collect();
+            (!lines.is_empty()).then(|| format!("  {cg}: {}", lines.join("; ")))
+        })
+        .collect();
     if !gaps.is_empty() {
         let _ = writeln!(out, "\nKernel vs ledger:");
         for g in gaps {

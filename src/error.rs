@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
+use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::kernel::error::KernelError;
 use crate::ledger::{Inode, LedgerError};
 
@@ -43,7 +43,6 @@ impl From<KernelError> for Error {
 
 /// The AIDL name of an error code (the generated enum only derives `Debug`).
 pub fn code_name(code: ErrorCode) -> &'static str {
-
     match code {
         ErrorCode::NOT_DMA_BUF => "NOT_DMA_BUF",
         ErrorCode::UNKNOWN_HEAP => "UNKNOWN_HEAP",

@@ -8,7 +8,9 @@ pub fn init(tag: &str) {
     #[cfg(not(target_os = "android"))]
     {
         let _ = tag;
-        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().try_init();
+        let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_timestamp_millis()
+            .try_init();
     }
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

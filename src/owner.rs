@@ -101,7 +101,10 @@ impl Processes {
         }
         let pidfd = if self.pidfds {
             let raw = rustix::process::Pid::from_raw(pid as i32).ok_or(Error::NoSuchProcess(pid))?;
-            Some(rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).map_err(|_| Error::NoSuchProcess(pid))?)
+            Some(
+                rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+                    .map_err(|_| Error::NoSuchProcess(pid))?,
+            )
         } else {
             None
         };

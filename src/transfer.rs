@@ -104,14 +104,32 @@ mod tests {
         let mut t = Tickets::default();
         let now = Instant::now();
         let ticket = t.offer(42, 1, proc(2), Duration::from_secs(5), now).unwrap();
-        assert!(matches!(t.check(ticket, &proc(3), 42, now), Err(Error::BadTicket { reason: "meant for another process", .. })));
+        assert!(matches!(
+            t.check(ticket, &proc(3), 42, now),
+            Err(Error::BadTicket { reason: "meant for another process", .. })
+        ));
         let reborn = Process { start_time: 8, ..proc(2) };
-        assert!(matches!(t.check(ticket, &reborn, 42, now), Err(Error::BadTicket { reason: "meant for another process", .. })));
-        assert!(matches!(t.check(ticket, &proc(2), 43, now), Err(Error::BadTicket { reason: "meant for another buffer", .. })));
-        assert!(matches!(t.check(ticket, &proc(2), 42, now + Duration::from_secs(6)), Err(Error::BadTicket { reason: "expired", .. })));
+        assert!(matches!(
+            t.check(ticket, &reborn, 42, now),
+            Err(Error::BadTicket { reason: "meant for another process", .. })
+        ));
+        assert!(matches!(
+            t.check(ticket, &proc(2), 43, now),
+            Err(Error::BadTicket { reason: "meant for another buffer", .. })
+        ));
+        assert!(matches!(
+            t.check(ticket, &proc(2), 42, now + Duration::from_secs(6)),
+            Err(Error::BadTicket { reason: "expired", .. })
+        ));
         assert_eq!(t.check(ticket, &proc(2), 42, now).unwrap().from_pid, 1);
         t.consume(ticket);
-        assert!(matches!(t.check(ticket, &proc(2), 42, now), Err(Error::BadTicket { reason: "unknown, used or expired", .. })), "no replay");
+        assert!(
+            matches!(
+                t.check(ticket, &proc(2), 42, now),
+                Err(Error::BadTicket { reason: "unknown, used or expired", .. })
+            ),
+            "no replay"
+        );
     }
 
     #[test]

@@ -10,14 +10,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const PACKAGE: &str = "android.hardware.chargetransfer";
-const SERVICE_MODULE: &str = "android.hardware.chargetransfer-service";
+const PACKAGE: &str = "vendor.chargetransfer";
+const SERVICE_MODULE: &str = "vendor.chargetransfer-service";
 const CLI_MODULE: &str = "chargectl";
 const LIB_MODULE: &str = "libchargetransfer";
 const VTS_MODULE: &str = "VtsHalChargeTransferTargetTest";
 const POLICY_MODULE: &str = "chargetransfer_policy.json";
-const RC: &str = "android.hardware.chargetransfer-service.rc";
-const VINTF: &str = "android.hardware.chargetransfer-service.xml";
+const RC: &str = "vendor.chargetransfer-service.rc";
+const VINTF: &str = "vendor.chargetransfer-service.xml";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -392,7 +392,7 @@ fn aidl_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn sources() -> BTreeMap<String, Vec<u8>> {
-    aidl_files(&root().join("aidl")).into_iter().filter(|(k, _)| k.starts_with("./android/")).collect()
+    aidl_files(&root().join("aidl")).into_iter().filter(|(k, _)| k.starts_with("./vendor/")).collect()
 }
 
 fn sha1sum(input: &[u8], args: &[String], dir: &Path) -> String {
@@ -531,7 +531,7 @@ fn service_contexts_labels_the_registered_instance_as_the_hal_service() {
     let entries = contexts("service_contexts");
     assert_eq!(
         entries,
-        vec![(rust_instance(), "hal_chargetransfer_service".to_string())],
+        vec![(rust_instance(), "hal_vendor_chargetransfer_service".to_string())],
         "sepolicy/service_contexts vs chargetransfer::service::INSTANCE"
     );
 }
@@ -623,7 +623,7 @@ fn latest_frozen_dump_equals_the_aidl_sources() {
     assert_eq!(
         frozen.keys().collect::<Vec<_>>(),
         current.keys().collect::<Vec<_>>(),
-        "frozen version {} and aidl/android/ hold different files (unfrozen change; `frozen: true` forbids it)",
+        "frozen version {} and aidl/vendor/ hold different files (unfrozen change; `frozen: true` forbids it)",
         latest_frozen()
     );
     for (file, text) in &current {
@@ -682,11 +682,11 @@ fn current_api_dump_exists_and_equals_the_sources() {
     let current_dir = api_dir().join("current");
     assert!(
         current_dir.is_dir(),
-        "{} is missing: Soong fails the build without the `current` dump (copy aidl/android into it, no .hash)",
+        "{} is missing: Soong fails the build without the `current` dump (copy aidl/vendor into it, no .hash)",
         current_dir.display()
     );
     let dump = aidl_files(&current_dir);
-    assert_eq!(dump, sources(), "aidl_api/{PACKAGE}/current differs from aidl/android");
+    assert_eq!(dump, sources(), "aidl_api/{PACKAGE}/current differs from aidl/vendor");
 }
 
 #[test]
@@ -775,13 +775,13 @@ fn rc_state_dir_is_created_for_system_and_labelled() {
         ]),
         "post-fs-data must `mkdir {state} 0700 system system`"
     );
-    assert_eq!(fc_type(state).as_deref(), Some("chargetransfer_data_file"), "file_contexts label of {state}");
+    assert_eq!(fc_type(state).as_deref(), Some("vendor_chargetransfer_data_file"), "file_contexts label of {state}");
     assert_eq!(
         fc_type(&format!("{state}/journal")).as_deref(),
-        Some("chargetransfer_data_file"),
+        Some("vendor_chargetransfer_data_file"),
         "files inside {state}"
     );
-    let attrs = &declared_types()["chargetransfer_data_file"];
+    let attrs = &declared_types()["vendor_chargetransfer_data_file"];
     assert!(attrs.contains("file_type") && attrs.contains("data_file_type"));
 }
 
@@ -805,7 +805,7 @@ fn rc_autoconfig_runs_the_installed_chargectl() {
         "default seclabel, user and group system"
     );
     // init refuses to exec a binary that does not transition out of init's domain.
-    assert_eq!(fc_type(&path).as_deref(), Some("chargectl_exec"));
+    assert_eq!(fc_type(&path).as_deref(), Some("vendor_chargectl_exec"));
 }
 
 #[test]
@@ -885,7 +885,7 @@ fn file_contexts_label_the_installed_binaries_with_exec_types_of_init_domains() 
     let te = te_text();
     let types = declared_types();
     for (module_name, exec_type) in
-        [(SERVICE_MODULE, "hal_chargetransfer_default_exec"), (CLI_MODULE, "chargectl_exec")]
+        [(SERVICE_MODULE, "hal_vendor_chargetransfer_default_exec"), (CLI_MODULE, "vendor_chargectl_exec")]
     {
         let (_, m) = module(module_name);
         let path = vendor_binary_path(&m);
@@ -915,22 +915,22 @@ fn sepolicy_declares_the_hal_server_and_its_service() {
     let te = te_text();
     let compact: String = te.split_whitespace().collect();
     for stmt in [
-        "hal_attribute(chargetransfer)",
-        "hal_server_domain(hal_chargetransfer_default,hal_chargetransfer)",
-        "binder_call(hal_chargetransfer_client,hal_chargetransfer_server)",
-        "hal_attribute_service(hal_chargetransfer,hal_chargetransfer_service)",
-        "hal_client_domain(hal_graphics_allocator_default,hal_chargetransfer)",
-        "hal_client_domain(chargectl,hal_chargetransfer)",
+        "hal_attribute(vendor_chargetransfer)",
+        "hal_server_domain(hal_vendor_chargetransfer_default,hal_vendor_chargetransfer)",
+        "binder_call(hal_vendor_chargetransfer_client,hal_vendor_chargetransfer_server)",
+        "hal_attribute_service(hal_vendor_chargetransfer,hal_vendor_chargetransfer_service)",
+        "hal_client_domain(hal_graphics_allocator_default,hal_vendor_chargetransfer)",
+        "hal_client_domain(vendor_chargectl,hal_vendor_chargetransfer)",
     ] {
         assert!(compact.contains(stmt), "sepolicy lacks {stmt}");
     }
-    let attrs = &declared_types()["hal_chargetransfer_service"];
+    let attrs = &declared_types()["hal_vendor_chargetransfer_service"];
     for a in ["hal_service_type", "service_manager_type"] {
-        assert!(attrs.contains(a), "hal_chargetransfer_service needs {a}");
+        assert!(attrs.contains(a), "hal_vendor_chargetransfer_service needs {a}");
     }
     // hal_attribute() belongs in `attributes`, as in AOSP.
     let attributes = sepolicy_files().into_iter().find(|(n, _)| n == "attributes").expect("sepolicy/attributes");
-    assert!(attributes.1.contains("hal_attribute(chargetransfer)"));
+    assert!(attributes.1.contains("hal_attribute(vendor_chargetransfer)"));
 }
 
 #[test]
@@ -953,7 +953,7 @@ fn sepolicy_grants_nothing_system_sepolicy_neverallows() {
         let compact: String = line.split_whitespace().collect();
         assert!(
             !compact.contains("hal_client_domain(surfaceflinger"),
-            "SurfaceFlinger is a platform domain: see hal_chargetransfer.te"
+            "SurfaceFlinger is a platform domain: see hal_vendor_chargetransfer.te"
         );
     }
 }

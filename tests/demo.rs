@@ -46,7 +46,8 @@ fn the_double_hop_ends_with_the_game_paying_and_surfaceflinger_at_zero() {
     let dir = tempfile::tempdir().unwrap();
     let transcript = play(dir.path());
     let hop = step(&transcript, 3);
-    let sf_between = row(hop, "ledger between the hops", "/uid_1000/pid_640").expect("SurfaceFlinger pays between the hops");
+    let sf_between =
+        row(hop, "ledger between the hops", "/uid_1000/pid_640").expect("SurfaceFlinger pays between the hops");
     assert!(sf_between.contains("9.9M"), "{sf_between}");
     assert!(
         hop.contains("after the double hop: SurfaceFlinger pays nothing; the game pays memcg 9.9M + cma/display 9.9M"),
@@ -63,7 +64,10 @@ fn the_game_over_its_budget_is_refused_with_over_limit_and_nothing_changes() {
     let transcript = play(dir.path());
     let limit = step(&transcript, 4);
     let refused = limit.lines().skip_while(|l| !l.contains("REFUSED")).nth(1).expect("a refusal");
-    assert!(refused.trim_start().starts_with("OVER_LIMIT: charging 134217728 bytes to /uid_10082/pid_4388"), "{refused}");
+    assert!(
+        refused.trim_start().starts_with("OVER_LIMIT: charging 134217728 bytes to /uid_10082/pid_4388"),
+        "{refused}"
+    );
     assert!(refused.contains("would exceed /uid_10082 memcg.max"), "{refused}");
     assert!(limit.contains("the refused charge left no trace"), "{limit}");
     let charged = limit.matches("): charged;").count();
@@ -76,7 +80,10 @@ fn the_dead_games_charges_are_released_except_the_buffer_surfaceflinger_holds() 
     let transcript = play(dir.path());
     let death = step(&transcript, 6);
     assert!(death.contains("released, nobody else holds them: 7 buffers, 896.0M"), "{death}");
-    assert!(death.contains("still held by SurfaceFlinger (pid 640), so its charge moves to /uid_10082 (no owning process)"), "{death}");
+    assert!(
+        death.contains("still held by SurfaceFlinger (pid 640), so its charge moves to /uid_10082 (no owning process)"),
+        "{death}"
+    );
     assert!(row(death, "ledger after step 6", "/uid_10082/pid_4388").is_none(), "the dead game still pays:\n{death}");
     let family = row(death, "ledger after step 6", "/uid_10082").expect("the game's uid row");
     assert!(family.contains("9.9M"), "{family}");

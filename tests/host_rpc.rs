@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::android::hardware::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
+use chargetransfer::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
 use chargetransfer::client::{Client, ClientError};
 
 struct Service {
@@ -27,7 +27,15 @@ fn start(extra: &[&str]) -> Service {
     let socket = dir.path().join("ct.sock");
     let state = dir.path().join("state");
     let child = Command::new(env!("CARGO_BIN_EXE_chargetransferd"))
-        .args(["--rpc", socket.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--no-autoconfig", "--durability", "none"])
+        .args([
+            "--rpc",
+            socket.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--no-autoconfig",
+            "--durability",
+            "none",
+        ])
         .args(extra)
         .stderr(Stdio::null())
         .spawn()

@@ -29,9 +29,9 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::Value;
 
-use chargetransfer::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
-use chargetransfer::aidl::android::hardware::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
-use chargetransfer::aidl::android::hardware::chargetransfer::IChargeTransfer::IChargeTransfer;
+use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
+use chargetransfer::aidl::vendor::chargetransfer::IChargeTransfer::IChargeTransfer;
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::kernel::{self, CgroupFs, DmemFile, KernelError, ProcFs};
 use chargetransfer::ledger::{BufferInfo, Counter, Event, HeapClass, HeapSpec, Ledger, LimitKind, UNLIMITED};
@@ -77,13 +77,22 @@ const HARNESSES: [&str; 4] = ["aidl", "policy", "files", "ledger"];
 
 /// Each harness records its headline count; once all four passed, one summary line.
 fn finished(harness: &'static str, headline: String, detail: String, started: Instant) {
-    report(&format!("hostile: {harness}: {headline}; {detail} ({:.1} s, seed {})", started.elapsed().as_secs_f64(), base_seed()));
+    report(&format!(
+        "hostile: {harness}: {headline}; {detail} ({:.1} s, seed {})",
+        started.elapsed().as_secs_f64(),
+        base_seed()
+    ));
     static DONE: Mutex<BTreeMap<&'static str, String>> = Mutex::new(BTreeMap::new());
     let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
     done.insert(harness, headline);
     if HARNESSES.iter().all(|h| done.contains_key(h)) {
         let parts: Vec<String> = HARNESSES.iter().map(|h| format!("{h} {}", done[h])).collect();
-        report(&format!("hostile: {} — 0 panics, all refusals typed (seed {}, HOSTILE_CASES={})", parts.join(", "), base_seed(), scale()));
+        report(&format!(
+            "hostile: {} — 0 panics, all refusals typed (seed {}, HOSTILE_CASES={})",
+            parts.join(", "),
+            base_seed(),
+            scale()
+        ));
     }
 }
 
@@ -99,10 +108,51 @@ where
 /// Strings a person or a fuzzer would try: separators, escapes, control characters, unicode,
 /// numbers at the edges.
 const NASTY: &[&str] = &[
-    "", " ", "\t", "\n", "\r\n", "\0", "/", "//", "/.", "/..", "..", ".", "*", "**", "%", "-", "+", ":", "\\", "\"",
-    "max", "MAX", "-1", "+1", "0", "0x10", "1e3", "1K", "1.5G", "16E", "101%", "100%", "0.00001%",
-    "18446744073709551615", "18446744073709551616", "4294967295", "4294967296", "-9223372036854775808",
-    "ü", "\u{202e}", "\u{feff}", "\u{200b}", "🦀", "a b", "a\0b",
+    "",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\0",
+    "/",
+    "//",
+    "/.",
+    "/..",
+    "..",
+    ".",
+    "*",
+    "**",
+    "%",
+    "-",
+    "+",
+    ":",
+    "\\",
+    "\"",
+    "max",
+    "MAX",
+    "-1",
+    "+1",
+    "0",
+    "0x10",
+    "1e3",
+    "1K",
+    "1.5G",
+    "16E",
+    "101%",
+    "100%",
+    "0.00001%",
+    "18446744073709551615",
+    "18446744073709551616",
+    "4294967295",
+    "4294967296",
+    "-9223372036854775808",
+    "ü",
+    "\u{202e}",
+    "\u{feff}",
+    "\u{200b}",
+    "🦀",
+    "a b",
+    "a\0b",
 ];
 
 fn nasty() -> impl Strategy<Value = String> {
@@ -123,8 +173,13 @@ const REGIONS: [&str; 3] = ["cma/display", "carveout/secure", "drm/0000:03:00.0/
 const LEDGER_HEAPS: [&str; 5] = ["system", "display", "secure", "vram", "observed"];
 
 fn phone_events() -> Vec<Event> {
-    let heap = |name: &str, class, region: Option<&str>| HeapSpec { name: name.into(), class, region: region.map(String::from) };
-    let mut events: Vec<Event> = REGIONS.iter().map(|r| Event::RegionAdded { region: r.to_string(), capacity: 1 << 30 }).collect();
+    let heap = |name: &str, class, region: Option<&str>| HeapSpec {
+        name: name.into(),
+        class,
+        region: region.map(String::from),
+    };
+    let mut events: Vec<Event> =
+        REGIONS.iter().map(|r| Event::RegionAdded { region: r.to_string(), capacity: 1 << 30 }).collect();
     for (spec, enforce) in [
         (heap("system", HeapClass::System, None), true),
         (heap("display", HeapClass::Cma, Some(REGIONS[0])), true),
@@ -172,10 +227,29 @@ fn cgroup_path() -> impl Strategy<Value = String> {
         "/background/uid_10003/pid_300",
     ])
     .prop_map(String::from);
-    let deep = (1usize..48, 0..3u8).prop_map(|(depth, leaf)| (0..depth).map(|i| if i + 1 == depth { format!("/d{leaf}") } else { "/d".to_string() }).collect());
+    let deep = (1usize..48, 0..3u8).prop_map(|(depth, leaf)| {
+        (0..depth).map(|i| if i + 1 == depth { format!("/d{leaf}") } else { "/d".to_string() }).collect()
+    });
     let odd = prop::sample::select(vec![
-        "", "a", "//", "/a/", "/a//b", "/.", "/..", "/a/../b", "/./a", "/a b", "/a\tb", "/a\nb", "/a\0b", "/ü/ß", " /", "/\u{200b}",
-        "/uid_10001/", "/uid_10001/pid_100/..", "/🦀",
+        "",
+        "a",
+        "//",
+        "/a/",
+        "/a//b",
+        "/.",
+        "/..",
+        "/a/../b",
+        "/./a",
+        "/a b",
+        "/a\tb",
+        "/a\nb",
+        "/a\0b",
+        "/ü/ß",
+        " /",
+        "/\u{200b}",
+        "/uid_10001/",
+        "/uid_10001/pid_100/..",
+        "/🦀",
     ])
     .prop_map(String::from);
     let long = (1usize..5000).prop_map(|n| format!("/{}", "x".repeat(n)));
@@ -260,7 +334,10 @@ fn ledger_sequence(events: Vec<Event>, refusals: &Mutex<BTreeMap<&'static str, u
             Ok(()) => journal.push(e.clone()),
             Err(err) => {
                 let after = view(&l);
-                prop_assert!(before == after, "refused {e:?} ({err}) changed the ledger:\nbefore {before:?}\nafter  {after:?}");
+                prop_assert!(
+                    before == after,
+                    "refused {e:?} ({err}) changed the ledger:\nbefore {before:?}\nafter  {after:?}"
+                );
                 prop_assert!(!err.to_string().is_empty());
                 let code = chargetransfer::error::Error::from(err).code();
                 *refusals.lock().unwrap().entry(chargetransfer::error::code_name(code)).or_default() += 1;
@@ -271,7 +348,10 @@ fn ledger_sequence(events: Vec<Event>, refusals: &Mutex<BTreeMap<&'static str, u
         }
         for region in REGIONS {
             if let Ok(advice) = l.eviction_advice(region, 64 * MIB) {
-                prop_assert!(advice.iter().all(|i| l.buffer(*i).is_some_and(|b| !b.pinned && !b.evicted)), "advice {advice:?}");
+                prop_assert!(
+                    advice.iter().all(|i| l.buffer(*i).is_some_and(|b| !b.pinned && !b.evicted)),
+                    "advice {advice:?}"
+                );
             }
         }
     }
@@ -293,7 +373,9 @@ fn ledger_sequence(events: Vec<Event>, refusals: &Mutex<BTreeMap<&'static str, u
     for (cg, counters) in &live.cgroups {
         // Empty cgroups need not survive a snapshot (a past peak is history, not state).
         if without_history(counters).iter().any(|(_, c)| !c.is_pristine()) {
-            let got = from_snapshot.counters(cg).map_err(|e| TestCaseError::fail(format!("{cg} lost in the snapshot: {e}")))?;
+            let got = from_snapshot
+                .counters(cg)
+                .map_err(|e| TestCaseError::fail(format!("{cg} lost in the snapshot: {e}")))?;
             prop_assert_eq!(without_history(counters), without_history(&got), "cgroup {}", cg);
         }
     }
@@ -424,9 +506,38 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         prop::sample::select(vec![0.5f64, -0.0, 1e308, 1.5]).prop_map(Value::from),
     ];
     let word = prop::sample::select(vec![
-        "system", "cma", "carveout", "vram", "dram", "enforce", "observe", "app", "background", "display", "camera",
-        "codec", "secure", "render", "cma/display", "memcg", "drm/*/vram*", "drm/**", "/uid_*/**", "/**/**/**/**/**/**/**/**/x",
-        "0-9999", "9999-0", "10000-", "-5", "a-b", "25%", "50%", "12.5%", "64M", "1G", "16E", "max",
+        "system",
+        "cma",
+        "carveout",
+        "vram",
+        "dram",
+        "enforce",
+        "observe",
+        "app",
+        "background",
+        "display",
+        "camera",
+        "codec",
+        "secure",
+        "render",
+        "cma/display",
+        "memcg",
+        "drm/*/vram*",
+        "drm/**",
+        "/uid_*/**",
+        "/**/**/**/**/**/**/**/**/x",
+        "0-9999",
+        "9999-0",
+        "10000-",
+        "-5",
+        "a-b",
+        "25%",
+        "50%",
+        "12.5%",
+        "64M",
+        "1G",
+        "16E",
+        "max",
     ])
     .prop_map(String::from);
     prop_oneof![
@@ -535,7 +646,27 @@ enum PolicyInput {
 
 fn policy_input() -> impl Strategy<Value = PolicyInput> {
     let soup = prop::collection::vec(
-        prop::sample::select(vec!["{", "}", "[", "]", ",", ":", "\"", "1", "-", "e", ".", "true", "null", " ", "\n", "\"heaps\"", "\"version\"", "\\u0000", "\\ud800"]),
+        prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "1",
+            "-",
+            "e",
+            ".",
+            "true",
+            "null",
+            " ",
+            "\n",
+            "\"heaps\"",
+            "\"version\"",
+            "\\u0000",
+            "\\ud800",
+        ]),
         0..64,
     )
     .prop_map(|t| t.concat());
@@ -604,7 +735,12 @@ struct PolicyTally {
     invalid: usize,
 }
 
-fn check_policy_result(text: &str, doc: Option<&Value>, result: Result<Policy, PolicyError>, tally: &Mutex<PolicyTally>) -> Result<(), TestCaseError> {
+fn check_policy_result(
+    text: &str,
+    doc: Option<&Value>,
+    result: Result<Policy, PolicyError>,
+    tally: &Mutex<PolicyTally>,
+) -> Result<(), TestCaseError> {
     match result {
         Ok(p) => {
             exercise(&p).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
@@ -612,14 +748,18 @@ fn check_policy_result(text: &str, doc: Option<&Value>, result: Result<Policy, P
         }
         Err(PolicyError::Syntax { line, column, message, .. }) => {
             let lines = text.split('\n').count();
-            prop_assert!(line >= 1 && line <= lines + 1, "syntax error at line {line} of a {lines}-line text: {message}");
+            prop_assert!(
+                line >= 1 && line <= lines + 1,
+                "syntax error at line {line} of a {lines}-line text: {message}"
+            );
             prop_assert!(!message.is_empty());
             let _ = column;
             tally.lock().unwrap().syntax += 1;
         }
         Err(PolicyError::Invalid { path, reason, .. }) => {
             prop_assert!(!reason.is_empty(), "no reason at {path}");
-            let doc = doc.ok_or_else(|| TestCaseError::fail(format!("{path}: {reason} for a document that is not JSON")))?;
+            let doc =
+                doc.ok_or_else(|| TestCaseError::fail(format!("{path}: {reason} for a document that is not JSON")))?;
             prop_assert!(names_a_location(doc, &path), "error path {path:?} ({reason}) names nothing in {doc}");
             tally.lock().unwrap().invalid += 1;
         }
@@ -636,58 +776,63 @@ fn policy_random_documents_are_refused_with_a_json_path() {
     let default: Value = serde_json::from_str(policy::EMBEDDED_DEFAULT).unwrap();
     let minimal: Value = serde_json::from_str(MINIMAL_POLICY).unwrap();
     Policy::from_json(MINIMAL_POLICY).expect("the minimal seed document is valid");
-    run(&mut runner(2, cases, true), policy_input(), |input| {
-        match &input {
-            PolicyInput::Edited(edits) | PolicyInput::EditedMinimal(edits) => {
-                let mut doc = if matches!(input, PolicyInput::Edited(_)) { default.clone() } else { minimal.clone() };
-                edits.iter().for_each(|e| apply_edit(&mut doc, e));
-                let text = serde_json::to_string_pretty(&doc).unwrap();
-                check_policy_result(&text, Some(&doc), Policy::from_json(&text), &tally)
-            }
-            PolicyInput::Override(over) => {
-                let text = over.to_string();
-                let mut merged = default.clone();
-                policy::merge(&mut merged, over.clone());
-                check_policy_result(&text, Some(&merged), Policy::default_with(&[&text]), &tally)
-            }
-            PolicyInput::OverrideFile(text) => {
-                let dir = tempfile::tempdir().unwrap();
-                let file = dir.path().join("odm-policy.json");
-                fs::write(&file, text).unwrap();
-                let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.json"));
-                let result = Policy::load(&[base.clone(), file.clone()]);
-                match &result {
-                    Err(PolicyError::Syntax { file: f, .. }) => prop_assert_eq!(f.as_ref(), Some(&file), "syntax error names the file"),
-                    Err(PolicyError::Invalid { files, .. }) => prop_assert_eq!(files, &vec![base, file.clone()], "invalid names the files"),
-                    _ => {}
+    run(&mut runner(2, cases, true), policy_input(), |input| match &input {
+        PolicyInput::Edited(edits) | PolicyInput::EditedMinimal(edits) => {
+            let mut doc = if matches!(input, PolicyInput::Edited(_)) { default.clone() } else { minimal.clone() };
+            edits.iter().for_each(|e| apply_edit(&mut doc, e));
+            let text = serde_json::to_string_pretty(&doc).unwrap();
+            check_policy_result(&text, Some(&doc), Policy::from_json(&text), &tally)
+        }
+        PolicyInput::Override(over) => {
+            let text = over.to_string();
+            let mut merged = default.clone();
+            policy::merge(&mut merged, over.clone());
+            check_policy_result(&text, Some(&merged), Policy::default_with(&[&text]), &tally)
+        }
+        PolicyInput::OverrideFile(text) => {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("odm-policy.json");
+            fs::write(&file, text).unwrap();
+            let base = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.json"));
+            let result = Policy::load(&[base.clone(), file.clone()]);
+            match &result {
+                Err(PolicyError::Syntax { file: f, .. }) => {
+                    prop_assert_eq!(f.as_ref(), Some(&file), "syntax error names the file")
                 }
-                let doc = serde_json::from_str::<Value>(text).ok().map(|over| {
-                    let mut merged = default.clone();
-                    policy::merge(&mut merged, over);
-                    merged
-                });
-                check_policy_result(text, doc.as_ref(), result, &tally)
+                Err(PolicyError::Invalid { files, .. }) => {
+                    prop_assert_eq!(files, &vec![base, file.clone()], "invalid names the files")
+                }
+                _ => {}
             }
-            PolicyInput::Random(doc) => {
-                let text = doc.to_string();
-                check_policy_result(&text, Some(doc), Policy::from_json(&text), &tally)
-            }
-            PolicyInput::Text(text) => {
-                let doc: Option<Value> = serde_json::from_str(text).ok();
-                check_policy_result(text, doc.as_ref(), Policy::from_json(text), &tally)
-            }
-            PolicyInput::Bytes(bytes) => {
-                let text = String::from_utf8_lossy(bytes).into_owned();
-                let doc: Option<Value> = serde_json::from_str(&text).ok();
-                check_policy_result(&text, doc.as_ref(), Policy::from_json(&text), &tally)
-            }
+            let doc = serde_json::from_str::<Value>(text).ok().map(|over| {
+                let mut merged = default.clone();
+                policy::merge(&mut merged, over);
+                merged
+            });
+            check_policy_result(text, doc.as_ref(), result, &tally)
+        }
+        PolicyInput::Random(doc) => {
+            let text = doc.to_string();
+            check_policy_result(&text, Some(doc), Policy::from_json(&text), &tally)
+        }
+        PolicyInput::Text(text) => {
+            let doc: Option<Value> = serde_json::from_str(text).ok();
+            check_policy_result(text, doc.as_ref(), Policy::from_json(text), &tally)
+        }
+        PolicyInput::Bytes(bytes) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            let doc: Option<Value> = serde_json::from_str(&text).ok();
+            check_policy_result(&text, doc.as_ref(), Policy::from_json(&text), &tally)
         }
     });
     let t = tally.into_inner().unwrap();
     finished(
         "policy",
         format!("{cases}"),
-        format!("{cases} documents: {} accepted, {} syntax errors (line/column), {} invalid (JSON path checked)", t.accepted, t.syntax, t.invalid),
+        format!(
+            "{cases} documents: {} accepted, {} syntax errors (line/column), {} invalid (JSON path checked)",
+            t.accepted, t.syntax, t.invalid
+        ),
         started,
     );
 }
@@ -733,9 +878,33 @@ enum KernelFile {
 const KERNEL_FILES: [KernelFile; 27] = {
     use KernelFile::*;
     [
-        MemoryCurrent, MemoryMax, MemoryHigh, MemoryLow, MemoryMin, MemoryPeak, MemoryStat, MemoryEvents, DmemCapacity,
-        DmemCurrent, DmemMax, DmemMin, DmemLow, DmemPeak, Controllers, SubtreeControl, Procs, Mounts, Mountinfo, Status,
-        Cgroup, Stat, Comm, Cmdline, Fdinfo, Maps, SelfFdinfo,
+        MemoryCurrent,
+        MemoryMax,
+        MemoryHigh,
+        MemoryLow,
+        MemoryMin,
+        MemoryPeak,
+        MemoryStat,
+        MemoryEvents,
+        DmemCapacity,
+        DmemCurrent,
+        DmemMax,
+        DmemMin,
+        DmemLow,
+        DmemPeak,
+        Controllers,
+        SubtreeControl,
+        Procs,
+        Mounts,
+        Mountinfo,
+        Status,
+        Cgroup,
+        Stat,
+        Comm,
+        Cmdline,
+        Fdinfo,
+        Maps,
+        SelfFdinfo,
     ]
 };
 
@@ -957,7 +1126,13 @@ fn kernel_fixture() -> KernelFixture {
     put(&root.join("proc/200/fdinfo/5"), b"pos:\t0\nflags:\t00\nmnt_id:\t14\nino:\t424242\n");
     put(&root.join("proc/200/maps"), b"");
     put(&root.join(format!("proc/{FIXTURE_PID}/fdinfo/0")), b"pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t3\n");
-    KernelFixture { cgroupfs: CgroupFs::new(root.join("cgroup")), procfs: ProcFs::new(root.join("proc")), root, _dir: dir, memfd }
+    KernelFixture {
+        cgroupfs: CgroupFs::new(root.join("cgroup")),
+        procfs: ProcFs::new(root.join("proc")),
+        root,
+        _dir: dir,
+        memfd,
+    }
 }
 
 /// The error names `file` (the one with random contents): its path, and a line within it.
@@ -979,7 +1154,12 @@ fn names_file(e: &KernelError, file: &Path, content: &[u8]) -> Result<(), String
 }
 
 /// Reads the fuzzed file through every adapter call that reads it.
-fn read_through_adapters(fx: &KernelFixture, file: KernelFile, path: &Path, content: &[u8]) -> Result<bool, TestCaseError> {
+fn read_through_adapters(
+    fx: &KernelFixture,
+    file: KernelFile,
+    path: &Path,
+    content: &[u8],
+) -> Result<bool, TestCaseError> {
     let check = |r: Result<(), KernelError>| -> Result<bool, TestCaseError> {
         match r {
             Ok(()) => Ok(true),
@@ -1083,7 +1263,10 @@ fn kernel_files_with_random_contents_never_panic_and_errors_name_the_file() {
     finished(
         "files",
         format!("{cases}"),
-        format!("{cases} file contents over {} kinds of file: {ok} read, {refused} refused naming the file and line", kinds.len()),
+        format!(
+            "{cases} file contents over {} kinds of file: {ok} read, {refused} refused naming the file and line",
+            kinds.len()
+        ),
         started,
     );
 }
@@ -1165,7 +1348,8 @@ const SERVICE_NAMES: [&str; 3] = ["host", "trusted", "untrusted"];
 const FIXTURE_PIDS: [u32; 12] = [4242, 4243, 4244, 4245, 4246, 4247, 4248, 4249, 4250, 4251, 4252, 4253];
 /// How many fd numbers of the service the fixture's `self/fdinfo` covers.
 const FD_SPAN: i32 = 160;
-const EXPORTERS: [&str; 9] = ["system", "display", "camera", "secure_video", "vram0", "observed", "system-uncached", "gpu", "no_such_heap"];
+const EXPORTERS: [&str; 9] =
+    ["system", "display", "camera", "secure_video", "vram0", "observed", "system-uncached", "gpu", "no_such_heap"];
 const SIZES: [u64; 8] = [4096, 1 << 20, 64 << 20, 1, 1 << 40, i64::MAX as u64, u64::MAX, 0];
 
 struct Daemon {
@@ -1347,9 +1531,17 @@ impl ServiceFixture {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("fdinfo")).unwrap();
         fs::create_dir_all(dir.join("fd")).unwrap();
-        fs::write(dir.join("status"), format!("Name:\tfake\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n")).unwrap();
+        fs::write(
+            dir.join("status"),
+            format!("Name:\tfake\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+        )
+        .unwrap();
         fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
-        fs::write(dir.join("stat"), format!("{pid} (fake) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 100 0\n")).unwrap();
+        fs::write(
+            dir.join("stat"),
+            format!("{pid} (fake) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 100 0\n"),
+        )
+        .unwrap();
         fs::write(dir.join("comm"), "fake\n").unwrap();
         fs::write(dir.join("maps"), "").unwrap();
         self.procs.insert(pid, FakeProc { cgroup: cgroup.to_string(), start });
@@ -1429,7 +1621,10 @@ impl ServiceFixture {
                 let (_, f) = fd.get(&pool.fds);
                 let ino = rustix::fs::fstat(f).unwrap().st_ino;
                 let n = 10 + fd.index(64);
-                let _ = fs::write(self.pid_dir(pid).join(format!("fdinfo/{n}")), fdinfo_text(Some(ino), &size.to_string(), "system", None));
+                let _ = fs::write(
+                    self.pid_dir(pid).join(format!("fdinfo/{n}")),
+                    fdinfo_text(Some(ino), &size.to_string(), "system", None),
+                );
             }
             FixtureOp::Drop(i) => {
                 let pid = *i.get(&pids);
@@ -1454,7 +1649,10 @@ impl ServiceFixture {
         self.spawn(me, 0, "/system/hostile", start);
         for (i, (_, fd)) in pool.fds.iter().enumerate() {
             let ino = rustix::fs::fstat(fd).unwrap().st_ino;
-            let _ = fs::write(self.pid_dir(me).join(format!("fdinfo/{}", 100 + i)), fdinfo_text(Some(ino), "4096", "system", None));
+            let _ = fs::write(
+                self.pid_dir(me).join(format!("fdinfo/{}", 100 + i)),
+                fdinfo_text(Some(ino), "4096", "system", None),
+            );
         }
     }
 }
@@ -1557,31 +1755,77 @@ enum RawItem {
 
 #[derive(Clone, Debug)]
 enum Call {
-    Charge { fd: Index },
-    ChargeOnBehalf { fd: Index, pid: PidArg },
-    Release { inode: InodeArg },
-    Transfer { fd: Index, pid: PidArg },
-    Offer { fd: Index, pid: PidArg, ttl: i32 },
-    Accept { ticket: Option<Index>, raw: i64, fd: Index },
+    Charge {
+        fd: Index,
+    },
+    ChargeOnBehalf {
+        fd: Index,
+        pid: PidArg,
+    },
+    Release {
+        inode: InodeArg,
+    },
+    Transfer {
+        fd: Index,
+        pid: PidArg,
+    },
+    Offer {
+        fd: Index,
+        pid: PidArg,
+        ttl: i32,
+    },
+    Accept {
+        ticket: Option<Index>,
+        raw: i64,
+        fd: Index,
+    },
     RegisterClient,
-    ProcessUsage { pid: PidArg },
-    UidUsage { uid: i32 },
-    CgroupUsage { path: String },
-    ListCharges { pid: PidArg },
+    ProcessUsage {
+        pid: PidArg,
+    },
+    UidUsage {
+        uid: i32,
+    },
+    CgroupUsage {
+        path: String,
+    },
+    ListCharges {
+        pid: PidArg,
+    },
     Regions,
-    Evict { inode: InodeArg },
-    Restore { inode: InodeArg },
-    Pin { inode: InodeArg },
-    Unpin { inode: InodeArg },
-    EvictionAdvice { region: Option<Index>, raw: String, bytes: i64 },
+    Evict {
+        inode: InodeArg,
+    },
+    Restore {
+        inode: InodeArg,
+    },
+    Pin {
+        inode: InodeArg,
+    },
+    Unpin {
+        inode: InodeArg,
+    },
+    EvictionAdvice {
+        region: Option<Index>,
+        raw: String,
+        bytes: i64,
+    },
     Reconcile,
-    Autoconfigure { dry_run: bool, json: bool },
+    Autoconfigure {
+        dry_run: bool,
+        json: bool,
+    },
     Dump,
     Ping,
     /// A closed fd number through the client API.
     ClosedFd,
     /// A transaction with random contents (typed values, fds, binders) for any code.
-    Raw { code: u32, header: bool, oneway: bool, items: Vec<RawItem> },
+    Raw {
+        code: u32,
+        header: bool,
+        oneway: bool,
+        items: Vec<RawItem>,
+    },
     /// Ask for the usage of every process on the host, as an app enumerating /proc would.
     SweepPids,
     /// Drop the connection (and with it every registered token) and connect again.
@@ -1794,7 +2038,12 @@ impl AidlWorld {
                 let client = daemon.connect();
                 client.service().ping().unwrap();
                 // Received fds take the lowest free numbers, so they stay below this.
-                assert!((daemon.open_fds() as i32) + 64 < FD_SPAN, "{} already has {} fds", daemon.name, daemon.open_fds());
+                assert!(
+                    (daemon.open_fds() as i32) + 64 < FD_SPAN,
+                    "{} already has {} fds",
+                    daemon.name,
+                    daemon.open_fds()
+                );
                 Lane { rss_start_kib: daemon.status_kib("VmRSS:"), fds_start: daemon.open_fds(), client, daemon }
             })
             .collect();
@@ -1819,7 +2068,7 @@ impl AidlWorld {
         }
     }
 
-    fn learn(&mut self, info: &chargetransfer::aidl::android::hardware::chargetransfer::ChargeInfo::ChargeInfo) {
+    fn learn(&mut self, info: &chargetransfer::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo) {
         if !self.seen.inodes.contains(&info.inode) {
             self.seen.inodes.push(info.inode);
         }
@@ -1854,7 +2103,11 @@ impl AidlWorld {
                         self.learn(&info);
                     }
                     Err(code) if !on_fixture && code != ErrorCode::NOT_DMA_BUF => {
-                        return Err(format!("the host refused a {} with {}", fd.get(&self.pool.fds).0, chargetransfer::error::code_name(code)))
+                        return Err(format!(
+                            "the host refused a {} with {}",
+                            fd.get(&self.pool.fds).0,
+                            chargetransfer::error::code_name(code)
+                        ))
                     }
                     Err(_) => {}
                 }
@@ -1867,7 +2120,11 @@ impl AidlWorld {
             Call::Release { inode } => {
                 let r = typed(s.release(self.inode(inode)), tally)?;
                 if !on_fixture {
-                    only(r, &[ErrorCode::NOT_CHARGED, ErrorCode::INVALID_ARGUMENT], "release on the host, where nothing is charged")?;
+                    only(
+                        r,
+                        &[ErrorCode::NOT_CHARGED, ErrorCode::INVALID_ARGUMENT],
+                        "release on the host, where nothing is charged",
+                    )?;
                 }
             }
             Call::Transfer { fd, pid } => {
@@ -1948,7 +2205,11 @@ impl AidlWorld {
                     tally,
                 )?;
                 if lane != 1 {
-                    only(r, &[ErrorCode::NOT_TRUSTED, ErrorCode::INVALID_ARGUMENT], "evict/restore/pin/unpin by an untrusted caller")?;
+                    only(
+                        r,
+                        &[ErrorCode::NOT_TRUSTED, ErrorCode::INVALID_ARGUMENT],
+                        "evict/restore/pin/unpin by an untrusted caller",
+                    )?;
                 }
             }
             Call::EvictionAdvice { region, raw, bytes } => {
@@ -1973,10 +2234,12 @@ impl AidlWorld {
                 }
             }
             Call::Dump => {
-                typed(s.dumpState(), tally)?.map_err(|c| format!("dumpState refused: {}", chargetransfer::error::code_name(c)))?;
+                typed(s.dumpState(), tally)?
+                    .map_err(|c| format!("dumpState refused: {}", chargetransfer::error::code_name(c)))?;
             }
             Call::Ping => {
-                typed(s.ping(), tally)?.map_err(|c| format!("ping refused: {}", chargetransfer::error::code_name(c)))?;
+                typed(s.ping(), tally)?
+                    .map_err(|c| format!("ping refused: {}", chargetransfer::error::code_name(c)))?;
             }
             Call::ClosedFd => {
                 // The parcel only carries open fds (`OwnedFd`); the client dups the borrowed fd
@@ -2016,14 +2279,17 @@ impl AidlWorld {
                 let flags = if *oneway { rsbinder::FLAG_ONEWAY } else { 0 };
                 match remote.submit_transact(*code, &data, flags) {
                     Ok(_) => {}
-                    Err(rsbinder::StatusCode::DeadObject) => return Err(format!("raw transaction {code:#x} killed the connection")),
+                    Err(rsbinder::StatusCode::DeadObject) => {
+                        return Err(format!("raw transaction {code:#x} killed the connection"))
+                    }
                     Err(_) => tally.raw_rejected += 1,
                 }
                 // Whatever the parcel held, the service must still answer a well-formed call.
                 s.ping().map_err(|e| format!("after raw transaction {code:#x}: ping failed: {e:?}"))?;
             }
             Call::SweepPids => {
-                let pids: Vec<i32> = fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+                let pids: Vec<i32> =
+                    fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
                 tally.calls -= 1;
                 for pid in pids {
                     // Any live process may be asked about; one that exited meanwhile is refused.
@@ -2055,7 +2321,9 @@ impl AidlWorld {
     /// buffers charged in that pool, and its pinned bytes those of the pinned ones.
     fn check_totals(&self, lane: usize, tally: &mut AidlTally) -> Result<(), String> {
         let s = self.lanes[lane].client.service();
-        let log = || self.lanes[lane].daemon.log().lines().filter(|l| l.contains("panic")).take(3).collect::<Vec<_>>().join("\n");
+        let log = || {
+            self.lanes[lane].daemon.log().lines().filter(|l| l.contains("panic")).take(3).collect::<Vec<_>>().join("\n")
+        };
         // The periodic reconcile may release or move charges between two queries: compare only
         // when the list is the same on both sides of the usage query.
         let (charges, root) = loop {
@@ -2104,7 +2372,12 @@ impl AidlWorld {
                 .listCharges(0)
                 .map_err(|e| format!("listCharges: {e:?}"))?
                 .iter()
-                .map(|c| format!("{} {} {} {} {} {:?} {} {}", c.inode, c.size, c.heap, c.ownerPid, c.ownerCgroup, c.pools, c.evicted, c.pinned))
+                .map(|c| {
+                    format!(
+                        "{} {} {} {} {} {:?} {} {}",
+                        c.inode, c.size, c.heap, c.ownerPid, c.ownerCgroup, c.pools, c.evicted, c.pinned
+                    )
+                })
                 .collect();
             list.sort();
             Ok(list)
@@ -2124,15 +2397,19 @@ impl AidlWorld {
             served = again;
         }
         if !stable {
-            return Err(format!("{}: the ledger keeps changing with /proc unchanged (reconcile does not converge)", self.lanes[lane].daemon.name));
+            return Err(format!(
+                "{}: the ledger keeps changing with /proc unchanged (reconcile does not converge)",
+                self.lanes[lane].daemon.name
+            ));
         }
         let l = &mut self.lanes[lane];
         l.daemon.child.kill().map_err(|e| e.to_string())?;
         l.daemon.child.wait().map_err(|e| e.to_string())?;
         // Replay logs each refused event: let it reach stderr.
         let _ = env_logger::Builder::new().filter_level(log::LevelFilter::Warn).try_init();
-        let (_, ledger, report) = chargetransfer::journal::Journal::open(&l.daemon.state, chargetransfer::journal::Durability::None)
-            .map_err(|e| format!("{}: journal does not open: {e}", l.daemon.name))?;
+        let (_, ledger, report) =
+            chargetransfer::journal::Journal::open(&l.daemon.state, chargetransfer::journal::Durability::None)
+                .map_err(|e| format!("{}: journal does not open: {e}", l.daemon.name))?;
         if report.corrupt.is_some() || report.events_refused > 0 {
             return Err(format!("{}: journal replay: {report:?}\nservice log:\n{}", l.daemon.name, l.daemon.log()));
         }
@@ -2140,11 +2417,26 @@ impl AidlWorld {
         let wire = |v: u64| if v == u64::MAX { -1 } else { i64::try_from(v).unwrap_or(i64::MAX) };
         let mut replayed: Vec<String> = ledger
             .buffers()
-            .map(|b| format!("{} {} {} {} {} {:?} {} {}", wire(b.inode), wire(b.size), b.heap, b.pid as i32, b.cgroup, b.pools, b.evicted, b.pinned))
+            .map(|b| {
+                format!(
+                    "{} {} {} {} {} {:?} {} {}",
+                    wire(b.inode),
+                    wire(b.size),
+                    b.heap,
+                    b.pid as i32,
+                    b.cgroup,
+                    b.pools,
+                    b.evicted,
+                    b.pinned
+                )
+            })
             .collect();
         replayed.sort();
         if replayed != served {
-            return Err(format!("{}: the journal replays to\n{replayed:#?}\nbut the service served\n{served:#?}", l.daemon.name));
+            return Err(format!(
+                "{}: the journal replays to\n{replayed:#?}\nbut the service served\n{served:#?}",
+                l.daemon.name
+            ));
         }
         Ok(served.len())
     }
@@ -2185,7 +2477,11 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
                     Some(i) => log.lines().skip(i.saturating_sub(2)).take(16).collect(),
                     None => log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect(),
                 };
-                return Err(TestCaseError::fail(format!("{} call {i} {c:?}: {e}\nservice log:\n{}", SERVICE_NAMES[lane], tail.join("\n"))));
+                return Err(TestCaseError::fail(format!(
+                    "{} call {i} {c:?}: {e}\nservice log:\n{}",
+                    SERVICE_NAMES[lane],
+                    tail.join("\n")
+                )));
             }
         }
         w.fixture.restore_me(&w.pool);
@@ -2205,7 +2501,12 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         let (rss, fds) = (l.daemon.status_kib("VmRSS:"), l.daemon.open_fds());
         memory.push(format!("{} RSS {} → {} KiB, fds {} → {fds}", l.daemon.name, l.rss_start_kib, rss, l.fds_start));
         assert!(rss < l.rss_start_kib + 64 * 1024, "{}: RSS grew from {} to {rss} KiB", l.daemon.name, l.rss_start_kib);
-        assert!(fds <= l.fds_start + 16, "{}: fds grew from {} to {fds}; received fds leak?", l.daemon.name, l.fds_start);
+        assert!(
+            fds <= l.fds_start + 16,
+            "{}: fds grew from {} to {fds}; received fds leak?",
+            l.daemon.name,
+            l.fds_start
+        );
     }
     w.fixture.restore_me(&w.pool);
     let mut journaled = Vec::new();
@@ -2263,7 +2564,10 @@ fn accountant_proc(root: &Path, procs: &[(u32, u32, &str, &[u64])]) {
         let dir = root.join(pid.to_string());
         put(&dir.join("status"), format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}\n").as_bytes());
         put(&dir.join("cgroup"), format!("0::{cgroup}\n").as_bytes());
-        put(&dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 1 1 0\n", 1000 + pid).as_bytes());
+        put(
+            &dir.join("stat"),
+            format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 1 1 0\n", 1000 + pid).as_bytes(),
+        );
         put(&dir.join("maps"), b"");
         fs::create_dir_all(dir.join("fdinfo")).unwrap();
         for (fd, inode) in held.iter().enumerate() {
@@ -2307,7 +2611,8 @@ fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
     assert_eq!(in_memory.len(), 1, "buffer 1 (no holder) is released: {in_memory:?}");
     assert_eq!((in_memory[0].inode, in_memory[0].cgroup.as_str(), in_memory[0].pid), (2, "/uid_10001", 0));
     drop(a);
-    let (_, replayed, report) = chargetransfer::journal::Journal::open(&state, chargetransfer::journal::Durability::None).unwrap();
+    let (_, replayed, report) =
+        chargetransfer::journal::Journal::open(&state, chargetransfer::journal::Durability::None).unwrap();
     assert_eq!(report.events_refused, 0, "{report:?}");
     let mut replayed: Vec<BufferInfo> = replayed.buffers().collect();
     replayed.sort_by_key(|b| b.inode);

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README and CI run it: unit, fixture and host-IPC tiers with
-# cargo, then the VTS suite in both kernel lanes (Debian's kernel; the dmem kernel). Any tier
-# that cannot run fails the run; nothing is skipped.
+# The whole test suite, as the README and CI run it: the formatting and lint gates, unit,
+# fixture and host-IPC tiers with cargo, then the VTS suite in the kernel lanes (Debian's kernel,
+# with and without mem_accounting; the dmem kernel). Any tier that cannot run fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$(date +%s)
 log_dir="$root/target/test-logs"
 mkdir -p "$log_dir"
+
+echo "== gates: cargo fmt --check, clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (unit, fixture, host RPC tier, Android build files)"
 cargo test --workspace --locked 2>&1 | tee "$log_dir/cargo-test.log"

@@ -77,12 +77,20 @@ struct Current {
 
 impl Current {
     fn memory(&mut self, fs: &CgroupFs, cgroup: &str, kind: LimitKind) -> Option<u64> {
-        *self.memory.entry((cgroup.to_string(), kind_key(kind))).or_insert_with(|| fs.read_memory_limit(cgroup, kind).ok())
+        *self
+            .memory
+            .entry((cgroup.to_string(), kind_key(kind)))
+            .or_insert_with(|| fs.read_memory_limit(cgroup, kind).ok())
     }
 
     fn dmem(&mut self, fs: &CgroupFs, cgroup: &str, kind: LimitKind, region: &str) -> Option<u64> {
         let file = dmem_file(kind)?;
-        self.dmem.entry((cgroup.to_string(), kind_key(kind))).or_insert_with(|| fs.dmem(cgroup, file).ok()).as_ref()?.get(region).copied()
+        self.dmem
+            .entry((cgroup.to_string(), kind_key(kind)))
+            .or_insert_with(|| fs.dmem(cgroup, file).ok())
+            .as_ref()?
+            .get(region)
+            .copied()
     }
 }
 
@@ -92,19 +100,26 @@ fn apply_kernel(fs: &CgroupFs, topology: &Topology, plan: &Plan, dry_run: bool, 
         let names: Vec<&str> = topology.controllers_to_enable.iter().map(String::as_str).collect();
         let from = fs.subtree_control("/").ok().map(|v| v.join(" "));
         let to = names.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
-        record(out, dry_run, FileChange { file: "/cgroup.subtree_control".into(), from, to }, || fs.enable_controllers("/", &names));
+        record(out, dry_run, FileChange { file: "/cgroup.subtree_control".into(), from, to }, || {
+            fs.enable_controllers("/", &names)
+        });
     }
     let mut current = Current::default();
     for e in plan.entries.iter().filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMCG_POOL) {
         let (now, file, line) = if e.pool == MEMORY_POOL {
             (current.memory(fs, &e.cgroup, e.kind), format!("memory.{}", kind_file(e.kind)), limit_text(e.value))
         } else {
-            (current.dmem(fs, &e.cgroup, e.kind, &e.pool), format!("dmem.{}", kind_file(e.kind)), format!("{} {}", e.pool, limit_text(e.value)))
+            (
+                current.dmem(fs, &e.cgroup, e.kind, &e.pool),
+                format!("dmem.{}", kind_file(e.kind)),
+                format!("{} {}", e.pool, limit_text(e.value)),
+            )
         };
         if now == Some(e.value) {
             continue;
         }
-        let from = now.map(|v| if e.pool == MEMORY_POOL { limit_text(v) } else { format!("{} {}", e.pool, limit_text(v)) });
+        let from =
+            now.map(|v| if e.pool == MEMORY_POOL { limit_text(v) } else { format!("{} {}", e.pool, limit_text(v)) });
         let change = FileChange { file: format!("{}/{file}", e.cgroup.trim_end_matches('/')), from, to: line };
         record(out, dry_run, change, || {
             if e.pool == MEMORY_POOL {
@@ -160,23 +175,44 @@ fn ledger_events(topology: &Topology, plan: &Plan, ledger: &Ledger) -> Vec<Event
 
     // Limits the ledger keeps: service-enforced, and observed ones (counted in max_events).
     let mut kept: BTreeSet<(&str, &str, usize)> = BTreeSet::new();
-    let ledger_limit = |cgroup: &str, pool: &str, kind: LimitKind| ledger.counter(cgroup, pool).unwrap_or_default().limit(kind);
-    for e in plan.entries.iter().filter(|e| e.enforced_by != Enforcer::Kernel && e.pool != MEMORY_POOL && pools.contains(&e.pool)) {
+    let ledger_limit =
+        |cgroup: &str, pool: &str, kind: LimitKind| ledger.counter(cgroup, pool).unwrap_or_default().limit(kind);
+    for e in plan
+        .entries
+        .iter()
+        .filter(|e| e.enforced_by != Enforcer::Kernel && e.pool != MEMORY_POOL && pools.contains(&e.pool))
+    {
         kept.insert((&e.cgroup, &e.pool, kind_key(e.kind)));
         if ledger_limit(&e.cgroup, &e.pool, e.kind) != e.value {
-            events.push(Event::LimitSet { cgroup: e.cgroup.clone(), pool: e.pool.clone(), kind: e.kind, value: e.value });
+            events.push(Event::LimitSet {
+                cgroup: e.cgroup.clone(),
+                pool: e.pool.clone(),
+                kind: e.kind,
+                value: e.value,
+            });
         }
     }
     // Pools the kernel now enforces: the ledger's copies go back to the defaults.
-    let kernel: BTreeSet<(&str, usize)> =
-        plan.defaults.iter().filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMORY_POOL).map(|e| (e.pool.as_str(), kind_key(e.kind))).collect();
+    let kernel: BTreeSet<(&str, usize)> = plan
+        .defaults
+        .iter()
+        .filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMORY_POOL)
+        .map(|e| (e.pool.as_str(), kind_key(e.kind)))
+        .collect();
     if !kernel.is_empty() {
         let default = Counter::default();
         for cgroup in ledger.cgroups() {
             for &(pool, k) in &kernel {
                 let kind = LimitKind::ALL[k];
-                if !kept.contains(&(cgroup.as_str(), pool, k)) && ledger_limit(&cgroup, pool, kind) != default.limit(kind) {
-                    events.push(Event::LimitSet { cgroup: cgroup.clone(), pool: pool.into(), kind, value: default.limit(kind) });
+                if !kept.contains(&(cgroup.as_str(), pool, k))
+                    && ledger_limit(&cgroup, pool, kind) != default.limit(kind)
+                {
+                    events.push(Event::LimitSet {
+                        cgroup: cgroup.clone(),
+                        pool: pool.into(),
+                        kind,
+                        value: default.limit(kind),
+                    });
                 }
             }
         }
@@ -186,7 +222,13 @@ fn ledger_events(topology: &Topology, plan: &Plan, ledger: &Ledger) -> Vec<Event
 
 /// Applies `plan`: kernel files through `cgroupfs` (none without a cgroup v2 root), the rest as
 /// ledger events. With `dry_run`, nothing is written and the ledger is left untouched.
-pub fn apply(cgroupfs: Option<&CgroupFs>, topology: &Topology, plan: &Plan, ledger: &mut Ledger, dry_run: bool) -> Applied {
+pub fn apply(
+    cgroupfs: Option<&CgroupFs>,
+    topology: &Topology,
+    plan: &Plan,
+    ledger: &mut Ledger,
+    dry_run: bool,
+) -> Applied {
     let mut out = Applied { dry_run, ..Applied::default() };
     if let Some(fs) = cgroupfs {
         apply_kernel(fs, topology, plan, dry_run, &mut out);
@@ -215,7 +257,9 @@ pub fn describe(event: &Event) -> String {
             heap.region.as_deref().map(|r| format!(" in {r}")).unwrap_or_default(),
             if *enforce { "enforce" } else { "observe" }
         ),
-        Event::LimitSet { cgroup, pool, kind, value } => format!("{cgroup} {pool} {} = {}", kind.name(), format_bytes(*value)),
+        Event::LimitSet { cgroup, pool, kind, value } => {
+            format!("{cgroup} {pool} {} = {}", kind.name(), format_bytes(*value))
+        }
         other => format!("{other:?}"),
     }
 }

@@ -72,7 +72,12 @@ fn pool_order(pool: &str) -> (u8, &str) {
 
 fn sort(entries: &mut [LimitEntry]) {
     entries.sort_by(|a, b| {
-        (a.cgroup.as_str(), a.owner, pool_order(&a.pool), kind_order(a.kind)).cmp(&(b.cgroup.as_str(), b.owner, pool_order(&b.pool), kind_order(b.kind)))
+        (a.cgroup.as_str(), a.owner, pool_order(&a.pool), kind_order(a.kind)).cmp(&(
+            b.cgroup.as_str(),
+            b.owner,
+            pool_order(&b.pool),
+            kind_order(b.kind),
+        ))
     });
 }
 
@@ -126,7 +131,11 @@ impl Plan {
     /// The defaults of `class` applied to one owner cgroup (a `/uid_<uid>` that appeared after
     /// autoconfig ran).
     pub fn for_cgroup(&self, cgroup: &str, class: OwnerClass) -> Vec<LimitEntry> {
-        self.defaults.iter().filter(|e| e.owner == class).map(|e| LimitEntry { cgroup: cgroup.to_string(), ..e.clone() }).collect()
+        self.defaults
+            .iter()
+            .filter(|e| e.owner == class)
+            .map(|e| LimitEntry { cgroup: cgroup.to_string(), ..e.clone() })
+            .collect()
     }
 
     /// Replaces `entries` with the defaults instantiated for `owners`.
@@ -136,12 +145,32 @@ impl Plan {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, owner: OwnerClass, pool: &str, kind: LimitKind, value: u64, enforced_by: Enforcer, policy: String, adjusted: Option<String>, why: String) {
+    fn push(
+        &mut self,
+        owner: OwnerClass,
+        pool: &str,
+        kind: LimitKind,
+        value: u64,
+        enforced_by: Enforcer,
+        policy: String,
+        adjusted: Option<String>,
+        why: String,
+    ) {
         let why = match &adjusted {
             Some(a) => format!("{why}; {a}"),
             None => why,
         };
-        self.defaults.push(LimitEntry { owner, cgroup: OWNER_TEMPLATE.into(), pool: pool.into(), kind, value, enforced_by, policy, adjusted, why });
+        self.defaults.push(LimitEntry {
+            owner,
+            cgroup: OWNER_TEMPLATE.into(),
+            pool: pool.into(),
+            kind,
+            value,
+            enforced_by,
+            policy,
+            adjusted,
+            why,
+        });
     }
 
     fn class_defaults(&mut self, topology: &Topology, policy: &Policy, class: OwnerClass) {
@@ -154,12 +183,20 @@ impl Plan {
 
         // memory.max/low/min: the kernel's files.
         let mem_by = memcg.memory_enforced_by;
-        let mem_why = if mem_by == Enforcer::Nobody { "no memory controller: not written" } else { "the kernel enforces memory.*" };
+        let mem_why = if mem_by == Enforcer::Nobody {
+            "no memory controller: not written"
+        } else {
+            "the kernel enforces memory.*"
+        };
         let mut mem_max = None;
         match (own, dmabuf) {
             (Some(own), Some(d)) => {
                 let (value, policy_text, adjusted) = if kernel_sys && own != UNLIMITED {
-                    let adjusted = format!("dma-buf budget {} added: the kernel charges {} to memcg", explain(m.dmabuf_max, ram, "RAM"), memcg.kernel_charged_heaps.join(", "));
+                    let adjusted = format!(
+                        "dma-buf budget {} added: the kernel charges {} to memcg",
+                        explain(m.dmabuf_max, ram, "RAM"),
+                        memcg.kernel_charged_heaps.join(", ")
+                    );
                     (saturating(own, d), format!("{} + {}", m.max, m.dmabuf_max), Some(adjusted))
                 } else {
                     (own, m.max.to_string(), None)
@@ -174,7 +211,16 @@ impl Plan {
         for (kind, amount) in [(LimitKind::Low, m.low), (LimitKind::Min, m.min)] {
             if let Some(v) = amount.resolve(ram) {
                 let (v, adjusted) = clamp(page_floor(v), mem_max);
-                self.push(class, MEMORY_POOL, kind, v, mem_by, amount.to_string(), adjusted, format!("{}; {mem_why}", explain(amount, ram, "RAM")));
+                self.push(
+                    class,
+                    MEMORY_POOL,
+                    kind,
+                    v,
+                    mem_by,
+                    amount.to_string(),
+                    adjusted,
+                    format!("{}; {mem_why}", explain(amount, ram, "RAM")),
+                );
             }
         }
 
@@ -194,7 +240,15 @@ impl Plan {
         }
     }
 
-    fn region_defaults(&mut self, r: &Region, policy: &Policy, class: OwnerClass, dmabuf: Option<u64>, ram_swap: Option<u64>, dmabuf_amount: Amount) {
+    fn region_defaults(
+        &mut self,
+        r: &Region,
+        policy: &Policy,
+        class: OwnerClass,
+        dmabuf: Option<u64>,
+        ram_swap: Option<u64>,
+        dmabuf_amount: Amount,
+    ) {
         let l = policy.dmem_limits(r.class, class);
         let cap = r.capacity;
         let of = format!("{} region", r.class);
@@ -202,7 +256,9 @@ impl Plan {
         let mut adjusted = None;
         if r.kind == HeapClass::Vram {
             let bound = match dmabuf {
-                Some(d) if d != UNLIMITED => Some((d, format!("the dma-buf budget ({})", explain(dmabuf_amount, ram_swap, "RAM")))),
+                Some(d) if d != UNLIMITED => {
+                    Some((d, format!("the dma-buf budget ({})", explain(dmabuf_amount, ram_swap, "RAM"))))
+                }
                 _ => ram_swap.map(|b| (b, format!("RAM + swap ({})", format_bytes(b)))),
             };
             if let Some((bound, what)) = bound.filter(|(b, _)| max > *b) {
@@ -227,20 +283,43 @@ impl Plan {
             if let Some(v) = l.pin_max.resolve(cap) {
                 // `max` means no pin limit of its own; anything else above max is clamped.
                 let (v, adjusted) = if v == UNLIMITED { (v, None) } else { clamp(v, Some(max)) };
-                let pin_why = if pin_by == Enforcer::Nobody { r.why.as_str() } else { "no kernel pin limit: the ledger enforces" };
-                self.push(class, &r.name, LimitKind::PinMax, v, pin_by, l.pin_max.to_string(), adjusted, why(l.pin_max, pin_why));
+                let pin_why = if pin_by == Enforcer::Nobody {
+                    r.why.as_str()
+                } else {
+                    "no kernel pin limit: the ledger enforces"
+                };
+                self.push(
+                    class,
+                    &r.name,
+                    LimitKind::PinMax,
+                    v,
+                    pin_by,
+                    l.pin_max.to_string(),
+                    adjusted,
+                    why(l.pin_max, pin_why),
+                );
             }
         }
     }
 
     /// Several CMA regions share one memcg budget: say so when an app's CMA maxima exceed it.
     fn cma_note(&mut self, topology: &Topology) {
-        let cma: Vec<&str> = topology.regions.iter().filter(|r| r.kind == HeapClass::Cma && !r.heaps.is_empty()).map(|r| r.name.as_str()).collect();
+        let cma: Vec<&str> = topology
+            .regions
+            .iter()
+            .filter(|r| r.kind == HeapClass::Cma && !r.heaps.is_empty())
+            .map(|r| r.name.as_str())
+            .collect();
         if cma.len() < 2 {
             return;
         }
         for class in OwnerClass::ALL {
-            let find = |pool: &str| self.defaults.iter().find(|e| e.owner == class && e.pool == pool && e.kind == LimitKind::Max).map(|e| e.value);
+            let find = |pool: &str| {
+                self.defaults
+                    .iter()
+                    .find(|e| e.owner == class && e.pool == pool && e.kind == LimitKind::Max)
+                    .map(|e| e.value)
+            };
             let Some(budget) = find(MEMCG_POOL).filter(|b| *b != UNLIMITED) else { continue };
             let sum = cma.iter().filter_map(|r| find(r)).fold(0u64, saturating);
             if sum > budget {

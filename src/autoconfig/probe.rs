@@ -195,7 +195,9 @@ impl Probe {
         })()
         .into();
         let dmem_capacity = match cgroup.get() {
-            Some(c) if !c.controllers.iter().any(|x| x == "dmem") => Found::absent("dmem controller not in cgroup.controllers"),
+            Some(c) if !c.controllers.iter().any(|x| x == "dmem") => {
+                Found::absent("dmem controller not in cgroup.controllers")
+            }
             _ => cgroupfs
                 .dmem_capacity()
                 .map(|v| v.into_iter().map(|(name, capacity)| DmemRegion { name, capacity }).collect())
@@ -318,7 +320,8 @@ fn cells_value(cells: &[u32]) -> Option<u64> {
 }
 
 fn reserved_memory(dir: &Path) -> Result<Vec<ReservedMemory>, String> {
-    let cell_count = |name: &str| fs::read(dir.join(name)).ok().and_then(|b| cells(&b).first().copied()).unwrap_or(2) as usize;
+    let cell_count =
+        |name: &str| fs::read(dir.join(name)).ok().and_then(|b| cells(&b).first().copied()).unwrap_or(2) as usize;
     let (address_cells, size_cells) = (cell_count("#address-cells"), cell_count("#size-cells"));
     let mut out = Vec::new();
     for name in list(dir)? {
@@ -338,7 +341,12 @@ fn reserved_memory(dir: &Path) -> Result<Vec<ReservedMemory>, String> {
             size = fs::read(node.join("size")).ok().and_then(|b| cells_value(&cells(&b)));
         }
         let compatible = fs::read(node.join("compatible"))
-            .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         out.push(ReservedMemory {
             name,
@@ -361,9 +369,12 @@ fn drm(dir: &Path) -> Result<Vec<DrmDevice>, String> {
         }
         let device_dir = dir.join(&card).join("device");
         let uevent = read_text(&device_dir.join("uevent")).unwrap_or_default();
-        let uevent_field = |key: &str| uevent.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_string);
+        let uevent_field =
+            |key: &str| uevent.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_string);
         let link_name = |p: &Path| fs::read_link(p).ok().and_then(|t| t.file_name()?.to_str().map(str::to_string));
-        let device = uevent_field("PCI_SLOT_NAME").or_else(|| link_name(&device_dir)).or_else(|| uevent_field("OF_FULLNAME").map(|n| n.rsplit('/').next().unwrap_or(&n).to_string()));
+        let device = uevent_field("PCI_SLOT_NAME")
+            .or_else(|| link_name(&device_dir))
+            .or_else(|| uevent_field("OF_FULLNAME").map(|n| n.rsplit('/').next().unwrap_or(&n).to_string()));
         let driver = uevent_field("DRIVER").or_else(|| link_name(&device_dir.join("driver")));
         out.push(DrmDevice {
             card,
@@ -411,7 +422,11 @@ mod tests {
         write(r, "sys/kernel/mm/cma/display/total_pages", "65536\n");
         write(r, "sys/kernel/mm/cma/display/available_pages", "1024\n");
         write(r, "sys/kernel/mm/cma/broken/available_pages", "1\n");
-        write(r, "proc/meminfo", "MemTotal:        8000000 kB\nSwapTotal:             0 kB\nCmaTotal:         262144 kB\n");
+        write(
+            r,
+            "proc/meminfo",
+            "MemTotal:        8000000 kB\nSwapTotal:             0 kB\nCmaTotal:         262144 kB\n",
+        );
         write(r, "proc/cmdline", "console=ttyS0 cma=64M@0-4G quiet\n");
         let rm = "proc/device-tree/reserved-memory";
         write(r, &format!("{rm}/#address-cells"), 2u32.to_be_bytes());
@@ -431,12 +446,24 @@ mod tests {
 
         let p = Probe::run(&ProbeRoots::under(r));
         let cg = p.cgroup.get().unwrap();
-        assert_eq!((cg.controllers.len(), cg.subtree_control.as_slice(), cg.children.as_slice()), (3, &["memory".to_string()][..], &["/uid_10001".to_string()][..]));
-        assert_eq!(p.dmem_capacity.get().unwrap()[1], DmemRegion { name: "drm/0000:03:00.0/vram0".into(), capacity: 8 << 30 });
+        assert_eq!(
+            (cg.controllers.len(), cg.subtree_control.as_slice(), cg.children.as_slice()),
+            (3, &["memory".to_string()][..], &["/uid_10001".to_string()][..])
+        );
+        assert_eq!(
+            p.dmem_capacity.get().unwrap()[1],
+            DmemRegion { name: "drm/0000:03:00.0/vram0".into(), capacity: 8 << 30 }
+        );
         assert_eq!(p.mem_accounting, Found::Present(true));
         assert_eq!(p.dma_heaps, Found::Present(vec!["display".into(), "system".into()]));
-        assert_eq!(p.cma_areas, Found::Present(vec![CmaArea { name: "display".into(), total: 256 << 20, available: Some(4 << 20) }]));
-        assert_eq!(p.meminfo, Found::Present(MemInfo { mem_total: 8_192_000_000, swap_total: 0, cma_total: Some(256 << 20) }));
+        assert_eq!(
+            p.cma_areas,
+            Found::Present(vec![CmaArea { name: "display".into(), total: 256 << 20, available: Some(4 << 20) }])
+        );
+        assert_eq!(
+            p.meminfo,
+            Found::Present(MemInfo { mem_total: 8_192_000_000, swap_total: 0, cma_total: Some(256 << 20) })
+        );
         assert_eq!(p.cmdline, Found::Present(Cmdline { cma: Some("64M@0-4G".into()), cma_bytes: Some(64 << 20) }));
         let rmem = p.reserved_memory.get().unwrap();
         assert_eq!(rmem[0].name, "linux,cma");

@@ -35,7 +35,8 @@ impl Report {
 /// Left-aligned columns, two spaces apart; the last column is not padded.
 fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     for row in rows {
         let mut line = indent.to_string();
         for (i, cell) in row.iter().enumerate() {
@@ -70,7 +71,8 @@ impl Report {
             out.push_str("    no limits\n");
             return;
         }
-        let mut rows = vec![vec!["kind".to_string(), "app".into(), "system".into(), "background".into(), "enforced by".into()]];
+        let mut rows =
+            vec![vec!["kind".to_string(), "app".into(), "system".into(), "background".into(), "enforced by".into()]];
         let mut footnotes = Vec::new();
         for kind in LimitKind::ALL {
             let of_kind: Vec<&&LimitEntry> = entries.iter().filter(|e| e.kind == kind).collect();
@@ -107,7 +109,8 @@ impl fmt::Display for Report {
         let mut out = String::new();
 
         out.push_str("kernel\n");
-        let controllers = if t.controllers.is_empty() { "none (no cgroup v2)".to_string() } else { t.controllers.join(" ") };
+        let controllers =
+            if t.controllers.is_empty() { "none (no cgroup v2)".to_string() } else { t.controllers.join(" ") };
         let _ = writeln!(out, "  cgroup2 controllers: {controllers}");
         if !t.controllers_to_enable.is_empty() {
             let _ = writeln!(out, "  to enable for children: {}", t.controllers_to_enable.join(" "));
@@ -131,7 +134,9 @@ impl fmt::Display for Report {
                 d.card,
                 d.driver.as_deref().unwrap_or("unknown driver"),
                 d.device.as_deref().unwrap_or("unknown device"),
-                d.vram_total.map(|v| format!("vram {}", format_bytes(v))).unwrap_or_else(|| "no vram (system memory)".into())
+                d.vram_total
+                    .map(|v| format!("vram {}", format_bytes(v)))
+                    .unwrap_or_else(|| "no vram (system memory)".into())
             );
         }
 
@@ -154,7 +159,8 @@ impl fmt::Display for Report {
                 Some(c) => format!("capacity {} from {}", format_bytes(c), r.capacity_source),
                 None => "capacity unknown".into(),
             };
-            let _ = writeln!(out, "  {}: {} region ({}), {size}, heaps {}", r.name, r.class, r.kind.name(), list(&r.heaps));
+            let _ =
+                writeln!(out, "  {}: {} region ({}), {size}, heaps {}", r.name, r.class, r.kind.name(), list(&r.heaps));
             let _ = writeln!(out, "    enforced by {}: {}", r.enforced_by.name(), r.why);
             if r.present {
                 self.limits_block(&mut out, &r.name);
@@ -162,7 +168,15 @@ impl fmt::Display for Report {
         }
 
         out.push_str("\nheaps\n");
-        let mut rows = vec![vec!["heap".to_string(), "class".into(), "region".into(), "mode".into(), "from".into(), "/dev".into(), "pools".into()]];
+        let mut rows = vec![vec![
+            "heap".to_string(),
+            "class".into(),
+            "region".into(),
+            "mode".into(),
+            "from".into(),
+            "/dev".into(),
+            "pools".into(),
+        ]];
         let absent = |h: &super::topology::Heap| if h.present { "none" } else { "none (not on this device)" };
         for h in &t.heaps {
             let region = match (&h.region, &h.region_pattern) {
@@ -171,7 +185,8 @@ impl fmt::Display for Report {
                 (None, Some(p)) => format!("none ({p})"),
                 (None, None) => "-".into(),
             };
-            let pools = h.pools.iter().map(|p| format!("{} {}", p.pool, p.enforced_by.name())).collect::<Vec<_>>().join(", ");
+            let pools =
+                h.pools.iter().map(|p| format!("{} {}", p.pool, p.enforced_by.name())).collect::<Vec<_>>().join(", ");
             rows.push(vec![
                 h.name.clone(),
                 h.class.name().into(),

@@ -62,14 +62,19 @@ fn fixture_reports_match_their_golden_files() {
             fs::write(&golden, &text).unwrap();
             continue;
         }
-        let want = fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
+        let want = fs::read_to_string(&golden)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", golden.display()));
         if want != text {
             mismatched.push(format!("--- {}\n{text}", golden.display()));
         }
         let back: Report = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(back, report, "{name}: the JSON report round-trips");
     }
-    assert!(mismatched.is_empty(), "reports differ from golden files (UPDATE_GOLDEN=1 to accept):\n{}", mismatched.join("\n"));
+    assert!(
+        mismatched.is_empty(),
+        "reports differ from golden files (UPDATE_GOLDEN=1 to accept):\n{}",
+        mismatched.join("\n")
+    );
 }
 
 fn entry<'a>(plan: &'a Plan, owner: OwnerClass, pool: &str, kind: LimitKind) -> &'a LimitEntry {
@@ -94,7 +99,10 @@ fn phone_cma_regions_are_kernel_enforced_and_the_carveout_by_the_service() {
     assert_eq!(t.region("cma/display").unwrap().enforced_by, Enforcer::Kernel);
     assert_eq!(t.region("cma/camera").unwrap().enforced_by, Enforcer::Kernel);
     let secure = t.region("carveout/secure_video").unwrap();
-    assert_eq!((secure.enforced_by, secure.capacity, secure.kind), (Enforcer::Service, Some(192 * MIB), HeapClass::Carveout));
+    assert_eq!(
+        (secure.enforced_by, secure.capacity, secure.kind),
+        (Enforcer::Service, Some(192 * MIB), HeapClass::Carveout)
+    );
     let display_max = entry(&r.plan, OwnerClass::App, "cma/display", LimitKind::Max);
     assert_eq!((display_max.value, display_max.enforced_by), (64 * MIB, Enforcer::Kernel));
     let pin = entry(&r.plan, OwnerClass::App, "cma/display", LimitKind::PinMax);
@@ -146,8 +154,15 @@ fn without_dmem_every_region_is_service_enforced() {
         assert_eq!(region.enforced_by, Enforcer::Service, "{}", region.name);
     }
     let absent = r.topology.region("carveout/secure_video").unwrap();
-    assert_eq!((absent.present, absent.enforced_by), (false, Enforcer::Nobody), "the policy's carve-out is not on this device");
-    assert!(r.plan.defaults.iter().all(|e| e.pool != "carveout/secure_video"), "no limits for a region that is not there");
+    assert_eq!(
+        (absent.present, absent.enforced_by),
+        (false, Enforcer::Nobody),
+        "the policy's carve-out is not on this device"
+    );
+    assert!(
+        r.plan.defaults.iter().all(|e| e.pool != "carveout/secure_video"),
+        "no limits for a region that is not there"
+    );
     assert!(r.plan.defaults.iter().filter(|e| e.pool != MEMORY_POOL).all(|e| e.enforced_by != Enforcer::Kernel));
     let sys = r.topology.heaps.iter().find(|h| h.name == "system").unwrap();
     assert_eq!(sys.pools[0].enforced_by, Enforcer::Service, "mem_accounting absent");
@@ -183,7 +198,8 @@ fn new_owner_cgroups_get_their_class_defaults() {
 /// must stay cheap (the target is < 20 ms including the probe, in release builds).
 #[test]
 fn ten_regions_plan_quickly() {
-    let regions: Vec<DmemRegion> = (0..10).map(|i| DmemRegion { name: format!("cma/area{i}"), capacity: (64 + i) * MIB }).collect();
+    let regions: Vec<DmemRegion> =
+        (0..10).map(|i| DmemRegion { name: format!("cma/area{i}"), capacity: (64 + i) * MIB }).collect();
     let probe = Probe {
         cgroup: Found::Present(CgroupProbe {
             controllers: vec!["memory".into(), "dmem".into()],
@@ -193,11 +209,19 @@ fn ten_regions_plan_quickly() {
         dmem_capacity: Found::Present(regions.clone()),
         mem_accounting: Found::Present(true),
         dma_heaps: Found::Present((0..10).map(|i| format!("area{i}")).chain(["system".into()]).collect()),
-        cma_areas: Found::Present(regions.iter().map(|r| CmaArea { name: r.name[4..].into(), total: r.capacity, available: None }).collect()),
+        cma_areas: Found::Present(
+            regions.iter().map(|r| CmaArea { name: r.name[4..].into(), total: r.capacity, available: None }).collect(),
+        ),
         meminfo: Found::Present(MemInfo { mem_total: 8 * GIB, swap_total: 0, cma_total: None }),
         cmdline: Found::absent("test"),
         reserved_memory: Found::absent("test"),
-        drm: Found::Present(vec![DrmDevice { card: "card0".into(), device: None, driver: None, vendor: None, vram_total: None }]),
+        drm: Found::Present(vec![DrmDevice {
+            card: "card0".into(),
+            device: None,
+            driver: None,
+            vendor: None,
+            vram_total: None,
+        }]),
     };
     let policy = Policy::embedded_default();
     let start = Instant::now();
@@ -269,11 +293,18 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
     let first = run(&roots, &policy, &mut ledger, false);
     let applied = first.applied.as_ref().unwrap();
     assert!(first.is_clean(), "{:?}", applied.failures);
-    assert_eq!(applied.changes, vec![FileChange { file: "/uid_10001/memory.max".into(), from: Some("max".into()), to: "2147483648".into() }]);
+    assert_eq!(
+        applied.changes,
+        vec![FileChange { file: "/uid_10001/memory.max".into(), from: Some("max".into()), to: "2147483648".into() }]
+    );
     assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), "2147483648\n");
     assert_eq!(read(root, "sys/fs/cgroup/uid_1000/memory.max"), "max\n");
     assert_eq!(ledger.heap("display").map(|(s, e)| (s.region.clone(), e)), Some((Some("cma/display".into()), true)));
-    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max), 64 * MIB, "25% of 256 MiB, service-enforced");
+    assert_eq!(
+        ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max),
+        64 * MIB,
+        "25% of 256 MiB, service-enforced"
+    );
     assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), GIB, "dma-buf budget 25% of 4 GiB");
     assert_eq!(ledger_limit(&ledger, "/uid_1000", "cma/display", LimitKind::Min), 64 * MIB);
     assert!(applied.events.iter().any(|e| matches!(e, Event::HeapAdded { heap, .. } if heap.name == "system")));
@@ -301,9 +332,17 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
     assert_eq!(read(root, "sys/fs/cgroup/cgroup.subtree_control"), "+dmem\n");
     assert_eq!(read(root, "sys/fs/cgroup/uid_10001/dmem.max"), "cma/display 67108864\n");
     assert_eq!(read(root, "sys/fs/cgroup/uid_1000/dmem.min"), "cma/display 67108864\n");
-    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max), UNLIMITED, "the kernel enforces it now");
+    assert_eq!(
+        ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max),
+        UNLIMITED,
+        "the kernel enforces it now"
+    );
     assert_eq!(ledger_limit(&ledger, "/uid_1000", "cma/display", LimitKind::Min), 0);
-    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::PinMax), 64 * MIB, "pins stay with the ledger");
+    assert_eq!(
+        ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::PinMax),
+        64 * MIB,
+        "pins stay with the ledger"
+    );
     assert_eq!(third.topology.region("cma/display").unwrap().enforced_by, Enforcer::Kernel);
 
     // What the kernel shows once +dmem took effect; then the fourth run changes nothing.
@@ -376,7 +415,10 @@ fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
     assert!(report.is_clean());
     let regions = accountant.regions();
     let display = regions.iter().find(|r| r.name == "cma/display").unwrap();
-    assert_eq!((display.capacity, display.enforced_by.as_str(), display.heaps.as_slice()), (256 * MIB, "service", &["display".to_string()][..]));
+    assert_eq!(
+        (display.capacity, display.enforced_by.as_str(), display.heaps.as_slice()),
+        (256 * MIB, "service", &["display".to_string()][..])
+    );
     assert_eq!(regions[0].name, MEMCG_POOL);
     drop(accountant);
 
@@ -388,7 +430,10 @@ fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
 
 #[test]
 fn memory_limits_are_whole_pages_so_they_read_back_unchanged() {
-    let policy = Policy::default_with(&[r#"{"limits": {"memcg": {"app": {"max": 1000000, "low": "4097", "dmabuf_max": 5000}}}}"#]).unwrap();
+    let policy = Policy::default_with(&[
+        r#"{"limits": {"memcg": {"app": {"max": 1000000, "low": "4097", "dmabuf_max": 5000}}}}"#,
+    ])
+    .unwrap();
     let (probe, _) = load_fixture(&fixtures_dir().join("phone-soc"));
     let (_, plan) = plan(&probe, &policy);
     let max = entry(&plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max);

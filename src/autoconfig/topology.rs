@@ -190,7 +190,11 @@ impl<'a> Builder<'a> {
         let has = |c: &str| controllers.iter().any(|x| x == c);
         let dmem_controller = has("dmem");
         let memory_controller = has("memory");
-        let dmem = probe.dmem_capacity.get().map(|v| v.iter().map(|r| (r.name.as_str(), r.capacity)).collect()).unwrap_or_default();
+        let dmem = probe
+            .dmem_capacity
+            .get()
+            .map(|v| v.iter().map(|r| (r.name.as_str(), r.capacity)).collect())
+            .unwrap_or_default();
         Builder { probe, controllers, dmem_controller, memory_controller, dmem, notes: Vec::new() }
     }
 
@@ -234,9 +238,18 @@ impl<'a> Builder<'a> {
             }
         }
         if let Some(node) = name.strip_prefix("carveout/") {
-            let found = self.probe.reserved_memory.get().into_iter().flatten().find(|n| n.base_name() == node || n.name == node);
+            let found = self
+                .probe
+                .reserved_memory
+                .get()
+                .into_iter()
+                .flatten()
+                .find(|n| n.base_name() == node || n.name == node);
             if let Some(size) = found.and_then(|n| n.size) {
-                return (Some(size), format!("device tree /reserved-memory/{}", found.map(|n| n.name.as_str()).unwrap_or(node)));
+                return (
+                    Some(size),
+                    format!("device tree /reserved-memory/{}", found.map(|n| n.name.as_str()).unwrap_or(node)),
+                );
             }
         }
         if let Some(rest) = name.strip_prefix("drm/") {
@@ -270,7 +283,10 @@ impl<'a> Builder<'a> {
                 Some(p) if h.region_is_pattern() => {
                     let found = known.iter().find(|r| glob_match(p, r)).cloned();
                     if found.is_none() {
-                        self.notes.push(format!("heap {}: no region on this device matches {p}; the heap is not declared", h.name));
+                        self.notes.push(format!(
+                            "heap {}: no region on this device matches {p}; the heap is not declared",
+                            h.name
+                        ));
                     }
                     found
                 }
@@ -339,7 +355,13 @@ impl<'a> Builder<'a> {
         }
         for (name, capacity) in &self.dmem {
             regions.entry(name.to_string()).or_insert_with(|| {
-                let kind = if name.starts_with("drm/") { HeapClass::Vram } else if name.starts_with("cma/") { HeapClass::Cma } else { HeapClass::Carveout };
+                let kind = if name.starts_with("drm/") {
+                    HeapClass::Vram
+                } else if name.starts_with("cma/") {
+                    HeapClass::Cma
+                } else {
+                    HeapClass::Carveout
+                };
                 Region {
                     name: name.to_string(),
                     class: RegionClass::default_for(kind),
@@ -355,7 +377,8 @@ impl<'a> Builder<'a> {
             });
         }
 
-        let enforcing: BTreeSet<&str> = drafts.iter().filter(|d| d.mode == Mode::Enforce).map(|d| d.name.as_str()).collect();
+        let enforcing: BTreeSet<&str> =
+            drafts.iter().filter(|d| d.mode == Mode::Enforce).map(|d| d.name.as_str()).collect();
         let mut absent = Vec::new();
         for r in regions.values_mut() {
             r.kernel_charged = self.dmem_controller && self.dmem.contains_key(r.name.as_str());
@@ -366,19 +389,30 @@ impl<'a> Builder<'a> {
             }
             let any_enforce = r.heaps.iter().any(|h| enforcing.contains(h.as_str()));
             (r.enforced_by, r.why) = match (r.heaps.is_empty(), any_enforce, r.kernel_charged) {
-                (true, _, true) => (Enforcer::Kernel, "registered with dmem by its driver; no policy heap, limits by region class".into()),
+                (true, _, true) => (
+                    Enforcer::Kernel,
+                    "registered with dmem by its driver; no policy heap, limits by region class".into(),
+                ),
                 (true, _, false) => (Enforcer::Nobody, "nothing charges it".into()),
                 (false, false, _) => (Enforcer::Nobody, "observe mode: limits are recorded, not enforced".into()),
                 (false, true, true) => (Enforcer::Kernel, "dmem controller present and region in dmem.capacity".into()),
-                (false, true, false) if !self.dmem_controller => (Enforcer::Service, "no dmem controller: the ledger enforces".into()),
-                (false, true, false) => (Enforcer::Service, "dmem controller present but the kernel has no such region: the ledger enforces".into()),
+                (false, true, false) if !self.dmem_controller => {
+                    (Enforcer::Service, "no dmem controller: the ledger enforces".into())
+                }
+                (false, true, false) => (
+                    Enforcer::Service,
+                    "dmem controller present but the kernel has no such region: the ledger enforces".into(),
+                ),
             };
             if r.capacity.is_none() {
                 self.notes.push(format!("region {}: capacity unknown; share limits cannot be computed", r.name));
             }
         }
         if !absent.is_empty() {
-            self.notes.push(format!("regions not on this device (no capacity found): {}; their heaps charge nothing", absent.join(", ")));
+            self.notes.push(format!(
+                "regions not on this device (no capacity found): {}; their heaps charge nothing",
+                absent.join(", ")
+            ));
         }
 
         // Per (heap, pool) enforcement.
@@ -396,7 +430,9 @@ impl<'a> Builder<'a> {
             if present && matches!(d.class, HeapClass::System | HeapClass::Cma | HeapClass::Vram) {
                 let (enforced_by, why) = match d.class {
                     _ if observe => (Enforcer::Nobody, "observe mode".to_string()),
-                    HeapClass::System if sys_kernel => (Enforcer::Kernel, "dma_heap.mem_accounting=Y: the kernel charges memcg".into()),
+                    HeapClass::System if sys_kernel => {
+                        (Enforcer::Kernel, "dma_heap.mem_accounting=Y: the kernel charges memcg".into())
+                    }
                     HeapClass::System => (
                         Enforcer::Service,
                         match (mem_accounting, self.memory_controller) {
@@ -437,9 +473,17 @@ impl<'a> Builder<'a> {
         }
 
         let (enforced_by, why) = if memcg_enforcers.contains(&Enforcer::Service) {
-            (Enforcer::Service, "the kernel does not charge every enforcing heap that uses RAM: the ledger keeps the dma-buf budget".to_string())
+            (
+                Enforcer::Service,
+                "the kernel does not charge every enforcing heap that uses RAM: the ledger keeps the dma-buf budget"
+                    .to_string(),
+            )
         } else if memcg_enforcers.contains(&Enforcer::Kernel) {
-            (Enforcer::Kernel, "every enforcing heap that uses RAM is charged by the kernel: the budget is part of memory.max".to_string())
+            (
+                Enforcer::Kernel,
+                "every enforcing heap that uses RAM is charged by the kernel: the budget is part of memory.max"
+                    .to_string(),
+            )
         } else {
             (Enforcer::Nobody, "no enforcing heap uses RAM".to_string())
         };
@@ -458,16 +502,25 @@ impl<'a> Builder<'a> {
             self.notes.push("MemTotal unknown: memcg share limits cannot be computed".into());
         }
 
-        let subtree: BTreeSet<&str> = self.probe.cgroup.get().map(|c| c.subtree_control.iter().map(String::as_str).collect()).unwrap_or_default();
-        let controllers_to_enable =
-            ["memory", "dmem"].iter().filter(|c| self.controllers.iter().any(|x| x == *c) && !subtree.contains(*c)).map(|c| c.to_string()).collect();
+        let subtree: BTreeSet<&str> =
+            self.probe.cgroup.get().map(|c| c.subtree_control.iter().map(String::as_str).collect()).unwrap_or_default();
+        let controllers_to_enable = ["memory", "dmem"]
+            .iter()
+            .filter(|c| self.controllers.iter().any(|x| x == *c) && !subtree.contains(*c))
+            .map(|c| c.to_string())
+            .collect();
         match (&self.probe.cgroup, &self.probe.dmem_capacity) {
-            (Found::Absent { reason }, _) => self.notes.push(format!("no cgroup v2: {reason}; the ledger enforces everything")),
-            (_, Found::Present(v)) if v.is_empty() => self.notes.push("dmem controller present but no driver registered a region".into()),
+            (Found::Absent { reason }, _) => {
+                self.notes.push(format!("no cgroup v2: {reason}; the ledger enforces everything"))
+            }
+            (_, Found::Present(v)) if v.is_empty() => {
+                self.notes.push("dmem controller present but no driver registered a region".into())
+            }
             _ => {}
         }
         if self.dmem_controller && self.probe.dmem_capacity.get().is_none() {
-            self.notes.push(format!("dmem.capacity unreadable: {}", self.probe.dmem_capacity.reason().unwrap_or_default()));
+            self.notes
+                .push(format!("dmem.capacity unreadable: {}", self.probe.dmem_capacity.reason().unwrap_or_default()));
         }
 
         let children = self.probe.cgroup.get().map(|c| c.children.as_slice()).unwrap_or_default();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use chargetransfer::aidl::android::hardware::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
+use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::dump::human;
@@ -77,7 +77,9 @@ enum Command {
         to: i32,
     },
     /// Release the charge of a buffer by inode.
-    Release { inode: i64 },
+    Release {
+        inode: i64,
+    },
     /// Compare the ledger with procfs and repair it.
     Reconcile,
     /// Probe the device and (re)apply limits.
@@ -88,10 +90,18 @@ enum Command {
         json: bool,
     },
     /// vram: report an eviction, a restore, pin or unpin.
-    Evict { inode: i64 },
-    Restore { inode: i64 },
-    Pin { inode: i64 },
-    Unpin { inode: i64 },
+    Evict {
+        inode: i64,
+    },
+    Restore {
+        inode: i64,
+    },
+    Pin {
+        inode: i64,
+    },
+    Unpin {
+        inode: i64,
+    },
     /// Which buffers to evict first to free BYTES in REGION.
     Advice {
         region: String,
@@ -138,7 +148,15 @@ fn print_usage(u: &UsageReport) {
     let b = |v: i64| if v < 0 { "-".to_string() } else { human(v as u64) };
     for p in &u.pools {
         let max = if p.max < 0 { "max".to_string() } else { human(p.max as u64) };
-        println!("  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}", p.pool, b(p.usage), max, b(p.peak), b(p.pinned), b(p.kernelUsage));
+        println!(
+            "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            p.pool,
+            b(p.usage),
+            max,
+            b(p.peak),
+            b(p.pinned),
+            b(p.kernelUsage)
+        );
     }
 }
 
@@ -150,7 +168,13 @@ fn print_charge(c: &ChargeInfo) {
     };
     println!(
         "inode {} size {} heap {} -> pid {} uid {} cgroup {} pools [{}]{flags}",
-        c.inode, human(c.size as u64), c.heap, c.ownerPid, c.ownerUid, c.ownerCgroup, c.pools.join(",")
+        c.inode,
+        human(c.size as u64),
+        c.heap,
+        c.ownerPid,
+        c.ownerUid,
+        c.ownerCgroup,
+        c.pools.join(",")
     );
 }
 
@@ -187,16 +211,29 @@ fn run(cli: Cli) -> Result<(), String> {
             print_usage(&report);
         }
         Command::Regions => {
-            println!("{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} why", "pool", "class", "capacity", "usage", "enforced", "heaps");
+            println!(
+                "{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} why",
+                "pool", "class", "capacity", "usage", "enforced", "heaps"
+            );
             for r in svc.getRegions().map_err(e)? {
                 let cap = if r.capacity <= 0 { "?".into() } else { human(r.capacity as u64) };
-                println!("{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} {}", r.name, r.regionClass, cap, human(r.usage.max(0) as u64), r.enforcedBy, r.heaps.join(","), r.why);
+                println!(
+                    "{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} {}",
+                    r.name,
+                    r.regionClass,
+                    cap,
+                    human(r.usage.max(0) as u64),
+                    r.enforcedBy,
+                    r.heaps.join(","),
+                    r.why
+                );
             }
         }
         Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
         Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),
         Command::Charge { heap, size, for_pid, hold } => {
-            let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(&heap), size).map_err(|err| err.to_string())?;
+            let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(&heap), size)
+                .map_err(|err| err.to_string())?;
             let info = match for_pid {
                 Some(pid) => client.charge_for(&buffer, pid),
                 None => client.charge(&buffer),
@@ -215,7 +252,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = svc.reconcile().map_err(e)?;
             println!(
                 "scanned {} processes, {} buffers; released {:?}; moved {:?}; migrated {:?}; unaccounted {} ({})",
-                r.processesScanned, r.buffersSeen, r.releasedInodes, r.movedInodes, r.migratedPids, r.unaccountedInodes.len(), human(r.unaccountedBytes.max(0) as u64)
+                r.processesScanned,
+                r.buffersSeen,
+                r.releasedInodes,
+                r.movedInodes,
+                r.migratedPids,
+                r.unaccountedInodes.len(),
+                human(r.unaccountedBytes.max(0) as u64)
             );
         }
         Command::Autoconfig { dry_run, json } => print!("{}", svc.autoconfigure(dry_run, json).map_err(e)?),

@@ -1,4 +1,4 @@
-//! android.hardware.chargetransfer-service: the charge-transfer HAL service.
+//! vendor.chargetransfer-service: the charge-transfer HAL service.
 
 use clap::Parser;
 

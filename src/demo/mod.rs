@@ -16,7 +16,6 @@ mod script;
 use std::fs;
 use std::path::Path;
 
-
 /// Marks a directory as the demo's, so a rerun may clear the `tree/` and `state/` it left.
 const MARKER: &str = ".chargectl-demo";
 
@@ -48,7 +47,8 @@ fn prepare(out: &Path) -> Result<(), String> {
         }
         fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    fs::write(&marker, "made by `chargectl demo`: its tree/ and state/ are replaced on every run\n").map_err(|e| format!("{}: {e}", marker.display()))
+    fs::write(&marker, "made by `chargectl demo`: its tree/ and state/ are replaced on every run\n")
+        .map_err(|e| format!("{}: {e}", marker.display()))
 }
 
 /// What the demo prints, kept for `transcript.txt`.
@@ -72,4 +72,3 @@ impl Transcript {
         }
     }
 }
-

@@ -30,7 +30,8 @@ pub const DISPLAY_CMA: &str = "cma/display";
 pub const CAMERA_CMA: &str = "cma/camera";
 pub const SECURE_VIDEO: &str = "carveout/secure_video";
 pub const GPU_VRAM: &str = "drm/13000000.gpu/vram0";
-pub const REGIONS: [(&str, u64); 4] = [(DISPLAY_CMA, 128 * MIB), (CAMERA_CMA, 256 * MIB), (SECURE_VIDEO, 96 * MIB), (GPU_VRAM, 512 * MIB)];
+pub const REGIONS: [(&str, u64); 4] =
+    [(DISPLAY_CMA, 128 * MIB), (CAMERA_CMA, 256 * MIB), (SECURE_VIDEO, 96 * MIB), (GPU_VRAM, 512 * MIB)];
 
 /// /dev/dma_heap: the heaps userspace allocates from (the GPU's buffers come from its driver).
 pub const DEV_HEAPS: [&str; 5] = ["camera", "display", "secure_video", "system", "system-uncached"];
@@ -60,16 +61,34 @@ impl Proc {
     }
 }
 
-pub const GRALLOC: Proc =
-    Proc { pid: 612, uid: 1003, label: "gralloc", cmdline: "/vendor/bin/hw/android.hardware.graphics.allocator-service", start: 412 };
-pub const SURFACEFLINGER: Proc = Proc { pid: 640, uid: 1000, label: "SurfaceFlinger", cmdline: "/system/bin/surfaceflinger", start: 431 };
-pub const CAMERA_HAL: Proc =
-    Proc { pid: 701, uid: 1047, label: "camera HAL", cmdline: "/vendor/bin/hw/android.hardware.camera.provider-service", start: 455 };
-pub const CODEC: Proc =
-    Proc { pid: 733, uid: 1046, label: "codec", cmdline: "/vendor/bin/hw/android.hardware.media.c2-default-service", start: 468 };
-pub const MAPS: Proc = Proc { pid: 4210, uid: 10061, label: "maps", cmdline: "com.google.android.apps.maps", start: 18_204 };
+pub const GRALLOC: Proc = Proc {
+    pid: 612,
+    uid: 1003,
+    label: "gralloc",
+    cmdline: "/vendor/bin/hw/android.hardware.graphics.allocator-service",
+    start: 412,
+};
+pub const SURFACEFLINGER: Proc =
+    Proc { pid: 640, uid: 1000, label: "SurfaceFlinger", cmdline: "/system/bin/surfaceflinger", start: 431 };
+pub const CAMERA_HAL: Proc = Proc {
+    pid: 701,
+    uid: 1047,
+    label: "camera HAL",
+    cmdline: "/vendor/bin/hw/android.hardware.camera.provider-service",
+    start: 455,
+};
+pub const CODEC: Proc = Proc {
+    pid: 733,
+    uid: 1046,
+    label: "codec",
+    cmdline: "/vendor/bin/hw/android.hardware.media.c2-default-service",
+    start: 468,
+};
+pub const MAPS: Proc =
+    Proc { pid: 4210, uid: 10061, label: "maps", cmdline: "com.google.android.apps.maps", start: 18_204 };
 pub const GAME: Proc = Proc { pid: 4388, uid: 10082, label: "game", cmdline: "com.example.racer", start: 19_377 };
-pub const CAMERA_APP: Proc = Proc { pid: 4502, uid: 10097, label: "camera app", cmdline: "com.android.camera2", start: 20_815 };
+pub const CAMERA_APP: Proc =
+    Proc { pid: 4502, uid: 10097, label: "camera app", cmdline: "com.android.camera2", start: 20_815 };
 
 pub const PROCESSES: [Proc; 7] = [GRALLOC, SURFACEFLINGER, CAMERA_HAL, CODEC, MAPS, GAME, CAMERA_APP];
 pub const APPS: [Proc; 3] = [MAPS, GAME, CAMERA_APP];
@@ -177,7 +196,10 @@ impl Phone {
                 cma_total >> 10,
             ),
         )?;
-        put(&roots.proc.join("cmdline"), "console=ttyMSM0,115200n8 androidboot.hardware=demo androidboot.selinux=enforcing\n")?;
+        put(
+            &roots.proc.join("cmdline"),
+            "console=ttyMSM0,115200n8 androidboot.hardware=demo androidboot.selinux=enforcing\n",
+        )?;
 
         // Device tree: the CMA areas are reusable pools; secure video is a no-map carve-out.
         let rm = roots.proc.join("device-tree/reserved-memory");
@@ -294,7 +316,8 @@ impl Phone {
     /// process's fdinfo through the same procfs adapter production uses.
     pub fn present(&self, pid: u32, inode: Inode) -> Result<DmaBufInfo, String> {
         let refs = self.procfs.dmabufs(pid).map_err(|e| e.to_string())?;
-        let r = refs.into_iter().find(|r| r.inode == inode).ok_or_else(|| format!("pid {pid} holds no dma-buf {inode}"))?;
+        let r =
+            refs.into_iter().find(|r| r.inode == inode).ok_or_else(|| format!("pid {pid} holds no dma-buf {inode}"))?;
         let exporter = r.exporter.ok_or_else(|| format!("pid {pid} only maps dma-buf {inode}"))?;
         Ok(DmaBufInfo { inode, size: r.size, exporter, name: r.name })
     }
@@ -309,7 +332,11 @@ impl Phone {
 
     /// `pid` closes its fd on `inode`.
     pub fn close(&mut self, pid: u32, inode: Inode) -> Result<(), String> {
-        let fd = self.fds.get_mut(&pid).and_then(|f| f.remove(&inode)).ok_or_else(|| format!("pid {pid} holds no fd on dma-buf {inode}"))?;
+        let fd = self
+            .fds
+            .get_mut(&pid)
+            .and_then(|f| f.remove(&inode))
+            .ok_or_else(|| format!("pid {pid} holds no fd on dma-buf {inode}"))?;
         let path = self.proc_dir(pid).join("fdinfo").join(fd.to_string());
         fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))
     }

@@ -22,10 +22,16 @@ pub fn write(path: &Path, steps: &[&str], series: &[Series], budget: Option<(Str
     draw(path, steps, series, budget).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn draw(path: &Path, steps: &[&str], series: &[Series], budget: Option<(String, u64)>) -> Result<(), Box<dyn std::error::Error>> {
+fn draw(
+    path: &Path,
+    steps: &[&str],
+    series: &[Series],
+    budget: Option<(String, u64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let top = series.iter().flat_map(|s| s.bytes.iter().copied()).chain(budget.as_ref().map(|b| b.1)).max().unwrap_or(0);
+    let top =
+        series.iter().flat_map(|s| s.bytes.iter().copied()).chain(budget.as_ref().map(|b| b.1)).max().unwrap_or(0);
     let y_max = (mib(top) * 1.15).max(16.0);
     let last = steps.len() as i32;
     let mut chart = ChartBuilder::on(&root)
@@ -55,7 +61,12 @@ fn draw(path: &Path, steps: &[&str], series: &[Series], budget: Option<(String, 
             .label(label.as_str())
             .legend(move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 24, y)], 6, 4, style));
     }
-    let colors = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0x94, 0x67, 0xbd)];
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+    ];
     for (i, s) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
         let points: Vec<(i32, f64)> = s.bytes.iter().enumerate().map(|(step, b)| (step as i32 + 1, mib(*b))).collect();

@@ -8,14 +8,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::phone::{Phone, Proc, APPS, CAMERA_APP, CAMERA_HAL, CODEC, GAME, GRALLOC, MAPS, MIB, PAGE, PROCESSES, SURFACEFLINGER};
+use super::phone::{
+    Phone, Proc, APPS, CAMERA_APP, CAMERA_HAL, CODEC, GAME, GRALLOC, MAPS, MIB, PAGE, PROCESSES, SURFACEFLINGER,
+};
 use super::plot::{self, Series};
 use super::Transcript;
-use crate::error::code_name;
 use crate::accountant::{uid_cgroup, Accountant, Config};
-use crate::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
+use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::{human, owner_table};
+use crate::error::code_name;
 use crate::error::Error;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
@@ -83,7 +85,8 @@ pub fn play(dir: &Path, out: &mut Transcript) -> Result<(), String> {
         durability: Durability::None,
         pidfds: false,
     };
-    let acc = Accountant::open(config, Policy::embedded_default()).map_err(|e| format!("opening the accountant: {e}"))?;
+    let acc =
+        Accountant::open(config, Policy::embedded_default()).map_err(|e| format!("opening the accountant: {e}"))?;
     let mut day = Day { phone, acc, out, step: 0, samples: Vec::new(), tiles: Vec::new(), window: 0 };
     day.boot(dir)?;
     day.maps_tiles()?;
@@ -132,18 +135,32 @@ impl Day<'_> {
     /// What a live process's cgroup pays, pool by pool.
     fn pays(&self, p: &Proc) -> Result<String, String> {
         let usage = self.check(&format!("usage of {}", p.label), self.acc.process_usage(p.pid))?;
-        let parts: Vec<String> =
-            usage.pools.iter().filter(|u| u.counter.usage > 0).map(|u| format!("{} {}", u.pool, human(u.counter.usage))).collect();
+        let parts: Vec<String> = usage
+            .pools
+            .iter()
+            .filter(|u| u.counter.usage > 0)
+            .map(|u| format!("{} {}", u.pool, human(u.counter.usage)))
+            .collect();
         Ok(if parts.is_empty() { "nothing".into() } else { parts.join(" + ") })
     }
 
     fn charged(&self, b: &BufferInfo) -> String {
-        let who = PROCESSES.iter().find(|p| p.pid == b.pid).map_or_else(|| format!("pid {}", b.pid), |p| format!("{}, pid {}", p.label, p.pid));
+        let who = PROCESSES
+            .iter()
+            .find(|p| p.pid == b.pid)
+            .map_or_else(|| format!("pid {}", b.pid), |p| format!("{}, pid {}", p.label, p.pid));
         format!("charged to {} ({who}) in {}", b.cgroup, b.pools.join(" + "))
     }
 
     /// `allocator` allocates from `heap` and charges the buffer on behalf of `owner`.
-    fn allocate_for(&mut self, allocator: &Proc, owner: &Proc, heap: &str, size: u64, name: &str) -> Result<(Inode, BufferInfo), String> {
+    fn allocate_for(
+        &mut self,
+        allocator: &Proc,
+        owner: &Proc,
+        heap: &str,
+        size: u64,
+        name: &str,
+    ) -> Result<(Inode, BufferInfo), String> {
         let inode = self.phone.allocate(allocator.pid, heap, size, name)?;
         let info = self.phone.present(allocator.pid, inode)?;
         let what = format!("{} charges dma-buf {inode} on behalf of {}", allocator.label, owner.label);
@@ -153,19 +170,33 @@ impl Day<'_> {
 
     fn boot(&mut self, dir: &Path) -> Result<(), String> {
         self.begin("Boot: autoconfig probes the phone and sets limits");
-        self.say(format!("simulated phone in {}: cgroup2 root, /proc, /sys and /dev/dma_heap", dir.join("tree").display()));
+        self.say(format!(
+            "simulated phone in {}: cgroup2 root, /proc, /sys and /dev/dma_heap",
+            dir.join("tree").display()
+        ));
         for p in PROCESSES {
             let trusted = if self.acc.policy().is_trusted_uid(p.uid) { "trusted" } else { "" };
-            self.say(format!("  pid {:<5} uid {:<6} {:<20} {:<15} {trusted}", p.pid, p.uid, p.cgroup(), p.label).trim_end());
+            self.say(
+                format!("  pid {:<5} uid {:<6} {:<20} {:<15} {trusted}", p.pid, p.uid, p.cgroup(), p.label).trim_end(),
+            );
         }
         let roots = self.phone.roots();
         let report = autoconfigure(&self.acc, &roots, false, false).map_err(|e| format!("step 1: autoconfig: {e}"))?;
         self.say("autoconfig report:");
         self.out.block("    ", &report);
-        let missing: Vec<String> =
-            self.acc.policy().heaps().iter().filter(|h| self.acc.with_ledger(|l| l.heap(&h.name).is_none())).map(|h| h.name.clone()).collect();
+        let missing: Vec<String> = self
+            .acc
+            .policy()
+            .heaps()
+            .iter()
+            .filter(|h| self.acc.with_ledger(|l| l.heap(&h.name).is_none()))
+            .map(|h| h.name.clone())
+            .collect();
         if !missing.is_empty() {
-            return Err(format!("step 1: autoconfig declared no heap for policy heap(s) {}: the simulated phone lacks them", missing.join(", ")));
+            return Err(format!(
+                "step 1: autoconfig declared no heap for policy heap(s) {}: the simulated phone lacks them",
+                missing.join(", ")
+            ));
         }
         self.end();
         Ok(())
@@ -192,22 +223,36 @@ impl Day<'_> {
     fn double_hop(&mut self) -> Result<(), String> {
         let (sf, game) = (SURFACEFLINGER, GAME);
         self.begin("SurfaceFlinger double hop: the game pays for the buffer it draws into");
-        self.say(format!("the game (pid {}) calls dequeueBuffer on SurfaceFlinger for its 1080x2400 RGBA window", game.pid));
-        self.say("hop 1: SurfaceFlinger asks gralloc, which allocates from the display CMA heap and charges SurfaceFlinger:");
+        self.say(format!(
+            "the game (pid {}) calls dequeueBuffer on SurfaceFlinger for its 1080x2400 RGBA window",
+            game.pid
+        ));
+        self.say(
+            "hop 1: SurfaceFlinger asks gralloc, which allocates from the display CMA heap and charges SurfaceFlinger:",
+        );
         let (inode, b) = self.allocate_for(&GRALLOC, &sf, "display", WINDOW, "SurfaceView - com.example.racer#0")?;
         self.phone.send(GRALLOC.pid, sf.pid, inode)?;
         self.phone.close(GRALLOC.pid, inode)?;
         let line = format!("  dma-buf {inode} ({}, display heap): {}", human(b.size), self.charged(&b));
         self.say(line);
         self.table("ledger between the hops:");
-        self.say("hop 2: SurfaceFlinger returns the buffer to the game (binder carries the fd; SurfaceFlinger keeps its");
+        self.say(
+            "hop 2: SurfaceFlinger returns the buffer to the game (binder carries the fd; SurfaceFlinger keeps its",
+        );
         self.say("own for composition) and pushes the charge to the game with transfer (trusted callers only):");
         self.phone.send(sf.pid, game.pid, inode)?;
         let info = self.phone.present(sf.pid, inode)?;
-        let b = self.check("SurfaceFlinger transfers the charge to the game", self.acc.transfer(caller(&sf), &info, game.pid))?;
+        let b = self.check(
+            "SurfaceFlinger transfers the charge to the game",
+            self.acc.transfer(caller(&sf), &info, game.pid),
+        )?;
         let line = format!("  dma-buf {inode}: {}", self.charged(&b));
         self.say(line);
-        let line = format!("after the double hop: SurfaceFlinger pays {}; the game pays {}", self.pays(&sf)?, self.pays(&game)?);
+        let line = format!(
+            "after the double hop: SurfaceFlinger pays {}; the game pays {}",
+            self.pays(&sf)?,
+            self.pays(&game)?
+        );
         self.say(line);
         self.window = inode;
         self.end();
@@ -219,8 +264,14 @@ impl Day<'_> {
         let budget_cgroup = uid_cgroup(game.uid);
         self.begin("The game loads textures until its dma-buf budget refuses one");
         let budget = self.counter(&budget_cgroup, MEMCG_POOL).max;
-        self.say(format!("the game allocates {} texture packs from the system heap and charges them to itself;", human(TEXTURES)));
-        self.say(format!("its dma-buf budget is {budget_cgroup} memcg.max = {}, set by autoconfig and enforced by the service", human(budget)));
+        self.say(format!(
+            "the game allocates {} texture packs from the system heap and charges them to itself;",
+            human(TEXTURES)
+        ));
+        self.say(format!(
+            "its dma-buf budget is {budget_cgroup} memcg.max = {}, set by autoconfig and enforced by the service",
+            human(budget)
+        ));
         self.say("because this kernel does not charge the system heap to memcg (dma_heap.mem_accounting=N):");
         for pack in 0..MAX_TEXTURE_PACKS {
             let before = owner_table(&self.acc);
@@ -229,7 +280,12 @@ impl Day<'_> {
             match self.acc.charge(caller(&game), &info, None) {
                 Ok(_) => {
                     let memcg = self.counter(&budget_cgroup, MEMCG_POOL);
-                    self.say(format!("  dma-buf {inode} ({}): charged; {budget_cgroup} memcg {} of {}", human(TEXTURES), human(memcg.usage), human(memcg.max)));
+                    self.say(format!(
+                        "  dma-buf {inode} ({}): charged; {budget_cgroup} memcg {} of {}",
+                        human(TEXTURES),
+                        human(memcg.usage),
+                        human(memcg.max)
+                    ));
                 }
                 Err(e) => {
                     self.say(format!("  dma-buf {inode} ({}): REFUSED", human(TEXTURES)));
@@ -248,7 +304,11 @@ impl Day<'_> {
                 }
             }
         }
-        Err(format!("step {}: {MAX_TEXTURE_PACKS} texture packs of {} were all charged: no limit refused them", self.step, human(TEXTURES)))
+        Err(format!(
+            "step {}: {MAX_TEXTURE_PACKS} texture packs of {} were all charged: no limit refused them",
+            self.step,
+            human(TEXTURES)
+        ))
     }
 
     fn camera(&mut self) -> Result<(), String> {
@@ -269,7 +329,10 @@ impl Day<'_> {
         let frame = frames[0];
         self.say(format!("the camera app starts recording: it offers dma-buf {frame} to the codec (pid {}, uid {}) and gets a ticket,", codec.pid, codec.uid));
         let info = self.phone.present(app.pid, frame)?;
-        let ticket = self.check("the camera app offers a frame to the codec", self.acc.offer(caller(&app), &info, codec.pid, Duration::from_secs(10)))?;
+        let ticket = self.check(
+            "the camera app offers a frame to the codec",
+            self.acc.offer(caller(&app), &info, codec.pid, Duration::from_secs(10)),
+        )?;
         self.say("then sends the fd and the ticket over binder; the codec accepts, presenting the fd it received:");
         self.phone.send(app.pid, codec.pid, frame)?;
         let info = self.phone.present(codec.pid, frame)?;
@@ -287,8 +350,15 @@ impl Day<'_> {
         self.begin("The game dies");
         let mut charged = self.acc.charges(game.pid);
         charged.sort_by_key(|b| b.inode);
-        let others: Vec<String> = self.phone.holders(self.window).into_iter().filter(|p| *p != game.pid).map(label_of).collect();
-        self.say(format!("the game (pid {}) owns {} charges; {} still holds dma-buf {} (its window, queued for composition)", game.pid, charged.len(), others.join(", "), self.window));
+        let others: Vec<String> =
+            self.phone.holders(self.window).into_iter().filter(|p| *p != game.pid).map(label_of).collect();
+        self.say(format!(
+            "the game (pid {}) owns {} charges; {} still holds dma-buf {} (its window, queued for composition)",
+            game.pid,
+            charged.len(),
+            others.join(", "),
+            self.window
+        ));
         self.say(format!("lmkd kills the game: its fds close with it and its cgroup {} is removed", game.cgroup()));
         self.phone.exit(&game)?;
         let handled = self.check("process_died", self.acc.process_died(game.pid))?;
@@ -299,14 +369,28 @@ impl Day<'_> {
                 None => released.push(b.inode),
                 Some(now) => {
                     let holder = if now.pid == 0 { "no owning process".to_string() } else { label_of(now.pid) };
-                    self.say(format!("  dma-buf {} ({}, {} heap): still held by {}, so its charge moves to {} ({holder}):", b.inode, human(b.size), b.heap, others.join(", "), now.cgroup));
+                    self.say(format!(
+                        "  dma-buf {} ({}, {} heap): still held by {}, so its charge moves to {} ({holder}):",
+                        b.inode,
+                        human(b.size),
+                        b.heap,
+                        others.join(", "),
+                        now.cgroup
+                    ));
                     self.say("    the dead app's uid keeps paying until the buffer is let go; nobody is charged without consent");
                 }
             }
         }
         let bytes: u64 = charged.iter().filter(|b| released.contains(&b.inode)).map(|b| b.size).sum();
-        self.say(format!("  released, nobody else holds them: {} buffers, {}: dma-buf {}", released.len(), human(bytes), inodes(&released)));
-        let left = self.acc.with_ledger(|l| l.has_cgroup(&game.cgroup()).then(|| l.counters(&game.cgroup()).unwrap_or_default()));
+        self.say(format!(
+            "  released, nobody else holds them: {} buffers, {}: dma-buf {}",
+            released.len(),
+            human(bytes),
+            inodes(&released)
+        ));
+        let left = self
+            .acc
+            .with_ledger(|l| l.has_cgroup(&game.cgroup()).then(|| l.counters(&game.cgroup()).unwrap_or_default()));
         if left.is_some_and(|c| c.iter().any(|(_, c)| c.usage > 0)) {
             return Err(format!("step {}: {} still pays after the game died", self.step, game.cgroup()));
         }
@@ -319,17 +403,26 @@ impl Day<'_> {
         let (sf, maps) = (SURFACEFLINGER, MAPS);
         self.begin("Reconcile: the ledger meets /proc");
         let window = self.window;
-        self.say(format!("SurfaceFlinger composes the dead game's last frame and closes dma-buf {window}; nobody calls release"));
+        self.say(format!(
+            "SurfaceFlinger composes the dead game's last frame and closes dma-buf {window}; nobody calls release"
+        ));
         self.phone.close(sf.pid, window)?;
         let forgotten = self.tiles[0];
         self.say(format!("maps closes its tile dma-buf {forgotten} and forgets to call release"));
         self.phone.close(maps.pid, forgotten)?;
         let stray = self.phone.allocate(maps.pid, "system", TILE, "maps:offscreen")?;
-        self.say(format!("maps allocates dma-buf {stray} ({}) straight from /dev/dma_heap/system and never tells the service", human(TILE)));
+        self.say(format!(
+            "maps allocates dma-buf {stray} ({}) straight from /dev/dma_heap/system and never tells the service",
+            human(TILE)
+        ));
         let r = self.check("reconcile", self.acc.reconcile())?;
         self.say(format!("reconcile scanned {} processes and {} dma-bufs:", r.processes_scanned, r.buffers_seen));
         self.say(format!("  released (charged, but no process holds them): dma-buf {}", inodes(&r.released)));
-        self.say(format!("  unaccounted (held, but nobody charged them): dma-buf {} ({})", inodes(&r.unaccounted), human(r.unaccounted_bytes)));
+        self.say(format!(
+            "  unaccounted (held, but nobody charged them): dma-buf {} ({})",
+            inodes(&r.unaccounted),
+            human(r.unaccounted_bytes)
+        ));
         if !r.moved.is_empty() {
             self.say(format!("  handed over (owner gone, buffer still held): dma-buf {}", inodes(&r.moved)));
         }
@@ -363,13 +456,23 @@ impl Day<'_> {
         let series: Vec<Series> = APPS
             .iter()
             .enumerate()
-            .map(|(i, p)| Series { label: format!("{} (uid {})", p.label, p.uid), bytes: self.samples.iter().map(|s| s[i]).collect() })
+            .map(|(i, p)| Series {
+                label: format!("{} (uid {})", p.label, p.uid),
+                bytes: self.samples.iter().map(|s| s[i]).collect(),
+            })
             .collect();
         let budget = self.counter(&uid_cgroup(GAME.uid), MEMCG_POOL).max;
-        let budget = (budget != UNLIMITED).then(|| (format!("app dma-buf budget (memcg.max {})", human(budget)), budget));
+        let budget =
+            (budget != UNLIMITED).then(|| (format!("app dma-buf budget (memcg.max {})", human(budget)), budget));
         plot::write(&svg, &STEPS, &series, budget)?;
         self.out.line("");
-        self.out.line(format!("files: {} (the phone), {} (the journal), {}, {}", dir.join("tree").display(), dir.join("state").display(), dir.join("transcript.txt").display(), svg.display()));
+        self.out.line(format!(
+            "files: {} (the phone), {} (the journal), {}, {}",
+            dir.join("tree").display(),
+            dir.join("state").display(),
+            dir.join("transcript.txt").display(),
+            svg.display()
+        ));
         self.out.line(format!("plot: {}", svg.display()));
         Ok(())
     }

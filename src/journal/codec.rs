@@ -155,7 +155,9 @@ pub(super) fn decode(payload: &[u8]) -> Result<Event, &'static str> {
             };
             Event::HeapAdded { heap: HeapSpec { name, class, region }, enforce: r.flag()? }
         }
-        CHARGED => Event::Charged { inode: r.uint()?, size: r.uint()?, heap: r.str()?, pid: r.pid()?, cgroup: r.str()? },
+        CHARGED => {
+            Event::Charged { inode: r.uint()?, size: r.uint()?, heap: r.str()?, pid: r.pid()?, cgroup: r.str()? }
+        }
         RELEASED => Event::Released { inode: r.uint()? },
         TRANSFERRED => Event::Transferred { inode: r.uint()?, pid: r.pid()?, cgroup: r.str()? },
         REASSIGNED => Event::Reassigned { inode: r.uint()?, pid: r.pid()?, cgroup: r.str()? },
@@ -246,7 +248,11 @@ impl Reader<'_> {
 
     fn str(&mut self) -> Result<String, &'static str> {
         let len = self.uint()?;
-        let end = usize::try_from(len).ok().and_then(|l| self.pos.checked_add(l)).filter(|&e| e <= self.data.len()).ok_or("string cut short")?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| self.pos.checked_add(l))
+            .filter(|&e| e <= self.data.len())
+            .ok_or("string cut short")?;
         let s = std::str::from_utf8(&self.data[self.pos..end]).map_err(|_| "string is not UTF-8")?;
         self.pos = end;
         Ok(s.to_string())
@@ -271,16 +277,30 @@ mod tests {
         let class = (0..4usize).prop_map(|i| CLASSES[i]);
         prop_oneof![
             (text(), any::<u64>()).prop_map(|(region, capacity)| Event::RegionAdded { region, capacity }),
-            (text(), class, prop::option::of(text()), any::<bool>())
-                .prop_map(|(name, class, region, enforce)| Event::HeapAdded { heap: HeapSpec { name, class, region }, enforce }),
+            (text(), class, prop::option::of(text()), any::<bool>()).prop_map(|(name, class, region, enforce)| {
+                Event::HeapAdded { heap: HeapSpec { name, class, region }, enforce }
+            }),
             (any::<u64>(), any::<u64>(), text(), any::<u32>(), text())
                 .prop_map(|(inode, size, heap, pid, cgroup)| Event::Charged { inode, size, heap, pid, cgroup }),
             any::<u64>().prop_map(|inode| Event::Released { inode }),
-            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Transferred { inode, pid, cgroup }),
-            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Reassigned { inode, pid, cgroup }),
+            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Transferred {
+                inode,
+                pid,
+                cgroup
+            }),
+            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Reassigned {
+                inode,
+                pid,
+                cgroup
+            }),
             (any::<u32>(), text()).prop_map(|(pid, cgroup)| Event::Migrated { pid, cgroup }),
             text().prop_map(|cgroup| Event::Reparented { cgroup }),
-            (text(), text(), limit_kind(), any::<u64>()).prop_map(|(cgroup, pool, kind, value)| Event::LimitSet { cgroup, pool, kind, value }),
+            (text(), text(), limit_kind(), any::<u64>()).prop_map(|(cgroup, pool, kind, value)| Event::LimitSet {
+                cgroup,
+                pool,
+                kind,
+                value
+            }),
             any::<u64>().prop_map(|inode| Event::Evicted { inode }),
             any::<u64>().prop_map(|inode| Event::Restored { inode }),
             any::<u64>().prop_map(|inode| Event::Pinned { inode }),
@@ -294,14 +314,23 @@ mod tests {
         let mut p = Vec::new();
         encode_header(&h, &mut p);
         assert_eq!(decode_header(Kind::Snapshot, &p), Ok(h));
-        assert!(matches!(decode_header(Kind::Journal, &p), Err(HeaderError::Invalid(_))), "a snapshot is not a journal");
+        assert!(
+            matches!(decode_header(Kind::Journal, &p), Err(HeaderError::Invalid(_))),
+            "a snapshot is not a journal"
+        );
         p[4] = 2;
         assert_eq!(decode_header(Kind::Snapshot, &p), Err(HeaderError::Version(2)));
     }
 
     #[test]
     fn charged_is_compact() {
-        let e = Event::Charged { inode: 123_456, size: 8 << 20, heap: "system".into(), pid: 12_345, cgroup: "/uid_10001/pid_12345".into() };
+        let e = Event::Charged {
+            inode: 123_456,
+            size: 8 << 20,
+            heap: "system".into(),
+            pid: 12_345,
+            cgroup: "/uid_10001/pid_12345".into(),
+        };
         let mut p = Vec::new();
         encode(&e, &mut p);
         assert!(p.len() <= 40, "{} bytes", p.len());

@@ -228,7 +228,9 @@ impl Journal {
                 h.generation,
                 s.map_or("none".to_string(), |s| s.to_string())
             )),
-            (Some(Err(reason)), _) => report.note_corrupt(format!("{}: {reason}; its events are dropped, file set aside", path.display())),
+            (Some(Err(reason)), _) => {
+                report.note_corrupt(format!("{}: {reason}; its events are dropped, file set aside", path.display()))
+            }
         }
         if journal_gen.is_none_or(|j| Some(j) > snapshot_gen) && data.is_some() {
             set_aside(&path)?;
@@ -258,7 +260,15 @@ impl Journal {
 
     /// Replays `data`, the journal of `generation`, from the end of its header; cuts any
     /// damaged tail and opens the journal for appends.
-    fn resume(dir: PathBuf, durability: Durability, ledger: &mut Ledger, data: &[u8], header_len: usize, report: &mut RecoveryReport, generation: u64) -> Result<Journal> {
+    fn resume(
+        dir: PathBuf,
+        durability: Durability,
+        ledger: &mut Ledger,
+        data: &[u8],
+        header_len: usize,
+        report: &mut RecoveryReport,
+        generation: u64,
+    ) -> Result<Journal> {
         let path = dir.join(JOURNAL);
         let mut records = Records::new(data);
         records.pos = header_len;
@@ -345,7 +355,8 @@ impl Journal {
         }
         self.buf.clear();
         for event in events {
-            record::push(&mut self.buf, |out| codec::encode(event, out)).map_err(|size| JournalError::TooLarge { size, max: record::MAX_PAYLOAD })?;
+            record::push(&mut self.buf, |out| codec::encode(event, out))
+                .map_err(|size| JournalError::TooLarge { size, max: record::MAX_PAYLOAD })?;
         }
         if let Err(e) = self.file.write_all(&self.buf) {
             // A partial record would hide every later one from replay: cut it off, or stop.
@@ -428,7 +439,12 @@ struct GenerationFailure {
 
 /// Writes `ledger` as `snapshot.<generation>`, then an empty `journal.log` of that generation,
 /// then deletes older snapshots. Returns the new journal opened for appends and its length.
-fn start_generation(dir: &Path, durability: Durability, ledger: &Ledger, generation: u64) -> Result<(File, u64), GenerationFailure> {
+fn start_generation(
+    dir: &Path,
+    durability: Durability,
+    ledger: &Ledger,
+    generation: u64,
+) -> Result<(File, u64), GenerationFailure> {
     let sync = durability != Durability::None;
     let fail = |error| GenerationFailure { error, stale: false };
 
@@ -437,11 +453,15 @@ fn start_generation(dir: &Path, durability: Durability, ledger: &Ledger, generat
     let header = Header { kind: Kind::Snapshot, generation, events: events.len() as u64 };
     record::push(&mut data, |out| codec::encode_header(&header, out)).expect("headers are small");
     for event in &events {
-        record::push(&mut data, |out| codec::encode(event, out)).map_err(|size| fail(JournalError::TooLarge { size, max: record::MAX_PAYLOAD }))?;
+        record::push(&mut data, |out| codec::encode(event, out))
+            .map_err(|size| fail(JournalError::TooLarge { size, max: record::MAX_PAYLOAD }))?;
     }
     let tmp = dir.join(SNAPSHOT_TMP);
     let snapshot = snapshot_path(dir, generation);
-    write_new(&tmp, &data, sync).map(drop).and_then(|()| fs::rename(&tmp, &snapshot).map_err(io_err("rename", &tmp))).map_err(|e| {
+    write_new(&tmp, &data, sync)
+        .map(drop)
+        .and_then(|()| fs::rename(&tmp, &snapshot).map_err(io_err("rename", &tmp)))
+        .map_err(|e| {
         let _ = fs::remove_file(&tmp);
         fail(e)
     })?;
@@ -555,7 +575,9 @@ fn read_header(records: &mut Records<'_>, kind: Kind, path: &Path) -> Result<Res
     };
     match codec::decode_header(kind, payload) {
         Ok(h) => Ok(Ok(h)),
-        Err(HeaderError::Version(found)) => Err(JournalError::Version { path: path.to_path_buf(), found, supported: codec::VERSION }),
+        Err(HeaderError::Version(found)) => {
+            Err(JournalError::Version { path: path.to_path_buf(), found, supported: codec::VERSION })
+        }
         Err(HeaderError::Invalid(reason)) => Ok(Err(reason)),
     }
 }

@@ -110,7 +110,9 @@ impl<'a> Records<'a> {
         let payload = &rest[FRAME..FRAME + len];
         let actual = crc32(payload);
         if actual != crc {
-            return Err(Damage::Corrupt(format!("checksum mismatch in a {len}-byte record (stored {crc:08x}, computed {actual:08x})")));
+            return Err(Damage::Corrupt(format!(
+                "checksum mismatch in a {len}-byte record (stored {crc:08x}, computed {actual:08x})"
+            )));
         }
         self.pos += FRAME + len;
         Ok(Some(payload))

@@ -6,7 +6,6 @@ use super::*;
 use crate::ledger::testing::{self, op, run};
 use crate::ledger::{BufferInfo, Counter, Inode};
 
-
 /// The events of a phone-like ledger (as in the ledger's tests): system heap, a CMA display
 /// region, a secure carve-out and vram.
 fn phone(l: &mut Ledger) -> Vec<Event> {
@@ -28,7 +27,13 @@ fn record(j: &mut Journal, l: &mut Ledger, event: Event) {
 }
 
 fn charge(inode: Inode, cgroup: &str) -> Event {
-    Event::Charged { inode, size: 4096 * (inode + 1), heap: "system".into(), pid: 1000 + inode as u32, cgroup: cgroup.into() }
+    Event::Charged {
+        inode,
+        size: 4096 * (inode + 1),
+        heap: "system".into(),
+        pid: 1000 + inode as u32,
+        cgroup: cgroup.into(),
+    }
 }
 
 /// A dir holding generation 1: the phone set-up and `n` charges.
@@ -52,7 +57,12 @@ fn state(l: &Ledger) -> State {
         .cgroups()
         .into_iter()
         .filter_map(|cg| {
-            let counters: Vec<_> = l.counters(&cg).unwrap().into_iter().map(|(p, c)| (p, Counter { peak: 0, max_events: 0, ..c })).collect();
+            let counters: Vec<_> = l
+                .counters(&cg)
+                .unwrap()
+                .into_iter()
+                .map(|(p, c)| (p, Counter { peak: 0, max_events: 0, ..c }))
+                .collect();
             counters.iter().any(|(_, c)| *c != Counter::default()).then_some((cg, counters))
         })
         .collect();
@@ -62,7 +72,8 @@ fn state(l: &Ledger) -> State {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     names
 }
@@ -146,7 +157,11 @@ fn every_cut_inside_the_last_record_loses_only_that_record() {
         fs::write(case.path().join(JOURNAL), &full[..cut as usize]).unwrap();
         let (mut j, mut l, report) = open(case.path());
         assert_eq!(state(&l), before, "cut at {cut}");
-        assert_eq!((report.torn_bytes, report.journal_events, &report.corrupt), (cut - start, 11, &None), "cut at {cut}");
+        assert_eq!(
+            (report.torn_bytes, report.journal_events, &report.corrupt),
+            (cut - start, 11, &None),
+            "cut at {cut}"
+        );
         assert_eq!(fs::metadata(case.path().join(JOURNAL)).unwrap().len(), start, "torn tail truncated");
         record(&mut j, &mut l, last.clone());
         drop(j);
@@ -296,7 +311,11 @@ fn a_crash_at_any_step_of_compaction_loads_every_event_exactly_once() {
         let replayed = report.journal_events;
         assert_eq!(state(&again), state(&l), "{step}");
         assert!(clean(&report), "{step}: {report:?}");
-        assert_eq!(files(case.path()), ["journal.log".to_string(), format!("snapshot.{}", report.generation)], "{step}");
+        assert_eq!(
+            files(case.path()),
+            ["journal.log".to_string(), format!("snapshot.{}", report.generation)],
+            "{step}"
+        );
         let extra = charge(77, "/uid_10077/pid_77");
         record(&mut j, &mut again, extra);
         drop(j);
@@ -344,7 +363,8 @@ fn harm() -> impl Strategy<Value = Harm> {
     prop_oneof![
         (any::<prop::sample::Index>(), 1..=255u8).prop_map(|(at, mask)| Harm::Flip { at, mask }),
         any::<prop::sample::Index>().prop_map(|at| Harm::Cut { at }),
-        (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..24)).prop_map(|(at, bytes)| Harm::Insert { at, bytes }),
+        (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..24))
+            .prop_map(|(at, bytes)| Harm::Insert { at, bytes }),
     ]
 }
 

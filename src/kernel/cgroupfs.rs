@@ -266,11 +266,19 @@ fn is_word(s: &str) -> bool {
 /// file means the controller is not enabled, which must not be papered over by creating it.
 fn write_line(path: &Path, line: &str, append: bool) -> Result<()> {
     let data = format!("{line}\n");
-    let mut file = OpenOptions::new().write(true).truncate(!append).append(append).open(path).map_err(|e| KernelError::io(path, e))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(!append)
+        .append(append)
+        .open(path)
+        .map_err(|e| KernelError::io(path, e))?;
     let fail = |source| KernelError::Write { path: path.to_path_buf(), data: line.to_string(), source };
     let written = file.write(data.as_bytes()).map_err(fail)?;
     if written != data.len() {
-        return Err(fail(io::Error::new(io::ErrorKind::WriteZero, format!("short write: {written} of {} bytes", data.len()))));
+        return Err(fail(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {written} of {} bytes", data.len()),
+        )));
     }
     Ok(())
 }
@@ -280,7 +288,8 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        let octal = field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal =
+            field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
                 let v = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
@@ -387,7 +396,9 @@ mod tests {
     /// The parse error's file name and line.
     fn parse_error(e: KernelError) -> (String, usize, String) {
         match e {
-            KernelError::Parse { path, line, reason } => (path.file_name().unwrap().to_string_lossy().into_owned(), line, reason),
+            KernelError::Parse { path, line, reason } => {
+                (path.file_name().unwrap().to_string_lossy().into_owned(), line, reason)
+            }
             other => panic!("expected a parse error, got {other}"),
         }
     }
@@ -421,7 +432,10 @@ mod tests {
     fn reads_memory_state_with_max_as_unlimited() {
         let (_tmp, fs) = fixture();
         let m = fs.memory(APP).unwrap();
-        assert_eq!((m.current, m.max, m.high, m.low, m.min, m.peak), (1 << 20, UNLIMITED, UNLIMITED, 0, 0, Some(2 << 20)));
+        assert_eq!(
+            (m.current, m.max, m.high, m.low, m.min, m.peak),
+            (1 << 20, UNLIMITED, UNLIMITED, 0, 0, Some(2 << 20))
+        );
         assert_eq!(m.stat.get("file"), Some(&8192));
         assert_eq!(m.stat.len(), 3);
         assert_eq!(m.events.get("max"), Some(&3));
@@ -454,7 +468,9 @@ mod tests {
     #[test]
     fn memory_limit_writes_round_trip_as_the_kernel_accepts_them() {
         let (_tmp, fs) = fixture();
-        for (kind, file) in [(LimitKind::Max, "memory.max"), (LimitKind::Low, "memory.low"), (LimitKind::Min, "memory.min")] {
+        for (kind, file) in
+            [(LimitKind::Max, "memory.max"), (LimitKind::Low, "memory.low"), (LimitKind::Min, "memory.min")]
+        {
             fs.write_memory_limit(APP, kind, 256 << 20).unwrap();
             assert_eq!(content(&fs, APP, file), "268435456\n");
             assert_eq!(fs.read_memory_limit(APP, kind).unwrap(), 256 << 20);
@@ -475,7 +491,10 @@ mod tests {
         fs.write_dmem_limit(APP, VRAM, LimitKind::Min, 0).unwrap();
         assert_eq!(content(&fs, APP, "dmem.min"), "drm/0000:03:00.0/vram0 0\n");
         for bad in ["", "cma reserved", "cma/reserved\n"] {
-            assert!(matches!(fs.write_dmem_limit(APP, bad, LimitKind::Max, 1), Err(KernelError::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(fs.write_dmem_limit(APP, bad, LimitKind::Max, 1), Err(KernelError::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -580,7 +599,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(CgroupFs::discover(proc).unwrap().root(), Path::new("/sys/fs/cgroup"));
-        fs::write(proc.join("self/mounts"), "proc /proc proc rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n").unwrap();
+        fs::write(proc.join("self/mounts"), "proc /proc proc rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n")
+            .unwrap();
         assert_eq!(CgroupFs::discover(proc).unwrap().root(), Path::new("/mnt/cg 2"), "falls back to mountinfo");
         fs::write(proc.join("self/mounts"), "proc /proc proc rw 0 0\ngarbage\n").unwrap();
         let (name, line, _) = parse_error(CgroupFs::discover(proc).unwrap_err());
@@ -589,7 +609,8 @@ mod tests {
 
     #[test]
     fn discovers_on_this_host_when_cgroup2_is_mounted() {
-        let has_cgroup2 = fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(2) == Some("cgroup2")));
+        let has_cgroup2 = fs::read_to_string("/proc/self/mounts")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(2) == Some("cgroup2")));
         if has_cgroup2 {
             assert!(CgroupFs::discover(Path::new("/proc")).unwrap().root().join("cgroup.controllers").exists());
         }

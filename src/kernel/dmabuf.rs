@@ -41,7 +41,9 @@ pub fn inspect(fd: BorrowedFd<'_>, proc_root: &Path) -> Result<DmaBufInfo> {
     let bytes = fs::read(&path).map_err(|e| KernelError::io(&path, e))?;
     match parse_fdinfo(&path, &bytes)? {
         Some(info) => Ok(DmaBufInfo { inode: stat.st_ino, size: info.size, exporter: info.exporter, name: info.name }),
-        None => Err(KernelError::NotDmaBuf { reason: format!("{}: no exp_name in fdinfo", describe(fd, stat.st_mode, proc_root)) }),
+        None => Err(KernelError::NotDmaBuf {
+            reason: format!("{}: no exp_name in fdinfo", describe(fd, stat.st_mode, proc_root)),
+        }),
     }
 }
 
@@ -106,7 +108,8 @@ pub(crate) fn parse_fdinfo(path: &Path, bytes: &[u8]) -> Result<Option<Fdinfo>> 
     }
     let Some(exporter) = exporter else { return Ok(None) };
     let field = |what: &str, (n, raw): (usize, &[u8])| {
-        let text = std::str::from_utf8(raw).map_err(|_| KernelError::parse(path, n, format!("{what}: invalid UTF-8")))?;
+        let text =
+            std::str::from_utf8(raw).map_err(|_| KernelError::parse(path, n, format!("{what}: invalid UTF-8")))?;
         number(text).map_err(|reason| KernelError::parse(path, n, format!("{what}: {reason}")))
     };
     let size = match size {
@@ -138,14 +141,18 @@ const DMA_HEAP_IOCTL_ALLOC: Opcode = opcode::read_write::<DmaHeapAllocationData>
 
 /// Allocates `len` bytes from a dma-buf heap (`/dev/dma_heap/system`); the fd is O_RDWR|O_CLOEXEC.
 pub fn alloc_from_heap(heap_dev: &Path, len: u64) -> Result<OwnedFd> {
-    let heap = rustix::fs::open(heap_dev, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| KernelError::io(heap_dev, e))?;
-    let mut data = DmaHeapAllocationData { len, fd: 0, fd_flags: (OFlags::RDWR | OFlags::CLOEXEC).bits(), heap_flags: 0 };
+    let heap = rustix::fs::open(heap_dev, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| KernelError::io(heap_dev, e))?;
+    let mut data =
+        DmaHeapAllocationData { len, fd: 0, fd_flags: (OFlags::RDWR | OFlags::CLOEXEC).bits(), heap_flags: 0 };
     // SAFETY: the opcode and the struct layout are the kernel's DMA_HEAP_IOCTL_ALLOC ABI.
     let done = unsafe { rustix::ioctl::ioctl(&heap, Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data)) };
     match done {
         // SAFETY: on success the kernel installed a new fd that nobody else owns.
         Ok(()) => Ok(unsafe { OwnedFd::from_raw_fd(data.fd as i32) }),
-        Err(errno @ (Errno::AGAIN | Errno::NOMEM)) => Err(KernelError::HeapAllocFailed { heap: heap_dev.to_path_buf(), len, errno }),
+        Err(errno @ (Errno::AGAIN | Errno::NOMEM)) => {
+            Err(KernelError::HeapAllocFailed { heap: heap_dev.to_path_buf(), len, errno })
+        }
         Err(e) => Err(KernelError::io(heap_dev, e)),
     }
 }
@@ -168,7 +175,8 @@ mod tests {
     fn pipes_memfds_sockets_files_and_closed_fds_are_refused_with_distinct_reasons() {
         let (r, _w) = rustix::pipe::pipe().unwrap();
         let memfd = rustix::fs::memfd_create("not-a-dmabuf", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        let socket = rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::STREAM, None).unwrap();
+        let socket =
+            rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::STREAM, None).unwrap();
         let file = tempfile::tempfile().unwrap();
         let reasons = [
             refusal(r.as_fd()),
@@ -204,7 +212,10 @@ mod tests {
         .unwrap();
         let info = inspect(fd, tmp.path()).unwrap();
         let inode = rustix::fs::fstat(fd).unwrap().st_ino;
-        assert_eq!(info, DmaBufInfo { inode, size: 8192, exporter: "system".into(), name: Some("gralloc buffer".into()) });
+        assert_eq!(
+            info,
+            DmaBufInfo { inode, size: 8192, exporter: "system".into(), name: Some("gralloc buffer".into()) }
+        );
     }
 
     #[test]

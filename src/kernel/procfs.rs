@@ -193,8 +193,8 @@ impl ProcFs {
     fn scan_pid(&self, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<DmaBufRef>> {
         let pid_path = self.pid_dir(pid);
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let pid_dir =
-            rustix::fs::openat(CWD, &pid_path, dir_flags, Mode::empty()).map_err(|e| pid_err(pid, || pid_path.clone())(e.into()))?;
+        let pid_dir = rustix::fs::openat(CWD, &pid_path, dir_flags, Mode::empty())
+            .map_err(|e| pid_err(pid, || pid_path.clone())(e.into()))?;
         let fdinfo = rustix::fs::openat(&pid_dir, "fdinfo", dir_flags, Mode::empty())
             .map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
         let mut refs: BTreeMap<Inode, DmaBufRef> = BTreeMap::new();
@@ -309,7 +309,10 @@ pub(crate) fn for_each_dmabuf_mapping<'a>(path: &Path, bytes: &'a [u8], mut f: i
         let (Some(start), Some(end)) = (hex(start), hex(end)) else {
             return Err(bad(&format!("invalid address range {range:?}")));
         };
-        let span = end.checked_sub(start).filter(|s| *s > 0).ok_or_else(|| bad(&format!("empty or reversed range {range:?}")))?;
+        let span = end
+            .checked_sub(start)
+            .filter(|s| *s > 0)
+            .ok_or_else(|| bad(&format!("empty or reversed range {range:?}")))?;
         let inode = std::str::from_utf8(fields[4])
             .map_err(|_| bad("invalid inode"))
             .and_then(|s| number(s).map_err(|r| bad(&format!("inode: {r}"))))?;
@@ -321,7 +324,8 @@ pub(crate) fn for_each_dmabuf_mapping<'a>(path: &Path, bytes: &'a [u8], mut f: i
 fn parse_cgroup(path: &Path, bytes: &[u8]) -> Result<String> {
     for (n, line) in byte_lines(bytes) {
         let Some(cgroup) = line.strip_prefix(b"0::") else { continue };
-        let cgroup = std::str::from_utf8(cgroup).map_err(|_| KernelError::parse(path, n, "cgroup path is not UTF-8"))?;
+        let cgroup =
+            std::str::from_utf8(cgroup).map_err(|_| KernelError::parse(path, n, "cgroup path is not UTF-8"))?;
         let cgroup = cgroup.strip_suffix(" (deleted)").unwrap_or(cgroup);
         if !cgroup.starts_with('/') {
             return Err(KernelError::parse(path, n, format!("cgroup v2 path {cgroup:?} is not absolute")));
@@ -345,9 +349,11 @@ fn parse_uid(path: &Path, bytes: &[u8]) -> Result<u32> {
 /// Field 22 of stat. comm (field 2) is in parentheses and may itself contain spaces and
 /// parentheses, so the fields are counted after the last ')'.
 fn parse_starttime(path: &Path, bytes: &[u8]) -> Result<u64> {
-    let close = bytes.iter().rposition(|&b| b == b')').ok_or_else(|| KernelError::parse(path, 1, "no ')' closing comm"))?;
+    let close =
+        bytes.iter().rposition(|&b| b == b')').ok_or_else(|| KernelError::parse(path, 1, "no ')' closing comm"))?;
     let line = 1 + bytes[..close].iter().filter(|&&b| b == b'\n').count();
-    let rest = std::str::from_utf8(&bytes[close + 1..]).map_err(|_| KernelError::parse(path, line, "invalid UTF-8 after comm"))?;
+    let rest = std::str::from_utf8(&bytes[close + 1..])
+        .map_err(|_| KernelError::parse(path, line, "invalid UTF-8 after comm"))?;
     // After comm come field 3 (state) onwards: field 22 is the 20th.
     let raw = rest.split_whitespace().nth(19).ok_or_else(|| KernelError::parse(path, line, "fewer than 22 fields"))?;
     number(raw).map_err(|reason| KernelError::parse(path, line, format!("starttime (field 22): {reason}")))
@@ -371,7 +377,8 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use tempfile::TempDir;
 
-    const STAT_TAIL: &str = "S 1 100 100 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 4 0 987654 123456789 2000 18446744073709551615";
+    const STAT_TAIL: &str =
+        "S 1 100 100 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 4 0 987654 123456789 2000 18446744073709551615";
 
     fn put(root: &Path, rel: &str, content: &str) {
         let p = root.join(rel);
@@ -501,11 +508,25 @@ mod tests {
         assert_eq!(by_inode.len(), 3, "{by_inode:?}");
         assert_eq!(
             by_inode[&5001],
-            DmaBufRef { inode: 5001, size: 8192, exporter: Some("system".into()), name: Some("gralloc".into()), fd_count: 2, map_count: 2 }
+            DmaBufRef {
+                inode: 5001,
+                size: 8192,
+                exporter: Some("system".into()),
+                name: Some("gralloc".into()),
+                fd_count: 2,
+                map_count: 2
+            }
         );
         assert_eq!(
             by_inode[&fd6_inode],
-            DmaBufRef { inode: fd6_inode, size: 4096, exporter: Some("cma".into()), name: None, fd_count: 1, map_count: 0 },
+            DmaBufRef {
+                inode: fd6_inode,
+                size: 4096,
+                exporter: Some("cma".into()),
+                name: None,
+                fd_count: 1,
+                map_count: 0
+            },
             "without ino: in fdinfo the inode comes from stat of fd/N"
         );
         assert_eq!(
@@ -552,7 +573,11 @@ mod tests {
         assert!(!scan.is_complete());
         let (pid, err) = &scan.errors[0];
         assert_eq!(*pid, 200);
-        assert!(err.to_string().starts_with(&format!("{}:1: size: invalid number", tmp.path().join("200/fdinfo/8").display())), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:1: size: invalid number", tmp.path().join("200/fdinfo/8").display())),
+            "{err}"
+        );
         put(tmp.path(), "200/fdinfo/8", "pos:\t0\n");
         put(tmp.path(), "200/maps", "zzzz 0 0 0 1 /dmabuf:\n");
         let (path, line, _) = parse_error(proc.dmabufs(200).unwrap_err());
@@ -565,7 +590,12 @@ mod tests {
         let mut seen = Vec::new();
         for_each_dmabuf_mapping(Path::new("maps"), text, |m| seen.push((m.inode, m.span, m.name.to_vec()))).unwrap();
         assert_eq!(seen, [(42, 0x10, b"cam era".to_vec())]);
-        for bad in ["10-1 rw-s 0 0 1 /dmabuf:\n", "10 rw-s 0 0 1 /dmabuf:\n", "1-2 rw-s 0 0 x /dmabuf:\n", "1-+2 rw-s 0 0 1 /dmabuf:\n"] {
+        for bad in [
+            "10-1 rw-s 0 0 1 /dmabuf:\n",
+            "10 rw-s 0 0 1 /dmabuf:\n",
+            "1-2 rw-s 0 0 x /dmabuf:\n",
+            "1-+2 rw-s 0 0 1 /dmabuf:\n",
+        ] {
             assert!(for_each_dmabuf_mapping(Path::new("maps"), bad.as_bytes(), |_| {}).is_err(), "{bad:?}");
         }
     }

@@ -7,7 +7,9 @@ use super::event::Inode;
 pub enum LedgerError {
     #[error("charging {size} bytes to {cgroup} would exceed {limit_cgroup} {pool}.max ({usage} used of {max})")]
     OverLimit { cgroup: String, limit_cgroup: String, pool: String, size: u64, usage: u64, max: u64 },
-    #[error("pinning {size} bytes in {cgroup} would exceed {limit_cgroup} {pool} pin limit ({pinned} pinned of {max})")]
+    #[error(
+        "pinning {size} bytes in {cgroup} would exceed {limit_cgroup} {pool} pin limit ({pinned} pinned of {max})"
+    )]
     OverPinLimit { cgroup: String, limit_cgroup: String, pool: String, size: u64, pinned: u64, max: u64 },
     #[error("buffer {0} is not charged")]
     UnknownBuffer(Inode),

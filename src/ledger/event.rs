@@ -14,27 +14,67 @@ pub type Inode = u64;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Event {
     /// A dmem region (or the memcg pool's capacity) became known.
-    RegionAdded { region: String, capacity: u64 },
+    RegionAdded {
+        region: String,
+        capacity: u64,
+    },
     /// A heap and whether over-limit charges are refused (`enforce`) or only counted.
-    HeapAdded { heap: HeapSpec, enforce: bool },
+    HeapAdded {
+        heap: HeapSpec,
+        enforce: bool,
+    },
     /// `size` bytes of `heap` now belong to process `pid` in `cgroup`.
-    Charged { inode: Inode, size: u64, heap: String, pid: u32, cgroup: String },
+    Charged {
+        inode: Inode,
+        size: u64,
+        heap: String,
+        pid: u32,
+        cgroup: String,
+    },
     /// The buffer is gone (or no longer ours to count): every pool is uncharged.
-    Released { inode: Inode },
+    Released {
+        inode: Inode,
+    },
     /// The buffer's charge moved to another process and cgroup, every pool at once.
-    Transferred { inode: Inode, pid: u32, cgroup: String },
+    Transferred {
+        inode: Inode,
+        pid: u32,
+        cgroup: String,
+    },
     /// The buffer's owner is gone and the charge is handed on (to a surviving holder or the
     /// parent cgroup) without a limit check: the bytes exist whether or not they fit.
-    Reassigned { inode: Inode, pid: u32, cgroup: String },
+    Reassigned {
+        inode: Inode,
+        pid: u32,
+        cgroup: String,
+    },
     /// A process moved to another cgroup; its buffers follow it.
-    Migrated { pid: u32, cgroup: String },
+    Migrated {
+        pid: u32,
+        cgroup: String,
+    },
     /// A cgroup was removed; its own charges move to its parent, as the kernel reparents.
-    Reparented { cgroup: String },
-    LimitSet { cgroup: String, pool: String, kind: LimitKind, value: u64 },
+    Reparented {
+        cgroup: String,
+    },
+    LimitSet {
+        cgroup: String,
+        pool: String,
+        kind: LimitKind,
+        value: u64,
+    },
     /// A vram buffer moved to system memory: dmem released, the owner's memcg charged.
-    Evicted { inode: Inode },
+    Evicted {
+        inode: Inode,
+    },
     /// Back in vram: memcg released, dmem charged again.
-    Restored { inode: Inode },
-    Pinned { inode: Inode },
-    Unpinned { inode: Inode },
+    Restored {
+        inode: Inode,
+    },
+    Pinned {
+        inode: Inode,
+    },
+    Unpinned {
+        inode: Inode,
+    },
 }

@@ -2,7 +2,7 @@
 //! kernel's `dmem_cgroup_state_evict_valuable()` does: first only buffers of cgroups above their
 //! `low`, then those above `min`, never a cgroup at or below its `min`. Pinned buffers never move.
 
-use super::{HeapClass, Inode, Ledger, PoolId, Result, LedgerError, EVICTED, PINNED};
+use super::{HeapClass, Inode, Ledger, LedgerError, PoolId, Result, EVICTED, PINNED};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Protection {
@@ -15,7 +15,10 @@ impl Ledger {
     /// Buffers to evict from `region` to free at least `bytes`, in order. May free less when
     /// protection or pins forbid more.
     pub fn eviction_advice(&self, region: &str, bytes: u64) -> Result<Vec<Inode>> {
-        let pool = self.pool_id(region).filter(|p| *p != PoolId::MEMCG).ok_or_else(|| LedgerError::UnknownPool(region.to_string()))?;
+        let pool = self
+            .pool_id(region)
+            .filter(|p| *p != PoolId::MEMCG)
+            .ok_or_else(|| LedgerError::UnknownPool(region.to_string()))?;
         let mut candidates: Vec<(Protection, u64, Inode)> = self
             .buffers
             .iter()

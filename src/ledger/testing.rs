@@ -13,7 +13,11 @@ pub fn phone() -> Ledger {
     l.add_region("cma/display", 256 * MIB).unwrap();
     l.add_region("carveout/secure", 128 * MIB).unwrap();
     l.add_region("drm/0000:03:00.0/vram0", 1024 * MIB).unwrap();
-    let heap = |name: &str, class, region: Option<&str>| HeapSpec { name: name.into(), class, region: region.map(String::from) };
+    let heap = |name: &str, class, region: Option<&str>| HeapSpec {
+        name: name.into(),
+        class,
+        region: region.map(String::from),
+    };
     l.add_heap(heap("system", HeapClass::System, None), true).unwrap();
     l.add_heap(heap("display", HeapClass::Cma, Some("cma/display")), true).unwrap();
     l.add_heap(heap("secure", HeapClass::Carveout, Some("carveout/secure")), true).unwrap();
@@ -76,4 +80,3 @@ pub fn run(l: &mut Ledger, op: &Op) -> Result<Event> {
         Op::Unpin { inode } => l.unpin(inode),
     }
 }
-

@@ -27,7 +27,10 @@ fn over_limit_charge_is_refused_and_touches_nothing() {
     l.charge(1, 8 * MIB, "system", 100, "/uid_10001/pid_100").unwrap();
     let before = l.counters("/uid_10001").unwrap();
     let err = l.charge(2, 4 * MIB, "system", 100, "/uid_10001/pid_100").unwrap_err();
-    assert!(matches!(&err, LedgerError::OverLimit { limit_cgroup, pool, .. } if limit_cgroup == "/uid_10001" && pool == "memcg"), "{err}");
+    assert!(
+        matches!(&err, LedgerError::OverLimit { limit_cgroup, pool, .. } if limit_cgroup == "/uid_10001" && pool == "memcg"),
+        "{err}"
+    );
     assert_eq!(l.counters("/uid_10001").unwrap(), before);
     assert!(l.buffer(2).is_none());
     l.charge(3, 2 * MIB, "system", 100, "/uid_10001/pid_100").unwrap();
@@ -197,7 +200,10 @@ fn ledger_is_shareable_between_binder_threads() {
             let l = Arc::clone(&l);
             std::thread::spawn(move || {
                 for i in 0..100 {
-                    l.lock().unwrap().charge(t * 1000 + i, 4096, "system", t as u32, &format!("/uid_{t}/pid_{t}")).unwrap();
+                    l.lock()
+                        .unwrap()
+                        .charge(t * 1000 + i, 4096, "system", t as u32, &format!("/uid_{t}/pid_{t}"))
+                        .unwrap();
                 }
             })
         })
@@ -219,7 +225,12 @@ fn observable(l: &Ledger) -> Observable {
         .cgroups()
         .into_iter()
         .map(|cg| {
-            let counters = l.counters(&cg).unwrap().into_iter().map(|(p, c)| (p, Counter { peak: 0, max_events: 0, ..c })).collect();
+            let counters = l
+                .counters(&cg)
+                .unwrap()
+                .into_iter()
+                .map(|(p, c)| (p, Counter { peak: 0, max_events: 0, ..c }))
+                .collect();
             (cg, counters)
         })
         .collect();

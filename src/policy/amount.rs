@@ -106,7 +106,13 @@ pub fn parse_amount(text: &str) -> Result<Amount, AmountError> {
     if let Some(pct) = text.strip_suffix('%') {
         let (whole, frac) = pct.split_once('.').unwrap_or((pct, ""));
         let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || whole.len() > 3 || !digits_ok(whole) || frac.len() > 4 || !digits_ok(frac) || pct.ends_with('.') {
+        if whole.is_empty()
+            || whole.len() > 3
+            || !digits_ok(whole)
+            || frac.len() > 4
+            || !digits_ok(frac)
+            || pct.ends_with('.')
+        {
             return Err(err());
         }
         let whole: u64 = whole.parse().map_err(|_| err())?;

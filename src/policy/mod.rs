@@ -57,7 +57,10 @@ fn files_prefix(files: &[PathBuf]) -> String {
     match files {
         [] => String::new(),
         [one] => format!("{}: ", one.display()),
-        many => format!("policy merged from {}: ", many.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+        many => format!(
+            "policy merged from {}: ",
+            many.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -344,7 +347,9 @@ impl Policy {
         self.heaps
             .iter()
             .filter(|h| !h.region_is_pattern())
-            .map(|h| (HeapSpec { name: h.name.clone(), class: h.class, region: h.region.clone() }, h.mode == Mode::Enforce))
+            .map(|h| {
+                (HeapSpec { name: h.name.clone(), class: h.class, region: h.region.clone() }, h.mode == Mode::Enforce)
+            })
             .collect()
     }
 

@@ -218,7 +218,9 @@ pub(super) fn policy(root: &Value) -> Result<Policy> {
     match get("version") {
         None => return at.key("version").fail("missing; this service reads version 1"),
         Some(v) if v.as_u64() == Some(VERSION) => {}
-        Some(v) => return at.key("version").fail(format!("unsupported version {v}; this service reads version {VERSION}")),
+        Some(v) => {
+            return at.key("version").fail(format!("unsupported version {v}; this service reads version {VERSION}"))
+        }
     }
 
     let heaps = match get("heaps") {
@@ -309,14 +311,21 @@ fn heaps(at: &At, v: &Value) -> Result<Vec<HeapPolicy>> {
                 return at.key("region").fail("memcg is the memory controller's pool, not a dmem region");
             }
             if r.contains("**") {
-                return at.key("region").fail("'**' is not allowed in a region pattern; '*' matches within one component");
+                return at
+                    .key("region")
+                    .fail("'**' is not allowed in a region pattern; '*' matches within one component");
             }
             match regions.get(r) {
                 Some((c, _, other)) if *c != class => {
-                    return at.key("class").fail(format!("region {r} is fed by {} heap {other}; a region holds one kind of memory", c.name()))
+                    return at.key("class").fail(format!(
+                        "region {r} is fed by {} heap {other}; a region holds one kind of memory",
+                        c.name()
+                    ))
                 }
                 Some((_, rc, other)) if *rc != region_class => {
-                    return at.key("region_class").fail(format!("region {r} is {rc} in heaps.{other}; heaps sharing a region must agree"))
+                    return at
+                        .key("region_class")
+                        .fail(format!("region {r} is {rc} in heaps.{other}; heaps sharing a region must agree"))
                 }
                 Some(_) => {}
                 None => {
@@ -354,7 +363,9 @@ fn rules(at: &At, v: &Value) -> Result<Vec<OwnerRule>> {
             for (j, p) in array(&at, c)?.iter().enumerate() {
                 let p = token(&at.index(j), p, "cgroup pattern")?;
                 if !p.starts_with('/') && !p.starts_with('*') {
-                    return at.index(j).fail(format!("{p:?}: a cgroup pattern matches absolute paths and must start with '/' or '*'"));
+                    return at.index(j).fail(format!(
+                        "{p:?}: a cgroup pattern matches absolute paths and must start with '/' or '*'"
+                    ));
                 }
                 cgroups.push(p);
             }

@@ -29,14 +29,20 @@ fn heap_specs_leave_out_region_patterns() {
     let specs = Policy::embedded_default().heap_specs();
     assert!(specs.iter().all(|(s, _)| s.name != "gpu"), "gpu's region is a pattern");
     let display = specs.iter().find(|(s, _)| s.name == "display").unwrap();
-    assert_eq!(display.0, HeapSpec { name: "display".into(), class: HeapClass::Cma, region: Some("cma/display".into()) });
+    assert_eq!(
+        display.0,
+        HeapSpec { name: "display".into(), class: HeapClass::Cma, region: Some("cma/display".into()) }
+    );
     assert!(display.1, "enforce is the default mode");
 }
 
 #[test]
 fn minimal_policy_has_open_limits_and_no_trust() {
     let p = Policy::from_json(MINIMAL).unwrap();
-    assert_eq!(p.heap_specs(), vec![(HeapSpec { name: "system".into(), class: HeapClass::System, region: None }, true)]);
+    assert_eq!(
+        p.heap_specs(),
+        vec![(HeapSpec { name: "system".into(), class: HeapClass::System, region: None }, true)]
+    );
     assert!(!p.is_trusted_uid(1000));
     assert_eq!(p.owner_class(1000, "/uid_1000"), OwnerClass::App);
     assert_eq!(p.dmem_limits(RegionClass::Display, OwnerClass::App), DmemLimits::default());
@@ -46,8 +52,16 @@ fn minimal_policy_has_open_limits_and_no_trust() {
 #[test]
 fn rejections_name_the_json_path_and_reason() {
     let cases = [
-        (r#"{"version": 1, "heaps": {"camera": {"class": "carveout"}}}"#, "heaps.camera.region", "a carveout heap needs a region"),
-        (r#"{"version": 1, "heaps": {"system": {"class": "system", "region": "x"}}}"#, "heaps.system.region", "no region"),
+        (
+            r#"{"version": 1, "heaps": {"camera": {"class": "carveout"}}}"#,
+            "heaps.camera.region",
+            "a carveout heap needs a region",
+        ),
+        (
+            r#"{"version": 1, "heaps": {"system": {"class": "system", "region": "x"}}}"#,
+            "heaps.system.region",
+            "no region",
+        ),
         (r#"{"version": 1, "heaps": {"a": {"class": "dram"}}}"#, "heaps.a.class", "\"dram\" is not a heap class"),
         (r#"{"version": 1, "heaps": {"a": {"class": "system", "mdoe": "observe"}}}"#, "heaps.a.mdoe", "unknown key"),
         (r#"{"version": 1, "heaps": {"a": {"class": "system", "mode": "warn"}}}"#, "heaps.a.mode", "not a mode"),
@@ -151,7 +165,8 @@ fn syntax_errors_carry_line_and_column() {
 
 #[test]
 fn comment_keys_are_ignored() {
-    let p = Policy::from_json(r#"{"_comment": "hi", "version": 1, "heaps": {"system": {"class": "system", "_why": "x"}}}"#);
+    let p =
+        Policy::from_json(r#"{"_comment": "hi", "version": 1, "heaps": {"system": {"class": "system", "_why": "x"}}}"#);
     assert!(p.is_ok());
 }
 
@@ -171,7 +186,11 @@ fn owner_rules_apply_in_order_on_app_ids_and_cgroup_patterns() {
     .unwrap();
     assert_eq!(first_wins.owner_class(10005, "/uid_10005"), OwnerClass::System);
     assert_eq!(first_wins.owner_class(10006, "/uid_10006"), OwnerClass::App);
-    assert_eq!(first_wins.owner_class(10006, "/uid_10006/pid_1"), OwnerClass::Background, "uid and cgroup must both match");
+    assert_eq!(
+        first_wins.owner_class(10006, "/uid_10006/pid_1"),
+        OwnerClass::Background,
+        "uid and cgroup must both match"
+    );
 }
 
 #[test]
@@ -223,7 +242,10 @@ fn merge_layers_objects_by_key_named_arrays_by_name_and_null_deletes() {
         r#"{"a": {"x": 1, "y": 2}, "list": [1, 2], "rules": [{"name": "p", "v": 1}, {"name": "q", "v": 2}]}"#,
     )
     .unwrap();
-    let over = serde_json::from_str(r#"{"a": {"y": 3, "x": null}, "list": [3], "rules": [{"name": "q", "v": 9}, {"name": "r"}]}"#).unwrap();
+    let over = serde_json::from_str(
+        r#"{"a": {"y": 3, "x": null}, "list": [3], "rules": [{"name": "q", "v": 9}, {"name": "r"}]}"#,
+    )
+    .unwrap();
     merge(&mut base, over);
     let want: serde_json::Value = serde_json::from_str(
         r#"{"a": {"y": 3}, "list": [3], "rules": [{"name": "p", "v": 1}, {"name": "q", "v": 9}, {"name": "r"}]}"#,
@@ -254,12 +276,19 @@ fn load_merges_vendor_overrides_over_the_base() {
     assert_eq!(p.owner_class(2000, "/uid_2000"), OwnerClass::App);
     assert_eq!(p.owner_class(1999, "/uid_1999"), OwnerClass::System);
     assert_eq!(p.dmem_limits(RegionClass::Display, OwnerClass::App).max, Amount::Ppm(100_000));
-    assert_eq!(p.dmem_limits(RegionClass::Display, OwnerClass::App).pin_max, Amount::Ppm(250_000), "objects merge by key");
+    assert_eq!(
+        p.dmem_limits(RegionClass::Display, OwnerClass::App).pin_max,
+        Amount::Ppm(250_000),
+        "objects merge by key"
+    );
 
     std::fs::write(&odm, r#"{"heaps": {"camera": {"region": null}}}"#).unwrap();
     let e = Policy::load(&[base.clone(), odm.clone()]).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("policy merged from") && msg.contains("heaps.camera.region: a cma heap needs a region"), "{msg}");
+    assert!(
+        msg.contains("policy merged from") && msg.contains("heaps.camera.region: a cma heap needs a region"),
+        "{msg}"
+    );
 
     std::fs::write(&odm, "{ nope").unwrap();
     let msg = Policy::load(&[base, odm.clone()]).unwrap_err().to_string();

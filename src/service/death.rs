@@ -47,7 +47,9 @@ impl DeathWatch {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let list = tokens.entry(pid).or_default();
         if list.len() >= MAX_TOKENS_PER_PROCESS {
-            return Err(Error::InvalidArgument(format!("pid {pid} already registered {MAX_TOKENS_PER_PROCESS} tokens")));
+            return Err(Error::InvalidArgument(format!(
+                "pid {pid} already registered {MAX_TOKENS_PER_PROCESS} tokens"
+            )));
         }
         let recipient = Arc::new(Recipient { pid, accountant: self.accountant.clone() });
         token

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rsbinder::{ParcelFileDescriptor, SIBinder, Status};
 
 use crate::accountant::Accountant;
-use crate::aidl::android::hardware::chargetransfer::{
+use crate::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };
@@ -24,7 +24,7 @@ use crate::owner::Caller;
 pub use death::DeathWatch;
 
 /// The instance the service registers with the service manager (and the VINTF manifest declares).
-pub const INSTANCE: &str = "android.hardware.chargetransfer.IChargeTransfer/default";
+pub const INSTANCE: &str = "vendor.chargetransfer.IChargeTransfer/default";
 
 /// Runs autoconfig for the service: `(dry_run, json) -> report`. Supplied by the daemon, which
 /// knows the device roots.
@@ -62,7 +62,12 @@ fn pid_arg(name: &str, v: i32) -> BinderResult<u32> {
 }
 
 impl ChargeTransferService {
-    pub fn new(accountant: Arc<Accountant>, proc_root: PathBuf, deaths: Arc<DeathWatch>, autoconfigure: Autoconfigure) -> Self {
+    pub fn new(
+        accountant: Arc<Accountant>,
+        proc_root: PathBuf,
+        deaths: Arc<DeathWatch>,
+        autoconfigure: Autoconfigure,
+    ) -> Self {
         ChargeTransferService { accountant, proc_root, deaths, autoconfigure }
     }
 
@@ -71,7 +76,11 @@ impl ChargeTransferService {
         let pid = rsbinder::get_calling_pid();
         let uid = rsbinder::get_calling_uid();
         if pid <= 0 || uid == u32::MAX {
-            return Err(status(Error::NotTrusted { uid, pid: pid.max(0) as u32, what: "call without a verifiable pid" }));
+            return Err(status(Error::NotTrusted {
+                uid,
+                pid: pid.max(0) as u32,
+                what: "call without a verifiable pid",
+            }));
         }
         Ok(Caller { pid: pid as u32, uid })
     }
@@ -113,7 +122,10 @@ impl IChargeTransfer for ChargeTransferService {
     fn offer(&self, buffer: &ParcelFileDescriptor, to_pid: i32, ttl_millis: i32) -> BinderResult<i64> {
         let caller = self.caller()?;
         let to = pid_arg("toPid", to_pid)?;
-        let ttl = u64::try_from(ttl_millis).ok().filter(|t| *t > 0).ok_or_else(|| invalid(format!("ttlMillis must be positive, got {ttl_millis}")))?;
+        let ttl = u64::try_from(ttl_millis)
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| invalid(format!("ttlMillis must be positive, got {ttl_millis}")))?;
         let info = self.inspect(buffer)?;
         let ticket = self.accountant.offer(caller, &info, to, Duration::from_millis(ttl)).map_err(status)?;
         Ok(ticket as i64)
@@ -121,7 +133,8 @@ impl IChargeTransfer for ChargeTransferService {
 
     fn accept(&self, ticket: i64, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
         let caller = self.caller()?;
-        let ticket = u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
+        let ticket =
+            u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
         let info = self.inspect(buffer)?;
         let b = self.accountant.accept(caller, ticket, &info).map_err(status)?;
         Ok(convert::charge_info(&self.accountant, &b))

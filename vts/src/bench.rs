@@ -86,14 +86,19 @@ fn holder() -> Result<(), String> {
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let mut round = || -> Result<(), String> {
-            let count: usize = line.strip_prefix("charge ").and_then(|k| k.trim().parse().ok()).ok_or_else(|| format!("bad command {line:?}"))?;
+            let count: usize = line
+                .strip_prefix("charge ")
+                .and_then(|k| k.trim().parse().ok())
+                .ok_or_else(|| format!("bad command {line:?}"))?;
             if client.is_none() {
-                let c = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+                let c = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
                 client = Some(c);
             }
             let client = client.as_ref().expect("connected above");
             for _ in 0..count {
-                let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
+                let fd =
+                    chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
                 client.charge(&fd).map_err(|e| e.to_string())?;
                 held.push(fd);
             }
@@ -149,7 +154,9 @@ impl Holder {
 
 fn service_pid(proc: &ProcFs) -> Result<u32, String> {
     let pids = proc.pids().map_err(|e| e.to_string())?;
-    pids.into_iter().find(|&p| proc.comm(p).is_ok_and(|c| c == "chargetransferd")).ok_or_else(|| "chargetransferd is not running".into())
+    pids.into_iter()
+        .find(|&p| proc.comm(p).is_ok_and(|c| c == "chargetransferd"))
+        .ok_or_else(|| "chargetransferd is not running".into())
 }
 
 /// The guest measurement: per-app usage from the service vs from a /proc scan.
@@ -158,15 +165,18 @@ fn guest(args: &[String]) -> Result<(), String> {
     let bufs: usize = flag(args, "--bufs", 50)?;
     let calls: usize = flag(args, "--calls", 400)?;
     let scans: usize = flag(args, "--scans", 5)?;
-    let chargectl: Option<PathBuf> = args.iter().position(|a| a == "--chargectl").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let chargectl: Option<PathBuf> =
+        args.iter().position(|a| a == "--chargectl").and_then(|i| args.get(i + 1)).map(PathBuf::from);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let cgroup = CgroupFs::new("/sys/fs/cgroup");
     let proc = ProcFs::new("/proc");
     let service = service_pid(&proc)?;
     let status = PathBuf::from(format!("/proc/{service}/status"));
-    let client = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let client = Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
     let svc = client.service();
-    let ledger_buffers = || svc.getCgroupUsage("/").map(|u| u.bufferCount).map_err(|e| format!("getCgroupUsage: {e:?}"));
+    let ledger_buffers =
+        || svc.getCgroupUsage("/").map(|u| u.bufferCount).map_err(|e| format!("getCgroupUsage: {e:?}"));
     let rss_before = rss_kib(&status)?;
     let buffers_before = ledger_buffers()?;
 
@@ -298,7 +308,8 @@ fn rss(args: &[String]) -> Result<(), String> {
         durability: chargetransfer::journal::Durability::None,
         pidfds: false,
     };
-    let accountant = Accountant::open(config, chargetransfer::policy::Policy::embedded_default()).map_err(|e| e.to_string())?;
+    let accountant =
+        Accountant::open(config, chargetransfer::policy::Policy::embedded_default()).map_err(|e| e.to_string())?;
     let before = rss_kib(status)?;
     let t = Instant::now();
     accountant
@@ -306,7 +317,8 @@ fn rss(args: &[String]) -> Result<(), String> {
             let events = Vec::new();
             for inode in 0..buffers {
                 let app = inode % cgroups;
-                let (pid, cgroup) = (20_000 + app as u32, format!("/uid_{}/pid_{}", FIRST_APP_UID as u64 + app, 20_000 + app));
+                let (pid, cgroup) =
+                    (20_000 + app as u32, format!("/uid_{}/pid_{}", FIRST_APP_UID as u64 + app, 20_000 + app));
                 ledger.charge(inode + 1, BUFFER_SIZE * (1 + inode % 16), "system", pid, &cgroup)?;
             }
             Ok(((), events))
@@ -341,7 +353,12 @@ fn plot(args: &[String]) -> Result<(), String> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let bad = || format!("{input}:{}: expected `panel series x nanoseconds`, got {line:?}", n + 1);
         let [panel, series, x, y] = f[..] else { return Err(bad()) };
-        points.push(Point { panel: panel.into(), series: series.into(), x: x.parse().map_err(|_| bad())?, ns: y.parse().map_err(|_| bad())? });
+        points.push(Point {
+            panel: panel.into(),
+            series: series.into(),
+            x: x.parse().map_err(|_| bad())?,
+            ns: y.parse().map_err(|_| bad())?,
+        });
     }
     draw(Path::new(output), &points).map_err(|e| format!("{output}: {e}"))
 }
@@ -360,7 +377,14 @@ fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn std::error::Error>>
     let root = SVGBackend::new(path, (560 * panels.len() as u32, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let y_max = points.iter().map(|p| p.ns).fold(0.0, f64::max) * 1.2;
-    let colors = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0x94, 0x67, 0xbd), RGBColor(0xff, 0x7f, 0x0e), RGBColor(0x8c, 0x56, 0x4b)];
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x8c, 0x56, 0x4b),
+    ];
     for (area, panel) in root.split_evenly((1, panels.len())).iter().zip(&panels) {
         let mine: Vec<&Point> = points.iter().filter(|p| p.panel == *panel).collect();
         let (lo, hi) = mine.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.x), hi.max(p.x)));
@@ -402,10 +426,9 @@ fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn std::error::Error>>
             let line: Vec<(f64, f64)> = mine.iter().filter(|p| p.series == *name).map(|p| (p.x, p.ns)).collect();
             let style = color.stroke_width(2);
             if dashed {
-                chart
-                    .draw_series(DashedLineSeries::new(line, 6, 4, style))?
-                    .label(name.replace('/', " "))
-                    .legend(move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 20, y)], 6, 4, style));
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))?.label(name.replace('/', " ")).legend(
+                    move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 20, y)], 6, 4, style),
+                );
             } else {
                 chart
                     .draw_series(LineSeries::new(line, style).point_size(3))?

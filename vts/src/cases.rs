@@ -1,7 +1,7 @@
 //! The VTS cases. Each runs against the live service with real processes, uids, cgroups and
 //! dma-bufs, and checks the service's numbers against the kernel's where the kernel has them.
 
-use chargetransfer::aidl::android::hardware::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
+use chargetransfer::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
 
 use crate::harness::{Child, Env, AID_GRAPHICS, AID_SYSTEM};
 
@@ -55,7 +55,9 @@ pub fn charge_on_behalf_lands_on_the_app_cgroup(env: &Env) -> Outcome {
     let app = env.spawn(10001, None)?;
     let (slot, inode) = gralloc.alloc("system", 4 * MIB)?;
     let r = gralloc.ok(&format!("charge_for {slot} {}", app.pid))?;
-    check(r[2] == app.pid.to_string() && r[3] == app.cgroup, || format!("charged to {r:?}, expected pid {} in {}", app.pid, app.cgroup))?;
+    check(r[2] == app.pid.to_string() && r[3] == app.cgroup, || {
+        format!("charged to {r:?}, expected pid {} in {}", app.pid, app.cgroup)
+    })?;
     check(usage_of(env, app.pid, "memcg")? == 4 * MIB as i64, || "app memcg usage is not 4 MiB".into())?;
     check(charged_bytes_of(env, gralloc.pid)? == 0, || "the allocator must not pay".into())?;
     let uid = env.client.service().getUidUsage(10001).map_err(|e| format!("{e:?}"))?;
@@ -90,7 +92,9 @@ pub fn release_and_transfer_move_the_numbers(env: &Env) -> Outcome {
     check(charged_bytes_of(env, sf.pid)? == 2 * MIB as i64, || "sf charge".into())?;
     let app_slot = sf.give(slot, &mut app)?;
     sf.ok(&format!("transfer {slot} {}", app.pid))?;
-    check(charged_bytes_of(env, sf.pid)? == 0 && charged_bytes_of(env, app.pid)? == 2 * MIB as i64, || "transfer did not move the charge".into())?;
+    check(charged_bytes_of(env, sf.pid)? == 0 && charged_bytes_of(env, app.pid)? == 2 * MIB as i64, || {
+        "transfer did not move the charge".into()
+    })?;
     let mut other = env.spawn(10015, None)?;
     refused(&mut other, &format!("release {inode}"), ErrorCode::NOT_OWNER)?;
     app.ok(&format!("release {inode}"))?;
@@ -121,13 +125,17 @@ pub fn killed_client_charges_are_released(env: &Env) -> Outcome {
         let (slot, inode) = app.alloc("system", MIB)?;
         app.ok(&format!("charge {slot}"))?;
         let pid = app.kill();
-        eventually(|| Ok(owner_of(env, inode)?.is_none()), &format!("charge of killed pid {pid} released (token: {register})"))?;
+        eventually(
+            || Ok(owner_of(env, inode)?.is_none()),
+            &format!("charge of killed pid {pid} released (token: {register})"),
+        )?;
     }
     Ok(())
 }
 
 fn mem_accounting() -> bool {
-    std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting").is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
+    std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting")
+        .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
 }
 
 /// The memcg pool of the system heap is the kernel's when `dma_heap.mem_accounting=1`, the
@@ -153,9 +161,14 @@ pub fn over_limit_charge_is_refused_while_a_smaller_one_succeeds(env: &Env) -> O
         app.ok(&format!("charge {b}"))?;
         let u = env.client.service().getProcessUsage(app.pid as i32).map_err(|e| format!("{e:?}"))?;
         let memcg = u.pools.iter().find(|p| p.pool == "memcg").ok_or("no memcg")?;
-        println!("kernel-enforced: ledger memcg {} (max {}), kernel memory.current {}", memcg.usage, memcg.max, memcg.kernelUsage);
+        println!(
+            "kernel-enforced: ledger memcg {} (max {}), kernel memory.current {}",
+            memcg.usage, memcg.max, memcg.kernelUsage
+        );
         check(memcg.max == -1, || "the ledger must not add a limit the kernel enforces".into())?;
-        return check(memcg.kernelUsage >= 20 * MIB as i64, || format!("the kernel should count the app's own 20 MiB: {}", memcg.kernelUsage));
+        return check(memcg.kernelUsage >= 20 * MIB as i64, || {
+            format!("the kernel should count the app's own 20 MiB: {}", memcg.kernelUsage)
+        });
     }
     refused(&mut app, &format!("charge {b}"), ErrorCode::OVER_LIMIT)?;
     check(charged_bytes_of(env, app.pid)? == 12 * MIB as i64, || "the refused charge left a trace".into())?;
@@ -208,7 +221,10 @@ pub fn on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app
     let (a, _) = gralloc.alloc("system", 16 * MIB)?;
     gralloc.ok(&format!("charge_for {a} {}", app.pid))?;
     let app_kernel = env.cgroup.memory(&level).map_err(|e| e.to_string())?.current;
-    println!("{level}: memory.max {max}, kernel memory.current {app_kernel} (gralloc was charged), ledger {} bytes", charged_bytes_of(env, app.pid)?);
+    println!(
+        "{level}: memory.max {max}, kernel memory.current {app_kernel} (gralloc was charged), ledger {} bytes",
+        charged_bytes_of(env, app.pid)?
+    );
     let (b, _) = gralloc.alloc("system", 16 * MIB)?;
     refused(&mut gralloc, &format!("charge_for {b} {}", app.pid), ErrorCode::OVER_LIMIT)?;
     let (c, _) = gralloc.alloc("system", 2 * MIB)?;

@@ -14,8 +14,9 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::android::hardware::chargetransfer::{
-    ChargeInfo::ChargeInfo, IChargeClient::{BnChargeClient, IChargeClient},
+use chargetransfer::aidl::vendor::chargetransfer::{
+    ChargeInfo::ChargeInfo,
+    IChargeClient::{BnChargeClient, IChargeClient},
 };
 use chargetransfer::client::{Client, ClientError};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
@@ -89,7 +90,10 @@ fn retrying<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, ClientEr
     }
 }
 
-fn binder_call<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, rsbinder::Status>) -> Result<T, ClientError> {
+fn binder_call<T>(
+    client: &mut Client,
+    call: impl Fn(&Client) -> Result<T, rsbinder::Status>,
+) -> Result<T, ClientError> {
     retrying(client, |c| call(c).map_err(ClientError::from))
 }
 
@@ -181,7 +185,8 @@ pub fn run() -> ! {
             Ok(match args.first().copied().unwrap_or("") {
                 "alloc" => {
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64).map_err(|e| format!("err 0 {e}"))?;
+                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                        .map_err(|e| format!("err 0 {e}"))?;
                     let ino = inode(&fd);
                     slots.push(Some(fd));
                     format!("ok {} {ino}", slots.len() - 1)
@@ -193,7 +198,8 @@ pub fn run() -> ! {
                     format!("ok {} {ino}", slots.len() - 1)
                 }
                 "memfd" => {
-                    let fd = rustix::fs::memfd_create("ct-vts", rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+                    let fd = rustix::fs::memfd_create("ct-vts", rustix::fs::MemfdFlags::CLOEXEC)
+                        .map_err(|e| e.to_string())?;
                     rustix::fs::ftruncate(&fd, 4096).map_err(|e| e.to_string())?;
                     slots.push(Some(fd));
                     format!("ok {}", slots.len() - 1)
@@ -219,13 +225,17 @@ pub fn run() -> ! {
                 }
                 "charge_for" => {
                     let fd = slot(1, &slots)?;
-                    format!("ok {}", info(&retrying(&mut client, |c| c.charge_for(&fd, num(2) as i32)).map_err(refused)?))
+                    format!(
+                        "ok {}",
+                        info(&retrying(&mut client, |c| c.charge_for(&fd, num(2) as i32)).map_err(refused)?)
+                    )
                 }
                 "alloc_charge" | "alloc_charge_for" => {
                     // Allocate and charge as one step: a buffer this child keeps is always
                     // charged; one the service refuses is freed at once.
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64).map_err(|e| format!("err 0 {e}"))?;
+                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                        .map_err(|e| format!("err 0 {e}"))?;
                     let charged = match args[0] {
                         "alloc_charge" => retrying(&mut client, |c| c.charge(&fd)),
                         _ => retrying(&mut client, |c| c.charge_for(&fd, num(3) as i32)),

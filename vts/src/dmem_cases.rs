@@ -4,7 +4,7 @@
 use chargetransfer::kernel::cgroupfs::DmemFile;
 use chargetransfer::ledger::LimitKind;
 
-use crate::cases::{check, charged_bytes_of, usage_of, Outcome};
+use crate::cases::{charged_bytes_of, check, usage_of, Outcome};
 use crate::harness::Env;
 
 const MIB: u64 = 1 << 20;
@@ -19,12 +19,21 @@ fn kernel_dmem(env: &Env, cgroup: &str) -> Result<u64, String> {
 pub fn dmem_capacity_lists_the_cma_region(env: &Env) -> Outcome {
     let capacity = env.cgroup.dmem_capacity().map_err(|e| e.to_string())?;
     println!("dmem.capacity: {capacity:?}");
-    check(capacity.iter().any(|(r, size)| r == REGION && *size > 0), || format!("{REGION} missing from dmem.capacity {capacity:?}"))?;
+    check(capacity.iter().any(|(r, size)| r == REGION && *size > 0), || {
+        format!("{REGION} missing from dmem.capacity {capacity:?}")
+    })?;
     let regions = env.client.service().getRegions().map_err(|e| format!("{e:?}"))?;
-    let ours = regions.iter().find(|r| r.name == REGION).ok_or_else(|| format!("service does not know {REGION}: {regions:?}"))?;
+    let ours = regions
+        .iter()
+        .find(|r| r.name == REGION)
+        .ok_or_else(|| format!("service does not know {REGION}: {regions:?}"))?;
     println!("service: {} capacity {} enforced by {} ({})", ours.name, ours.capacity, ours.enforcedBy, ours.why);
-    check(ours.capacity as u64 == capacity.iter().find(|(r, _)| r == REGION).unwrap().1, || "capacity differs from the kernel's".into())?;
-    check(ours.enforcedBy == "kernel", || format!("{REGION} should be kernel-enforced, service says {}", ours.enforcedBy))
+    check(ours.capacity as u64 == capacity.iter().find(|(r, _)| r == REGION).unwrap().1, || {
+        "capacity differs from the kernel's".into()
+    })?;
+    check(ours.enforcedBy == "kernel", || {
+        format!("{REGION} should be kernel-enforced, service says {}", ours.enforcedBy)
+    })
 }
 
 pub fn cma_heap_charges_land_in_the_allocating_process_dmem_current(env: &Env) -> Outcome {
@@ -38,11 +47,15 @@ pub fn cma_heap_charges_land_in_the_allocating_process_dmem_current(env: &Env) -
     let ledger_region = usage_of(env, app.pid, REGION)?;
     let ledger_memcg = usage_of(env, app.pid, "memcg")?;
     println!("cma buffer 4 MiB: kernel dmem.current {after}, ledger {REGION} {ledger_region}, ledger memcg {ledger_memcg}, kernel memory.current {:?}", env.cgroup.memory(&app.cgroup).map(|m| m.current).ok());
-    check(ledger_region == 4 * MIB as i64 && ledger_memcg == 4 * MIB as i64, || "ledger must count the buffer once in each pool".into())?;
+    check(ledger_region == 4 * MIB as i64 && ledger_memcg == 4 * MIB as i64, || {
+        "ledger must count the buffer once in each pool".into()
+    })?;
     check(charged_bytes_of(env, app.pid)? == 4 * MIB as i64, || "buffer bytes".into())?;
     let u = env.client.service().getProcessUsage(app.pid as i32).map_err(|e| format!("{e:?}"))?;
     let pool = u.pools.iter().find(|p| p.pool == REGION).ok_or("no region pool")?;
-    check(pool.kernelUsage == after as i64, || format!("service reports kernel usage {} but dmem.current is {after}", pool.kernelUsage))?;
+    check(pool.kernelUsage == after as i64, || {
+        format!("service reports kernel usage {} but dmem.current is {after}", pool.kernelUsage)
+    })?;
     check(pool.usage == pool.kernelUsage, || "ledger and kernel disagree: double or missing charge".into())
 }
 
@@ -54,7 +67,12 @@ pub fn an_allocation_over_dmem_max_is_refused_by_the_kernel(env: &Env) -> Outcom
         Ok(r) => Err(format!("12 MiB under an 8 MiB dmem.max was allowed: {r:?}")),
         Err(r) => {
             println!("kernel refused allocation over dmem.max: {}", r.message);
-            check(r.message.contains("Resource temporarily unavailable") || r.message.contains("EAGAIN") || r.message.contains("os error 11"), || format!("expected EAGAIN, got {}", r.message))?;
+            check(
+                r.message.contains("Resource temporarily unavailable")
+                    || r.message.contains("EAGAIN")
+                    || r.message.contains("os error 11"),
+                || format!("expected EAGAIN, got {}", r.message),
+            )?;
             check(kernel_dmem(env, &app.cgroup)? == 4 * MIB, || "the refused charge left a trace".into())
         }
     }

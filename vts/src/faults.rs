@@ -30,15 +30,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
 use chargetransfer::policy::Policy;
 use chargetransfer::transfer::MAX_OFFERS_PER_PROCESS;
 
-use crate::rng::Rng;
 use crate::harness::{Child, Env, Refusal, AID_GRAPHICS, AID_SYSTEM};
+use crate::rng::Rng;
 
 const HEAP: &str = "system";
 const PAGE: u64 = 4096;
@@ -74,12 +74,17 @@ impl Options {
         let mut take = |flag: &str| crate::take_flag(args, flag);
         let kills = take("--kills").map_or(Ok(100), |v| v.parse().map_err(|_| format!("--kills {v}")))?;
         let seed = take("--seed").map_or_else(
-            || Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)),
+            || {
+                Ok(std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64))
+            },
             |v| v.parse().map_err(|_| format!("--seed {v}")),
         )?;
         let budget = take("--budget-secs").map_or(Ok(420), |v| v.parse().map_err(|_| format!("--budget-secs {v}")))?;
         let service_log = take("--service-log").map_or_else(|| PathBuf::from("faults-service.log"), PathBuf::from);
-        let args = std::env::var("CT_SERVICE_ARGS").map_err(|_| "CT_SERVICE_ARGS must hold the service's arguments".to_string())?;
+        let args = std::env::var("CT_SERVICE_ARGS")
+            .map_err(|_| "CT_SERVICE_ARGS must hold the service's arguments".to_string())?;
         let mut service = vec![std::env::var("CT_SERVICE_BIN").unwrap_or_else(|_| "chargetransferd".into())];
         service.extend(args.split_whitespace().map(str::to_string));
         Ok(Options { kills, seed, service, service_log, binder, cgroup_root, budget: Duration::from_secs(budget) })
@@ -87,8 +92,13 @@ impl Options {
 
     /// The heaps of the policy the service runs with: the dma-bufs the ledger is answerable for.
     fn policy_heaps(&self) -> Result<BTreeSet<String>, String> {
-        let files: Vec<PathBuf> = self.service.windows(2).filter(|w| w[0] == "--policy").map(|w| PathBuf::from(&w[1])).collect();
-        let policy = if files.is_empty() { Policy::embedded_default() } else { Policy::load(&files).map_err(|e| e.to_string())? };
+        let files: Vec<PathBuf> =
+            self.service.windows(2).filter(|w| w[0] == "--policy").map(|w| PathBuf::from(&w[1])).collect();
+        let policy = if files.is_empty() {
+            Policy::embedded_default()
+        } else {
+            Policy::load(&files).map_err(|e| e.to_string())?
+        };
         Ok(policy.heaps().iter().map(|h| h.name.clone()).collect())
     }
 }
@@ -106,7 +116,11 @@ struct Service {
 impl Service {
     /// Starts an instance and waits until it answers a ping through the service manager.
     fn start(&mut self) -> Result<Client, String> {
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let process = Command::new(&self.cmd[0])
             .args(&self.cmd[1..])
@@ -295,7 +309,14 @@ impl<'a> Workload<'a> {
     }
 
     /// Hands `slot` of `from` to `to` (as binder would), recording that `to` holds it.
-    fn give(&self, from: &mut Member, slot: usize, inode: u64, to: &mut Member, to_index: usize) -> Result<usize, String> {
+    fn give(
+        &self,
+        from: &mut Member,
+        slot: usize,
+        inode: u64,
+        to: &mut Member,
+        to_index: usize,
+    ) -> Result<usize, String> {
         let to_slot = from.child.give(slot, &mut to.child)?;
         to.held.push((to_slot, inode));
         self.hold(inode, to_index);
@@ -360,7 +381,9 @@ impl<'a> Workload<'a> {
         let candidates: Vec<usize> = (0..a.held.len()).filter(|&k| !self.holds(a.held[k].1, j)).collect();
         let Some(&at) = candidates.get(rng.below(candidates.len() as u64) as usize) else { return Ok(()) };
         let (slot, inode) = a.held[at];
-        let Some(r) = self.outcome("offer", a.child.cmd(&format!("offer {slot} {} 5000", b.child.pid))) else { return Ok(()) };
+        let Some(r) = self.outcome("offer", a.child.cmd(&format!("offer {slot} {} 5000", b.child.pid))) else {
+            return Ok(());
+        };
         let ticket: i64 = field(&r, 0)?;
         let to_slot = self.give(&mut a, slot, inode, &mut b, j)?;
         self.outcome("accept", b.child.cmd(&format!("accept {ticket} {to_slot}")));
@@ -508,7 +531,11 @@ struct Verdict {
 
 impl Verdict {
     fn ok(&self) -> bool {
-        self.lost.is_empty() && self.duplicated.is_empty() && self.stale.is_empty() && self.misowned.is_empty() && self.miscounted.is_empty()
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.stale.is_empty()
+            && self.misowned.is_empty()
+            && self.miscounted.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -529,7 +556,9 @@ fn compare(client: &Client, heaps: &BTreeSet<String>, clients: &BTreeSet<u32>) -
     let held: BTreeSet<u64> = scan
         .buffers
         .iter()
-        .filter(|(_, b)| b.exporter.as_ref().is_some_and(|e| heaps.contains(e)) && b.holders.keys().any(|p| clients.contains(p)))
+        .filter(|(_, b)| {
+            b.exporter.as_ref().is_some_and(|e| heaps.contains(e)) && b.holders.keys().any(|p| clients.contains(p))
+        })
         .map(|(inode, _)| *inode)
         .collect();
     let mut counted: BTreeMap<u64, usize> = BTreeMap::new();
@@ -544,7 +573,8 @@ fn compare(client: &Client, heaps: &BTreeSet<String>, clients: &BTreeSet<u32>) -
     // Counters are hierarchical: the root and each top-level cgroup must sum their buffers.
     let mut expected: BTreeMap<(String, String), i64> = BTreeMap::new();
     for c in &charges {
-        let top = c.ownerCgroup.split('/').nth(1).filter(|t| !t.is_empty()).map_or("/".to_string(), |t| format!("/{t}"));
+        let top =
+            c.ownerCgroup.split('/').nth(1).filter(|t| !t.is_empty()).map_or("/".to_string(), |t| format!("/{t}"));
         for pool in &c.pools {
             *expected.entry(("/".to_string(), pool.clone())).or_default() += c.size;
             if top != "/" {
@@ -612,7 +642,10 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
         std::thread::sleep(rng.millis(5, 60));
         let pid = victim.kill();
         slowest = slowest.max(probe(&mut probe_child)?);
-        crate::cases::eventually(|| Ok(!charged(client, inode)?), &format!("charge of pid {pid}, killed mid-call, released"))?;
+        crate::cases::eventually(
+            || Ok(!charged(client, inode)?),
+            &format!("charge of pid {pid}, killed mid-call, released"),
+        )?;
     }
     report.push(format!("10 clients SIGKILLed mid-call: charges released, probe served (slowest round {slowest:?})"));
 
@@ -625,10 +658,17 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     let during = probe(&mut probe_child)?;
     let (ok, typed, untyped, code) = flood_counts(&flooder.reply("offer_flood").map_err(|r| r.message)?)?;
     let dump = client.service().dumpState().map_err(|e| format!("dumpState: {e:?}"))?;
-    let open: usize = dump.split(" open offers").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+    let open: usize = dump
+        .split(" open offers")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
     crate::cases::check(
         ok == MAX_OFFERS_PER_PROCESS as u64 && typed == n - ok && untyped == 0 && code == ErrorCode::INVALID_ARGUMENT.0,
-        || format!("offer flood of {n}: {ok} accepted, {typed} refused (code {code}), {untyped} untyped; cap is {MAX_OFFERS_PER_PROCESS}"),
+        || {
+            format!("offer flood of {n}: {ok} accepted, {typed} refused (code {code}), {untyped} untyped; cap is {MAX_OFFERS_PER_PROCESS}")
+        },
     )?;
     crate::cases::check(open < MAX_OFFERS_PER_PROCESS + 64, || format!("{open} open offers after the flood"))?;
     report.push(format!("offer flood of {n}: {ok} open, {typed} refused INVALID_ARGUMENT, {open} offers open in all, probe served in {during:?}"));
@@ -643,7 +683,9 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     crate::cases::check(ok < 100 && typed == n - ok && untyped == 0 && code == ErrorCode::INVALID_ARGUMENT.0, || {
         format!("token flood of {n}: {ok} accepted, {typed} refused (code {code}), {untyped} untyped")
     })?;
-    report.push(format!("death-token flood of {n}: {ok} registered, {typed} refused INVALID_ARGUMENT, probe served in {during:?}"));
+    report.push(format!(
+        "death-token flood of {n}: {ok} registered, {typed} refused INVALID_ARGUMENT, probe served in {during:?}"
+    ));
     registrar.kill();
 
     // Binder threads held: HOG_THREADS threads calling back to back; the probe still gets
@@ -662,7 +704,9 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     // Binder queues calls first come, first served: the probe waits behind the hog's queued
     // calls (the service has fewer threads than the hog), not behind the hog as a whole.
     let hog_call = Duration::from_millis(3000 * HOG_THREADS / calls.max(1));
-    crate::cases::check(rounds > 0 && slowest < HOG_BOUND, || format!("probe: {rounds} rounds, slowest {slowest:?} (a hog call takes {hog_call:?})"))?;
+    crate::cases::check(rounds > 0 && slowest < HOG_BOUND, || {
+        format!("probe: {rounds} rounds, slowest {slowest:?} (a hog call takes {hog_call:?})")
+    })?;
     hog.send(&format!("hog {HOG_THREADS} 10000")).map_err(|r| r.message)?;
     std::thread::sleep(Duration::from_millis(500));
     hog.kill();
@@ -695,7 +739,13 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
     let started = Instant::now();
     let heaps = opts.policy_heaps()?;
     println!("faults: seed {}, {} kills, service: {}", opts.seed, opts.kills, opts.service.join(" "));
-    let mut service = Service { cmd: opts.service.clone(), log: opts.service_log.clone(), binder: opts.binder.clone(), process: None, downtimes: Vec::new() };
+    let mut service = Service {
+        cmd: opts.service.clone(),
+        log: opts.service_log.clone(),
+        binder: opts.binder.clone(),
+        process: None,
+        downtimes: Vec::new(),
+    };
     let mut client = service.start()?;
     let env = Env {
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
@@ -736,7 +786,11 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
                 if sigkills % 20 == 0 && sigkills != reported {
                     reported = sigkills;
                     let ops = lock(&workload.stats).ops;
-                    println!("faults: {sigkills}/{} kills, {ops} ops, {:.0} s", opts.kills, started.elapsed().as_secs_f64());
+                    println!(
+                        "faults: {sigkills}/{} kills, {ops} ops, {:.0} s",
+                        opts.kills,
+                        started.elapsed().as_secs_f64()
+                    );
                 }
             }
             kill_phase = started.elapsed();

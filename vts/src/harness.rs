@@ -51,7 +51,8 @@ impl Env {
             path.push('/');
             path.push_str(component);
             let available = self.cgroup.controllers(&path).map_err(|e| e.to_string())?;
-            let wanted: Vec<&str> = ["memory", "dmem"].into_iter().filter(|c| available.iter().any(|a| a == c)).collect();
+            let wanted: Vec<&str> =
+                ["memory", "dmem"].into_iter().filter(|c| available.iter().any(|a| a == c)).collect();
             self.cgroup.enable_controllers(&path, &wanted).map_err(|e| format!("{path}: {e}"))?;
         }
         Ok(())
@@ -100,7 +101,9 @@ impl Child {
     /// Sends one command without waiting for its reply (read it with [`Self::reply`]), so the
     /// orchestrator can act while the child is in the call.
     pub fn send(&mut self, line: &str) -> Result<(), Refusal> {
-        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).map_err(|e| Refusal { code: -1, message: format!("pid {} stdin: {e}", self.pid) })
+        writeln!(self.stdin, "{line}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| Refusal { code: -1, message: format!("pid {} stdin: {e}", self.pid) })
     }
 
     /// The reply to the command `line` sent earlier.
@@ -120,7 +123,8 @@ impl Child {
 
     /// `cmd` for commands that must succeed.
     pub fn ok(&mut self, line: &str) -> Result<Vec<String>, String> {
-        self.cmd(line).map_err(|r| format!("pid {} uid {}: {line:?} refused: code {} {}", self.pid, self.uid, r.code, r.message))
+        self.cmd(line)
+            .map_err(|r| format!("pid {} uid {}: {line:?} refused: code {} {}", self.pid, self.uid, r.code, r.message))
     }
 
     /// Allocates a dma-buf: (slot, inode).
@@ -132,14 +136,19 @@ impl Child {
     /// Hands the buffer in `slot` to `to` (as binder would): returns the receiver's slot.
     pub fn give(&mut self, slot: usize, to: &mut Child) -> Result<usize, String> {
         let raw: i32 = self.ok(&format!("fdnum {slot}"))?[0].parse().map_err(|_| "fdnum")?;
-        let pidfd = rustix::process::pidfd_open(rustix::process::Pid::from_raw(self.pid as i32).ok_or("pid")?, rustix::process::PidfdFlags::empty())
-            .map_err(|e| format!("pidfd_open: {e}"))?;
-        let fd: OwnedFd = rustix::process::pidfd_getfd(&pidfd, raw, rustix::process::PidfdGetfdFlags::empty()).map_err(|e| format!("pidfd_getfd: {e}"))?;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(self.pid as i32).ok_or("pid")?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|e| format!("pidfd_open: {e}"))?;
+        let fd: OwnedFd = rustix::process::pidfd_getfd(&pidfd, raw, rustix::process::PidfdGetfdFlags::empty())
+            .map_err(|e| format!("pidfd_getfd: {e}"))?;
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut anc = SendAncillaryBuffer::new(&mut space);
         let fds = [fd.as_fd()];
         anc.push(SendAncillaryMessage::ScmRights(&fds));
-        rustix::net::sendmsg(&to.control, &[IoSlice::new(b"f")], &mut anc, SendFlags::empty()).map_err(|e| format!("sendmsg: {e}"))?;
+        rustix::net::sendmsg(&to.control, &[IoSlice::new(b"f")], &mut anc, SendFlags::empty())
+            .map_err(|e| format!("sendmsg: {e}"))?;
         drop(fd);
         Ok(to.ok("recv")?[0].parse().map_err(|_| "slot")?)
     }

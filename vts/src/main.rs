@@ -36,20 +36,44 @@ const CASES: &[(&str, Case)] = &[
     ("release_and_transfer_move_the_numbers", cases::release_and_transfer_move_the_numbers),
     ("killed_client_charges_are_released", cases::killed_client_charges_are_released),
     ("system_heap_enforcer_follows_mem_accounting", cases::system_heap_enforcer_follows_mem_accounting),
-    ("over_limit_charge_is_refused_while_a_smaller_one_succeeds", cases::over_limit_charge_is_refused_while_a_smaller_one_succeeds),
+    (
+        "over_limit_charge_is_refused_while_a_smaller_one_succeeds",
+        cases::over_limit_charge_is_refused_while_a_smaller_one_succeeds,
+    ),
     ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
     ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
-    ("on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app", cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app),
-    ("double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying", transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying),
+    (
+        "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
+        cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
+    ),
+    (
+        "double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying",
+        transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying,
+    ),
     ("an_app_cannot_push_its_buffer_onto_another_app", transfer_cases::an_app_cannot_push_its_buffer_onto_another_app),
     ("offer_and_accept_move_the_charge_with_consent", transfer_cases::offer_and_accept_move_the_charge_with_consent),
-    ("a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver", transfer_cases::a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver),
-    ("a_ticket_presented_with_another_buffer_is_refused", transfer_cases::a_ticket_presented_with_another_buffer_is_refused),
+    (
+        "a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver",
+        transfer_cases::a_ticket_for_another_process_is_refused_and_still_works_for_its_receiver,
+    ),
+    (
+        "a_ticket_presented_with_another_buffer_is_refused",
+        transfer_cases::a_ticket_presented_with_another_buffer_is_refused,
+    ),
     ("a_used_ticket_cannot_be_replayed", transfer_cases::a_used_ticket_cannot_be_replayed),
-    ("an_expired_offer_leaves_the_charge_where_it_was", transfer_cases::an_expired_offer_leaves_the_charge_where_it_was),
+    (
+        "an_expired_offer_leaves_the_charge_where_it_was",
+        transfer_cases::an_expired_offer_leaves_the_charge_where_it_was,
+    ),
     ("offering_a_buffer_you_do_not_own_is_refused", transfer_cases::offering_a_buffer_you_do_not_own_is_refused),
-    ("offering_or_pushing_to_a_dead_or_non_existent_process_is_refused", transfer_cases::offering_or_pushing_to_a_dead_or_non_existent_process_is_refused),
-    ("a_receiver_that_already_pays_is_not_charged_twice", transfer_cases::a_receiver_that_already_pays_is_not_charged_twice),
+    (
+        "offering_or_pushing_to_a_dead_or_non_existent_process_is_refused",
+        transfer_cases::offering_or_pushing_to_a_dead_or_non_existent_process_is_refused,
+    ),
+    (
+        "a_receiver_that_already_pays_is_not_charged_twice",
+        transfer_cases::a_receiver_that_already_pays_is_not_charged_twice,
+    ),
     (
         "a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_owner_dies",
         transfer_cases::a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_owner_dies,
@@ -58,14 +82,23 @@ const CASES: &[(&str, Case)] = &[
         "a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile",
         transfer_cases::a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile,
     ),
-    ("stress_eight_clients_random_workload_matches_procfs", stress::stress_eight_clients_random_workload_matches_procfs),
+    (
+        "stress_eight_clients_random_workload_matches_procfs",
+        stress::stress_eight_clients_random_workload_matches_procfs,
+    ),
 ];
 
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
 const DMEM_CASES: &[(&str, Case)] = &[
     ("dmem_capacity_lists_the_cma_region", dmem_cases::dmem_capacity_lists_the_cma_region),
-    ("cma_heap_charges_land_in_the_allocating_process_dmem_current", dmem_cases::cma_heap_charges_land_in_the_allocating_process_dmem_current),
-    ("an_allocation_over_dmem_max_is_refused_by_the_kernel", dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel),
+    (
+        "cma_heap_charges_land_in_the_allocating_process_dmem_current",
+        dmem_cases::cma_heap_charges_land_in_the_allocating_process_dmem_current,
+    ),
+    (
+        "an_allocation_over_dmem_max_is_refused_by_the_kernel",
+        dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel,
+    ),
     ("autoconfig_writes_real_dmem_limits", dmem_cases::autoconfig_writes_real_dmem_limits),
 ];
 
@@ -86,7 +119,8 @@ fn main() {
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
     let binder = take_flag(&mut raw, "--binder");
     let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
-    let cgroup_root = take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+    let cgroup_root =
+        take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
     if let Some(i) = raw.iter().position(|a| a == "--faults") {
         raw.remove(i);
         let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {

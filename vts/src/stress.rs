@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::android::hardware::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::kernel::procfs::ProcFs;
 
 use crate::cases::{check, eventually, refused, Outcome};
-use crate::rng::Rng;
 use crate::harness::{Child, Env, AID_GRAPHICS};
+use crate::rng::Rng;
 
 const STEPS: usize = 400;
 const SEED: u64 = 0x5eed_c4a2_9e7f_0b13;
@@ -247,7 +247,9 @@ impl<'a> World<'a> {
 
     fn give_one(&mut self) -> Result<Op, String> {
         let Some((c, inode)) = self.rng.pick(&self.held_pairs()) else { return self.alloc() };
-        let to: Vec<usize> = (0..self.clients.len()).filter(|&i| !self.clients[i].held.contains_key(&inode) && self.clients[i].held.len() < MAX_HELD).collect();
+        let to: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| !self.clients[i].held.contains_key(&inode) && self.clients[i].held.len() < MAX_HELD)
+            .collect();
         let Some(d) = self.rng.pick(&to) else { return self.alloc() };
         self.give(c, inode, d)?;
         Ok(Op::Give)
@@ -263,7 +265,8 @@ impl<'a> World<'a> {
         let variant = self.rng.index(8);
         let ttl = if variant == 1 { 1 } else { LONG_TTL_MS };
         let reply = self.clients[c].child.ok(&format!("offer {slot} {to} {ttl}"))?;
-        let ticket: i64 = reply.first().and_then(|t| t.parse().ok()).ok_or_else(|| format!("offer answered {reply:?}"))?;
+        let ticket: i64 =
+            reply.first().and_then(|t| t.parse().ok()).ok_or_else(|| format!("offer answered {reply:?}"))?;
         let expires = Instant::now() + Duration::from_millis(ttl);
         match variant {
             0 => {
@@ -308,7 +311,12 @@ impl<'a> World<'a> {
             return self.offer();
         }
         let line = format!("accept {} {}", p.ticket, self.clients[d].held[&p.inode]);
-        let current = self.charges.get(&p.inode).ok_or_else(|| format!("ticket {} outlived the charge of {}", p.ticket, p.inode))?.payer.pid;
+        let current = self
+            .charges
+            .get(&p.inode)
+            .ok_or_else(|| format!("ticket {} outlived the charge of {}", p.ticket, p.inode))?
+            .payer
+            .pid;
         if current == p.from || current == p.to {
             let payer = payer_of(&self.clients[d]);
             answered(&self.clients[d].child.ok(&line)?, &payer, &line)?;
@@ -422,10 +430,15 @@ impl<'a> World<'a> {
         let owned: Vec<u64> = self.charges.iter().filter(|(_, ch)| ch.payer.pid == pid).map(|(&n, _)| n).collect();
         for &inode in &owned {
             let holders = self.holders(inode);
-            let same_app = holders.iter().filter(|&&h| self.clients[h].child.uid == uid).min_by_key(|&&h| self.clients[h].child.pid);
+            let same_app = holders
+                .iter()
+                .filter(|&&h| self.clients[h].child.uid == uid)
+                .min_by_key(|&&h| self.clients[h].child.pid);
             match (same_app, holders.is_empty()) {
                 (Some(&h), _) => self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]),
-                (None, false) => self.charges.get_mut(&inode).expect("charged").payer = Payer { pid: 0, cgroup: parent(&cgroup) },
+                (None, false) => {
+                    self.charges.get_mut(&inode).expect("charged").payer = Payer { pid: 0, cgroup: parent(&cgroup) }
+                }
                 (None, true) => {
                     self.charges.remove(&inode);
                 }
@@ -435,7 +448,10 @@ impl<'a> World<'a> {
         self.pending.retain(|p| p.to != pid);
         if !owned.is_empty() {
             let svc = self.env.client.service();
-            eventually(|| Ok(svc.listCharges(pid as i32).map_err(|e| format!("{e:?}"))?.is_empty()), &format!("death of pid {pid} handled"))?;
+            eventually(
+                || Ok(svc.listCharges(pid as i32).map_err(|e| format!("{e:?}"))?.is_empty()),
+                &format!("death of pid {pid} handled"),
+            )?;
         }
         Ok(())
     }
@@ -451,7 +467,11 @@ impl<'a> World<'a> {
         let parked: Vec<u64> = self.charges.iter().filter(|(_, c)| c.payer.pid == 0).map(|(&n, _)| n).collect();
         for inode in parked {
             let uid = uid_of_cgroup(&self.charges[&inode].payer.cgroup);
-            let back = self.holders(inode).into_iter().filter(|&h| Some(self.clients[h].child.uid) == uid).min_by_key(|&h| self.clients[h].child.pid);
+            let back = self
+                .holders(inode)
+                .into_iter()
+                .filter(|&h| Some(self.clients[h].child.uid) == uid)
+                .min_by_key(|&h| self.clients[h].child.pid);
             if let Some(h) = back {
                 self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]);
             }
@@ -460,7 +480,8 @@ impl<'a> World<'a> {
         let got: BTreeSet<u64> = report.releasedInodes.iter().map(|&i| i as u64).collect();
         check(got == released, || format!("reconcile released {got:?}, the model expected {released:?}"))?;
         let held: BTreeSet<u64> = self.held_pairs().into_iter().map(|(_, n)| n).collect();
-        let unpaid: Vec<i64> = report.unaccountedInodes.iter().copied().filter(|&i| held.contains(&(i as u64))).collect();
+        let unpaid: Vec<i64> =
+            report.unaccountedInodes.iter().copied().filter(|&i| held.contains(&(i as u64))).collect();
         check(unpaid.is_empty(), || format!("buffers held by clients reported unaccounted: {unpaid:?}"))?;
         Ok(Op::Reconcile)
     }
@@ -475,7 +496,8 @@ impl<'a> World<'a> {
         let all = self.env.client.service().listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
         let mut ledger = BTreeMap::new();
         for c in &all {
-            let entry = Charge { size: c.size as u64, payer: Payer { pid: c.ownerPid as u32, cgroup: c.ownerCgroup.clone() } };
+            let entry =
+                Charge { size: c.size as u64, payer: Payer { pid: c.ownerPid as u32, cgroup: c.ownerCgroup.clone() } };
             if ledger.insert(c.inode as u64, entry).is_some() {
                 return Err(format!("{when}: buffer {} listed twice", c.inode));
             }
@@ -496,39 +518,61 @@ impl<'a> World<'a> {
     /// live process (or by the cgroup of an app none of whose processes holds it any more).
     fn compare_with_procfs(&self) -> Result<(usize, u64), String> {
         let svc = self.env.client.service();
-        let heaps: BTreeSet<String> = svc.getRegions().map_err(|e| format!("getRegions: {e:?}"))?.into_iter().flat_map(|r| r.heaps).collect();
+        let heaps: BTreeSet<String> =
+            svc.getRegions().map_err(|e| format!("getRegions: {e:?}"))?.into_iter().flat_map(|r| r.heaps).collect();
         let procfs = ProcFs::new("/proc");
         let scan = procfs.scan_all().map_err(|e| format!("procfs scan: {e}"))?;
         check(scan.is_complete(), || format!("procfs scan incomplete: {:?}", scan.errors))?;
-        let live: BTreeMap<u64, _> = scan.buffers.iter().filter(|(_, b)| b.exporter.as_ref().is_some_and(|e| heaps.contains(e))).map(|(&n, b)| (n, b)).collect();
+        let live: BTreeMap<u64, _> = scan
+            .buffers
+            .iter()
+            .filter(|(_, b)| b.exporter.as_ref().is_some_and(|e| heaps.contains(e)))
+            .map(|(&n, b)| (n, b))
+            .collect();
         let charges = svc.listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
         let charged: BTreeSet<u64> = charges.iter().map(|c| c.inode as u64).collect();
         check(charged.len() == charges.len(), || "a buffer is listed twice".into())?;
         let unpaid: Vec<&u64> = live.keys().filter(|i| !charged.contains(i)).collect();
         let stale: Vec<&u64> = charged.iter().filter(|i| !live.contains_key(i)).collect();
-        check(unpaid.is_empty() && stale.is_empty(), || format!("held but not charged: {unpaid:?}; charged but held by nobody: {stale:?}"))?;
+        check(unpaid.is_empty() && stale.is_empty(), || {
+            format!("held but not charged: {unpaid:?}; charged but held by nobody: {stale:?}")
+        })?;
         let mut bytes = 0;
         for c in &charges {
             let seen = live[&(c.inode as u64)];
             bytes += seen.size;
-            check(seen.size == c.size as u64, || format!("buffer {}: ledger size {} procfs {}", c.inode, c.size, seen.size))?;
+            check(seen.size == c.size as u64, || {
+                format!("buffer {}: ledger size {} procfs {}", c.inode, c.size, seen.size)
+            })?;
             if c.ownerPid > 0 {
                 let pid = c.ownerPid as u32;
-                let cgroup = procfs.cgroup_of(pid).map_err(|e| format!("payer {pid} of buffer {} is not alive: {e}", c.inode))?;
-                check(cgroup == c.ownerCgroup, || format!("payer {pid} is in {cgroup}, the ledger says {}", c.ownerCgroup))?;
+                let cgroup = procfs
+                    .cgroup_of(pid)
+                    .map_err(|e| format!("payer {pid} of buffer {} is not alive: {e}", c.inode))?;
+                check(cgroup == c.ownerCgroup, || {
+                    format!("payer {pid} is in {cgroup}, the ledger says {}", c.ownerCgroup)
+                })?;
             } else {
                 let uid = uid_of_cgroup(&c.ownerCgroup);
                 let of_app: Vec<&u32> = seen.holders.keys().filter(|&&h| procfs.uid_of(h).ok() == uid).collect();
-                check(uid.is_some() && of_app.is_empty(), || format!("buffer {} parked on {} though its app's {of_app:?} hold it", c.inode, c.ownerCgroup))?;
+                check(uid.is_some() && of_app.is_empty(), || {
+                    format!("buffer {} parked on {} though its app's {of_app:?} hold it", c.inode, c.ownerCgroup)
+                })?;
             }
-            let model: BTreeSet<u32> = self.holders(c.inode as u64).into_iter().map(|h| self.clients[h].child.pid).collect();
+            let model: BTreeSet<u32> =
+                self.holders(c.inode as u64).into_iter().map(|h| self.clients[h].child.pid).collect();
             let kernel: BTreeSet<u32> = seen.holders.keys().copied().collect();
-            check(model == kernel, || format!("buffer {}: procfs holders {kernel:?}, the workload handed it to {model:?}", c.inode))?;
+            check(model == kernel, || {
+                format!("buffer {}: procfs holders {kernel:?}, the workload handed it to {model:?}", c.inode)
+            })?;
         }
         let root = svc.getCgroupUsage("/").map_err(|e| format!("{e:?}"))?;
         let memcg = root.pools.iter().find(|p| p.pool == "memcg").map_or(0, |p| p.usage);
         check(root.bufferBytes == bytes as i64 && memcg == bytes as i64, || {
-            format!("procfs sees {bytes} bytes, the ledger's root counts {} bytes in buffers and {memcg} in memcg", root.bufferBytes)
+            format!(
+                "procfs sees {bytes} bytes, the ledger's root counts {} bytes in buffers and {memcg} in memcg",
+                root.bufferBytes
+            )
         })?;
         Ok((charges.len(), bytes))
     }

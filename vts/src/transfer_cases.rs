@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chargetransfer::aidl::android::hardware::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
+use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
 
 use crate::cases::{charged_bytes_of, check, eventually, refused, usage_of, Outcome};
 use crate::harness::{Child, Env, AID_GRAPHICS, AID_SYSTEM};
@@ -36,7 +36,10 @@ fn expect_bytes(env: &Env, who: &Child, bytes: u64) -> Outcome {
     let charged = charged_bytes_of(env, who.pid)?;
     let memcg = usage_of(env, who.pid, "memcg")?;
     check(charged == bytes as i64 && memcg == bytes as i64, || {
-        format!("pid {} (uid {}, {}) should pay {bytes} bytes, the service counts {charged} (memcg pool {memcg})", who.pid, who.uid, who.cgroup)
+        format!(
+            "pid {} (uid {}, {}) should pay {bytes} bytes, the service counts {charged} (memcg pool {memcg})",
+            who.pid, who.uid, who.cgroup
+        )
     })
 }
 
@@ -82,7 +85,9 @@ pub fn double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying(env:
 
     let (g_slot, inode) = gralloc.alloc("system", size)?;
     let r = gralloc.ok(&format!("charge_for {g_slot} {}", sf.pid))?;
-    check(r[2] == sf.pid.to_string() && r[3] == sf.cgroup, || format!("first hop charged {r:?}, expected SurfaceFlinger"))?;
+    check(r[2] == sf.pid.to_string() && r[3] == sf.cgroup, || {
+        format!("first hop charged {r:?}, expected SurfaceFlinger")
+    })?;
     let sf_slot = gralloc.give(g_slot, &mut sf)?;
     gralloc.ok(&format!("close {g_slot}"))?;
     expect_bytes(env, &sf, size)?;
@@ -90,7 +95,9 @@ pub fn double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying(env:
 
     let _app_slot = sf.give(sf_slot, &mut app)?;
     let r = sf.ok(&format!("transfer {sf_slot} {}", app.pid))?;
-    check(r[2] == app.pid.to_string() && r[3] == app.cgroup, || format!("second hop answered {r:?}, expected the app"))?;
+    check(r[2] == app.pid.to_string() && r[3] == app.cgroup, || {
+        format!("second hop answered {r:?}, expected the app")
+    })?;
     expect_payer(env, inode, app.pid, &app.cgroup)?;
     expect_bytes(env, &app, size)?;
     expect_bytes(env, &sf, 0)?;
@@ -100,10 +107,20 @@ pub fn double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying(env:
     check(sf_group.bufferBytes == 0, || format!("{} still pays {} bytes", sf.cgroup, sf_group.bufferBytes))?;
 
     if let (Some(before), Some(after)) = (kernel_before, kernel_memcg(env, &gralloc.cgroup)) {
-        check(after >= before + size, || format!("the kernel should have charged gralloc's memcg {size} bytes: {before} -> {after}"))?;
+        check(after >= before + size, || {
+            format!("the kernel should have charged gralloc's memcg {size} bytes: {before} -> {after}")
+        })?;
         let app_kernel = kernel_memcg(env, &app.cgroup).unwrap_or(0);
-        println!("kernel memcg: gralloc {} +{} KiB (allocator charged at allocation), app {} {} KiB; ledger: app pays", gralloc.cgroup, (after - before) >> 10, app.cgroup, app_kernel >> 10);
-        check(app_kernel < size, || format!("the kernel does not move charges, yet the app's memory.current is {app_kernel}"))?;
+        println!(
+            "kernel memcg: gralloc {} +{} KiB (allocator charged at allocation), app {} {} KiB; ledger: app pays",
+            gralloc.cgroup,
+            (after - before) >> 10,
+            app.cgroup,
+            app_kernel >> 10
+        );
+        check(app_kernel < size, || {
+            format!("the kernel does not move charges, yet the app's memory.current is {app_kernel}")
+        })?;
     }
     Ok(())
 }
@@ -302,7 +319,14 @@ pub fn a_receiver_that_already_pays_is_not_charged_twice(env: &Env) -> Outcome {
     expect_bytes(env, &receiver, size)?;
     expect_bytes(env, &owner, 0)?;
     expect_uid_bytes(env, receiver.uid, size)?;
-    let entries = env.client.service().listCharges(0).map_err(|e| format!("{e:?}"))?.iter().filter(|c| c.inode as u64 == inode).count();
+    let entries = env
+        .client
+        .service()
+        .listCharges(0)
+        .map_err(|e| format!("{e:?}"))?
+        .iter()
+        .filter(|c| c.inode as u64 == inode)
+        .count();
     check(entries == 1, || format!("buffer {inode} has {entries} ledger entries"))
 }
 
@@ -326,7 +350,10 @@ pub fn a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_
 
     let dead = owner.kill();
     let (s_pid, s_cgroup) = (sibling.pid, sibling.cgroup.clone());
-    eventually(|| Ok(payer(env, inode)? == Some((s_pid, s_cgroup.clone()))), &format!("owner {dead} died: its sibling {s_pid} (same uid) pays"))?;
+    eventually(
+        || Ok(payer(env, inode)? == Some((s_pid, s_cgroup.clone()))),
+        &format!("owner {dead} died: its sibling {s_pid} (same uid) pays"),
+    )?;
     expect_bytes(env, &sibling, size)?;
     expect_bytes(env, &other, 0)?;
     expect_uid_bytes(env, app, size)?;
@@ -334,7 +361,10 @@ pub fn a_buffer_shared_by_three_processes_lands_by_the_documented_rule_when_its_
 
     sibling.kill();
     let parent = format!("/uid_{app}");
-    eventually(|| Ok(payer(env, inode)? == Some((0, parent.clone()))), &format!("sibling {s_pid} died: {parent} pays"))?;
+    eventually(
+        || Ok(payer(env, inode)? == Some((0, parent.clone()))),
+        &format!("sibling {s_pid} died: {parent} pays"),
+    )?;
     for _ in 0..2 {
         reconcile(env)?;
         expect_payer(env, inode, 0, &parent)?;
@@ -373,8 +403,15 @@ pub fn a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_rec
     expect_bytes(env, &owner, 0)?;
     expect_uid_bytes(env, owner.uid, 0)?;
     if let (Some(held), Some(now)) = (kernel_held, kernel_memcg(env, &owner.cgroup)) {
-        println!("kernel memcg of {}: {} KiB while held, {} KiB after the last close", owner.cgroup, held >> 10, now >> 10);
-        check(now + size <= held + SLACK, || format!("the kernel should have freed {size} bytes from {}: {held} -> {now}", owner.cgroup))?;
+        println!(
+            "kernel memcg of {}: {} KiB while held, {} KiB after the last close",
+            owner.cgroup,
+            held >> 10,
+            now >> 10
+        );
+        check(now + size <= held + SLACK, || {
+            format!("the kernel should have freed {size} bytes from {}: {held} -> {now}", owner.cgroup)
+        })?;
     }
     Ok(())
 }
