@@ -584,6 +584,7 @@ fn aidl_interface_lists_exactly_the_frozen_versions() {
 #[test]
 fn aidl_interface_is_vintf_stable_with_rust_and_ndk_backends() {
     let (_, iface) = module(PACKAGE);
+    assert!(iface.str("owner").is_some_and(|o| !o.is_empty()), "aidl_interface needs `owner` inside a soong_namespace");
     assert_eq!(iface.str("stability"), Some("vintf"));
     assert_eq!(iface.bool("vendor_available"), Some(true));
     assert_eq!(iface.strs("srcs"), vec![format!("{}/*.aidl", PACKAGE.replace('.', "/"))]);
@@ -616,18 +617,71 @@ fn every_aidl_parcelable_and_interface_is_vintf_stability() {
     }
 }
 
+/// What aidl/dumpapi.py (the `aidl --dumpapi` form) writes for the sources in aidl/vendor.
+fn generated_dump() -> BTreeMap<String, Vec<u8>> {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aidl-dump");
+    let _ = fs::remove_dir_all(&out);
+    let files: Vec<PathBuf> = sources().keys().map(|rel| root().join("aidl").join(rel)).collect();
+    let status = Command::new("python3")
+        .arg(root().join("aidl/dumpapi.py"))
+        .arg(&out)
+        .args(&files)
+        .status()
+        .expect("python3 must be installed to run aidl/dumpapi.py");
+    assert!(status.success(), "aidl/dumpapi.py failed");
+    aidl_files(&out)
+}
+
 #[test]
-fn latest_frozen_dump_equals_the_aidl_sources() {
+fn latest_frozen_dump_is_the_generated_dump_of_the_sources() {
+    // `frozen: true` means the sources equal the latest version; Soong checks that by dumping the
+    // sources and comparing with aidl_api/<name>/<N>.
     let frozen = aidl_files(&api_dir().join(latest_frozen().to_string()));
-    let current = sources();
+    let generated = generated_dump();
     assert_eq!(
         frozen.keys().collect::<Vec<_>>(),
-        current.keys().collect::<Vec<_>>(),
-        "frozen version {} and aidl/vendor/ hold different files (unfrozen change; `frozen: true` forbids it)",
+        generated.keys().collect::<Vec<_>>(),
+        "frozen version {} and the dump of aidl/vendor hold different files (unfrozen change?)",
         latest_frozen()
     );
-    for (file, text) in &current {
-        assert!(frozen[file] == *text, "{file} differs from frozen version {} (unfrozen change)", latest_frozen());
+    for (file, text) in &generated {
+        assert!(
+            frozen[file] == *text,
+            "{file}: frozen version {} is not the dump of the sources (unfrozen change, or a hand edit; \
+             re-run aidl/freeze.sh only for a new version)",
+            latest_frozen()
+        );
+    }
+}
+
+#[test]
+fn api_dumps_are_in_the_form_aidl_dumpapi_writes() {
+    // Byte-level shape of every dump, independent of the generator: the banner, the package line
+    // right after it, no comments or imports, two-space members, type names of this package
+    // fully qualified.
+    for version in frozen_versions().iter().map(u32::to_string).chain(["current".to_string()]) {
+        for (file, text) in aidl_files(&api_dir().join(&version)) {
+            let text = String::from_utf8(text).unwrap();
+            let where_ = format!("aidl_api/{PACKAGE}/{version}/{file}");
+            assert!(
+                text.starts_with("///////////////////////////////////////////////////////////////////////////////\n// THIS FILE IS IMMUTABLE. DO NOT EDIT IN ANY CASE."),
+                "{where_}: no dumpapi banner"
+            );
+            let body = text.split_once("Mainline modules.\n\n").unwrap_or_else(|| panic!("{where_}: banner")).1;
+            assert!(body.starts_with(&format!("package {PACKAGE};\n")), "{where_}: package line after the banner");
+            for line in body.lines().skip(1) {
+                assert!(!line.contains("//") && !line.contains("/**"), "{where_}: comments are dropped: {line}");
+                assert!(!line.starts_with("import "), "{where_}: imports are dropped");
+                let indent = line.len() - line.trim_start().len();
+                assert!(indent % 2 == 0 && !line.starts_with('\t'), "{where_}: two-space indentation: {line:?}");
+            }
+            for name in sources().keys().filter_map(|k| k.rsplit('/').next()?.strip_suffix(".aidl")) {
+                for line in body.lines().skip(1).filter(|l| l.starts_with("  ")) {
+                    let bare = line.split(|c: char| !c.is_alphanumeric() && c != '.').any(|w| w == name);
+                    assert!(!bare, "{where_}: `{name}` must be written {PACKAGE}.{name}: {line}");
+                }
+            }
+        }
     }
 }
 
@@ -675,18 +729,17 @@ fn build_rs_serves_the_hash_soong_would_serve() {
 }
 
 #[test]
-fn current_api_dump_exists_and_equals_the_sources() {
+fn current_api_dump_is_the_generated_dump_of_the_sources() {
     // Every backend's source generation depends on the interface's API checks, and with no
     // aidl_api/<name>/current the check is a rule that always fails ("API dump for the current
     // version of AIDL interface ... does not exist", aidl_api.go). `m <name>-update-api` writes it.
     let current_dir = api_dir().join("current");
-    assert!(
-        current_dir.is_dir(),
-        "{} is missing: Soong fails the build without the `current` dump (copy aidl/vendor into it, no .hash)",
-        current_dir.display()
+    assert!(current_dir.is_dir(), "{} is missing: Soong fails the build without it", current_dir.display());
+    assert_eq!(
+        aidl_files(&current_dir),
+        generated_dump(),
+        "aidl_api/{PACKAGE}/current vs aidl/dumpapi.py (aidl/freeze.sh)"
     );
-    let dump = aidl_files(&current_dir);
-    assert_eq!(dump, sources(), "aidl_api/{PACKAGE}/current differs from aidl/vendor");
 }
 
 #[test]
