@@ -619,7 +619,10 @@ fn every_aidl_parcelable_and_interface_is_vintf_stability() {
 
 /// What aidl/dumpapi.py (the `aidl --dumpapi` form) writes for the sources in aidl/vendor.
 fn generated_dump() -> BTreeMap<String, Vec<u8>> {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aidl-dump");
+    // One directory per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aidl-dump-{}-{call}", std::process::id()));
     let _ = fs::remove_dir_all(&out);
     let files: Vec<PathBuf> = sources().keys().map(|rel| root().join("aidl").join(rel)).collect();
     let status = Command::new("python3")
@@ -629,7 +632,9 @@ fn generated_dump() -> BTreeMap<String, Vec<u8>> {
         .status()
         .expect("python3 must be installed to run aidl/dumpapi.py");
     assert!(status.success(), "aidl/dumpapi.py failed");
-    aidl_files(&out)
+    let dump = aidl_files(&out);
+    fs::remove_dir_all(&out).unwrap();
+    dump
 }
 
 #[test]
@@ -920,12 +925,13 @@ fn rust_modules_use_the_latest_frozen_rust_backend() {
 }
 
 #[test]
-fn vts_module_is_a_root_vts_test_of_the_vts_crate() {
+fn vts_module_is_a_root_general_test_of_the_vts_crate() {
     let (dir, vts) = module(VTS_MODULE);
     assert_eq!(dir, Path::new("vts"));
     assert_eq!(vts.kind, "rust_test");
     assert_eq!(vts.strs("srcs"), vec!["src/main.rs"]);
-    assert_eq!(vts.strs("test_suites"), vec!["general-tests", "vts"]);
+    // `vts` carries AOSP interfaces; a vendor HAL's suite is general-tests (or a vendor suite).
+    assert_eq!(vts.strs("test_suites"), vec!["general-tests"]);
     assert_eq!(vts.bool("require_root"), Some(true));
     assert!(vts.bool("auto_gen_config") == Some(true) || vts.str("test_config_template").is_some());
     // vts/src/main.rs is a Cargo bin with its own main (libtest-mimic): no libtest harness.
@@ -1086,4 +1092,136 @@ fn binder_seam_compiles_against_libbinder_rs_under_cfg_soong() {
         &generated,
         &src("src/binder.rs"),
     ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Android.bp vs Cargo.toml
+// ---------------------------------------------------------------------------------------------
+
+/// The Soong modules for the dependencies Cargo.toml (`manifest`) builds on Android: the
+/// `[dependencies]` that are not optional (optional ones belong to Cargo features, which Soong
+/// does not enable) plus the android-only target dependencies, named as AOSP names crates
+/// (`lib` + crate name; `log` is liblog_rust). rsbinder stands for libbinder_rs and the
+/// generated `vendor.chargetransfer-V1-rust` (src/binder.rs).
+fn soong_modules_for_cargo_dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut modules = BTreeSet::new();
+    let mut section = String::new();
+    for line in read(manifest).lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let on_android = section == "[dependencies]"
+            || (section.contains("'cfg(target_os = \"android\")'") && section.ends_with(".dependencies]"));
+        let Some((name, spec)) = line.split_once('=') else { continue };
+        if !on_android || line.starts_with('#') || spec.contains("optional = true") {
+            continue;
+        }
+        match name.trim() {
+            "rsbinder" => modules.extend(["libbinder_rs".to_string(), format!("{PACKAGE}-V{}-rust", latest_frozen())]),
+            "chargetransfer" => {
+                modules.insert(LIB_MODULE.to_string());
+            }
+            "log" => {
+                modules.insert("liblog_rust".to_string());
+            }
+            crate_name => {
+                modules.insert(format!("lib{}", crate_name.replace('-', "_")));
+            }
+        }
+    }
+    modules
+}
+
+#[test]
+fn android_bp_rustlibs_are_the_cargo_dependencies() {
+    let defaults = module("chargetransfer_defaults").1;
+    let (_, lib) = module(LIB_MODULE);
+    let bp: BTreeSet<String> = defaults.strs("rustlibs").into_iter().chain(lib.strs("rustlibs")).collect();
+    assert_eq!(bp, soong_modules_for_cargo_dependencies("Cargo.toml"), "Android.bp rustlibs vs Cargo.toml");
+    // The generated crate is in the top-level list (for the VTS it is the client it tests through).
+    let (_, vts) = module(VTS_MODULE);
+    let mut vts_libs: BTreeSet<String> = vts.strs("rustlibs").into_iter().collect();
+    assert!(
+        vts_libs.remove(&format!("{PACKAGE}-V{}-rust", latest_frozen())),
+        "the VTS tests through the -V1-rust client"
+    );
+    assert_eq!(
+        vts_libs,
+        soong_modules_for_cargo_dependencies("vts/Cargo.toml"),
+        "vts/Android.bp rustlibs vs vts/Cargo.toml"
+    );
+    for (_, m) in all_modules() {
+        assert!(
+            m.get("features").is_none(),
+            "{}: the Soong build enables no Cargo features (demo stays out)",
+            m.name()
+        );
+    }
+}
+
+#[test]
+fn demo_and_plotters_are_behind_the_default_demo_feature() {
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("default = [\"demo\"]") && cargo.contains("demo = [\"dep:plotters\"]"));
+    let plotters = cargo.lines().find(|l| l.starts_with("plotters")).expect("plotters dependency");
+    assert!(plotters.contains("optional = true"), "plotters only with the demo feature");
+    assert!(read("src/lib.rs").contains("#[cfg(feature = \"demo\")]\npub mod demo;"));
+}
+
+#[test]
+fn every_include_str_is_in_compile_data() {
+    let (_, lib) = module(LIB_MODULE);
+    let data: BTreeSet<String> = lib.strs("compile_data").into_iter().collect();
+    let mut included = BTreeSet::new();
+    for file in rust_files("src") {
+        let text = read(&file);
+        for (i, _) in text.match_indices("include_str!(\"").chain(text.match_indices("include_bytes!(\"")) {
+            let arg = text[i..].split('"').nth(1).unwrap();
+            let mut path = Path::new(&file).parent().unwrap().to_path_buf();
+            for part in Path::new(arg).components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        path.pop();
+                    }
+                    other => path.push(other),
+                }
+            }
+            included.insert(path.to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(included, data, "{LIB_MODULE} compile_data vs the include_str!/include_bytes! of src/");
+    for f in &data {
+        assert!(root().join(f).is_file(), "compile_data {f} does not exist");
+    }
+}
+
+#[test]
+fn android_bp_files_are_bpfmt_clean() {
+    let files = ["Android.bp", "aidl/Android.bp", "vts/Android.bp"];
+    let out = Command::new("bpfmt").arg("-l").args(files).current_dir(root()).output().unwrap_or_else(|e| {
+        panic!("bpfmt: {e} (Debian package blueprint-tools: vts/lane/host-deps.sh blueprint-tools installs it)")
+    });
+    assert!(out.status.success(), "bpfmt failed: {}", String::from_utf8_lossy(&out.stderr));
+    let unformatted = String::from_utf8_lossy(&out.stdout);
+    assert!(unformatted.trim().is_empty(), "not bpfmt-formatted (run `bpfmt -w`): {unformatted}");
+}
+
+const MATRIX: &str = "vendor.chargetransfer-compatibility-matrix.xml";
+
+#[test]
+fn compatibility_matrix_declares_what_the_manifest_fragment_serves() {
+    let matrix = read(MATRIX);
+    assert!(matrix.contains("<compatibility-matrix version=\"1.0\" type=\"framework\">"), "{MATRIX}: framework matrix");
+    assert!(matrix.contains("<hal format=\"aidl\">"), "{MATRIX}: an AIDL HAL");
+    // <name> holds the HAL's package first, then the interface's name inside <interface>.
+    let names = xml_tags(&matrix, "name");
+    assert_eq!(names.first().map(String::as_str), Some(PACKAGE), "{MATRIX}: HAL name vs {VINTF}");
+    let manifest = vintf();
+    assert_eq!(xml_tags(&matrix, "version"), xml_tags(&manifest, "version"), "{MATRIX} version vs {VINTF}");
+    let declared: Vec<String> = xml_tags(&matrix, "instance")
+        .iter()
+        .map(|instance| format!("{}/{instance}", names.get(1).expect("<interface><name>")))
+        .collect();
+    assert_eq!(declared, xml_tags(&manifest, "fqname"), "{MATRIX} interface/instance vs {VINTF} fqname");
 }
