@@ -19,9 +19,9 @@ use crate::daemon::autoconfigure;
 use crate::dump::{human, owner_table};
 use crate::error::code_name;
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
-use crate::owner::Caller;
 use crate::policy::Policy;
 
 /// Short names of the steps, for the plot's axis and the summary.

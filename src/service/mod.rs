@@ -18,8 +18,8 @@ use crate::aidl::vendor::chargetransfer::{
     UsageReport::UsageReport,
 };
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::kernel::dmabuf;
-use crate::owner::Caller;
 
 pub use death::DeathWatch;
 

@@ -34,8 +34,8 @@ use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
+use chargetransfer::offers::MAX_OFFERS_PER_PROCESS;
 use chargetransfer::policy::Policy;
-use chargetransfer::transfer::MAX_OFFERS_PER_PROCESS;
 
 use crate::harness::{Child, Env, Refusal, AID_GRAPHICS, AID_SYSTEM};
 use crate::rng::Rng;
