@@ -16,6 +16,7 @@ mod harness;
 mod rng;
 mod stress;
 mod transfer_cases;
+mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
