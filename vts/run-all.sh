@@ -17,7 +17,8 @@ echo "== cargo test (unit, fixture, host RPC tier, Android build files)"
 cargo test --workspace --locked 2>&1 | tee "$log_dir/cargo-test.log"
 
 echo "== static guest binaries"
-eval "$(vts/build-guest.sh | grep '^BIN_DIR=')"
+BIN_DIR=$(vts/build-guest.sh | sed -n 's/^BIN_DIR=//p')
+[ -n "$BIN_DIR" ] || { echo "run-all: FAIL: build-guest.sh named no BIN_DIR"; exit 1; }
 export BIN_DIR
 
 declare -A passed failed
