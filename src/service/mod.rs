@@ -17,8 +17,8 @@ use crate::binder::aidl::vendor::chargetransfer::{
 };
 use crate::binder::{self, Interface, ParcelFileDescriptor, SpIBinder, Status};
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::kernel::dmabuf;
-use crate::owner::Caller;
 
 pub use death::DeathWatch;
 

@@ -184,7 +184,7 @@ pub fn run() -> ! {
             Ok(match args.first().copied().unwrap_or("") {
                 "alloc" => {
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                    let fd = chargetransfer::kernel::alloc_from_heap(&heap, num(2) as u64)
                         .map_err(|e| format!("err 0 {e}"))?;
                     let ino = inode(&fd);
                     slots.push(Some(fd));
@@ -233,7 +233,7 @@ pub fn run() -> ! {
                     // Allocate and charge as one step: a buffer this child keeps is always
                     // charged; one the service refuses is freed at once.
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                    let fd = chargetransfer::kernel::alloc_from_heap(&heap, num(2) as u64)
                         .map_err(|e| format!("err 0 {e}"))?;
                     let charged = match args[0] {
                         "alloc_charge" => retrying(&mut client, |c| c.charge(&fd)),

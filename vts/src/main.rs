@@ -20,6 +20,7 @@ mod harness;
 mod rng;
 mod stress;
 mod transfer_cases;
+mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use harness::Env;
 
 type Case = fn(&Env) -> cases::Outcome;
+type Cases = &'static [(&'static str, Case)];
 
 const CASES: &[(&str, Case)] = &[
     ("version_and_hash_are_served", cases::version_and_hash_are_served),
@@ -48,10 +50,6 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
     ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
-    (
-        "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
-        cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
-    ),
     (
         "double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying",
         transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying,
@@ -93,6 +91,12 @@ const CASES: &[(&str, Case)] = &[
         stress::stress_eight_clients_random_workload_matches_procfs,
     ),
 ];
+
+/// Cases that need the kernel to charge the system heap to memcg (`dma_heap.mem_accounting=1`).
+const MEM_ACCOUNTING_CASES: &[(&str, Case)] = &[(
+    "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
+    cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
+)];
 
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
 const DMEM_CASES: &[(&str, Case)] = &[
@@ -163,8 +167,19 @@ fn main() {
     }
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
-    let dmem = if lane == "dmem" { DMEM_CASES } else { &[] };
-    let cases: Vec<(&str, Case)> = CASES.iter().chain(dmem).copied().collect();
+    // A case this lane cannot run is listed as skipped, with the reason, never left out.
+    let groups: [(Cases, Option<&str>); 3] = [
+        (CASES, None),
+        (
+            MEM_ACCOUNTING_CASES,
+            (!cases::mem_accounting())
+                .then_some("the kernel does not charge the system heap (dma_heap.mem_accounting=0)"),
+        ),
+        (
+            DMEM_CASES,
+            (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
+        ),
+    ];
     // Over RPC the socket's root object is the one service under test.
     let instances = match &rpc {
         Some(_) => vec![INSTANCE.to_string()],
@@ -174,9 +189,17 @@ fn main() {
         }),
     };
     if instances.is_empty() {
-        let trials = cases.iter().map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(true)).collect();
+        let reason = format!("no instance of {INSTANCE} is declared");
+        let trials = groups
+            .iter()
+            .flat_map(|(group, _)| group.iter())
+            .map(|(name, _)| {
+                println!("skipped: {name}: {reason}");
+                Trial::test(*name, || Ok(())).with_ignored_flag(true)
+            })
+            .collect();
         let skipped = libtest_mimic::run(&args, trials).num_ignored;
-        println!("vts: 0 passed, 0 failed, {skipped} skipped (lane {lane}): no instance of {INSTANCE} is declared");
+        println!("vts: 0 passed, 0 failed, {skipped} skipped (lane {lane}): {reason}");
         std::process::exit(SKIPPED);
     }
     let mut trials = Vec::new();
@@ -202,17 +225,26 @@ fn main() {
         });
         // Names stay the case names for the usual single instance, so filters keep working.
         let suffix = if instances.len() > 1 { format!("/{instance}") } else { String::new() };
-        trials.extend(cases.iter().map(|(name, case)| {
-            let env = std::sync::Arc::clone(&env);
-            let case = *case;
-            Trial::test(format!("{name}{suffix}"), move || case(&env).map_err(Failed::from))
-        }));
+        for (group, unmet) in &groups {
+            for (name, case) in group.iter() {
+                let env = std::sync::Arc::clone(&env);
+                let case = *case;
+                let name = format!("{name}{suffix}");
+                if let Some(reason) = unmet {
+                    println!("skipped: {name}: {reason}");
+                }
+                trials.push(
+                    Trial::test(name, move || case(&env).map_err(Failed::from)).with_ignored_flag(unmet.is_some()),
+                );
+            }
+        }
     }
     let conclusion = libtest_mimic::run(&args, trials);
     println!(
-        "vts: {} passed, {} failed (lane {lane}, instances: {})",
+        "vts: {} passed, {} failed, {} skipped (lane {lane}, instances: {})",
         conclusion.num_passed,
         conclusion.num_failed,
+        conclusion.num_ignored,
         instances.join(" ")
     );
     conclusion.exit();
