@@ -1225,3 +1225,64 @@ fn compatibility_matrix_declares_what_the_manifest_fragment_serves() {
         .collect();
     assert_eq!(declared, xml_tags(&manifest, "fqname"), "{MATRIX} interface/instance vs {VINTF} fqname");
 }
+
+#[test]
+fn genfs_contexts_label_what_autoconfig_reads_with_declared_vendor_types() {
+    let types = declared_types();
+    let te = te_text();
+    let mut labelled = Vec::new();
+    for line in read("sepolicy/genfs_contexts").lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[..2], ["genfscon", "sysfs"], "genfs_contexts: {line}");
+        let ty = words[3].split(':').nth(2).unwrap_or_else(|| panic!("genfs_contexts: bad label in {line}"));
+        assert!(ty.starts_with("vendor_"), "genfs_contexts: {ty} is not vendor-prefixed");
+        let attrs = types.get(ty).unwrap_or_else(|| panic!("genfs_contexts: {ty} is not declared"));
+        assert!(attrs.contains("sysfs_type") && attrs.contains("fs_type"), "{ty} needs fs_type, sysfs_type");
+        assert!(
+            te.contains(&format!("hal_vendor_chargetransfer_default, {ty}"))
+                || te.contains(&format!("hal_vendor_chargetransfer_default {ty}:")),
+            "the service is granted no read of {ty}"
+        );
+        labelled.push(format!("/sys{}", words[2]));
+    }
+    // The paths src/autoconfig/probe.rs reads under /sys (the device tree through /proc/device-tree).
+    for path in [
+        "/sys/module/dma_heap/parameters/mem_accounting",
+        "/sys/kernel/mm/cma",
+        "/sys/class/drm",
+        "/sys/firmware/devicetree/base/reserved-memory",
+    ] {
+        assert!(labelled.iter().any(|l| l == path), "genfs_contexts does not label {path}");
+    }
+    assert!(
+        te.contains("hal_vendor_chargetransfer_default proc_cmdline:file"),
+        "/proc/cmdline (proc_cmdline) is read by autoconfig"
+    );
+}
+
+#[test]
+fn shipped_policy_trusts_only_domains_the_sepolicy_lets_call() {
+    // A trusted context that vendor policy cannot make a client (SurfaceFlinger, cameraserver:
+    // platform domains) is trust the device can never exercise.
+    let policy: serde_json::Value = serde_json::from_str(&read("config/policy.json")).unwrap();
+    let compact: String = te_text().split_whitespace().collect();
+    for context in policy["trusted"]["contexts"].as_array().expect("trusted.contexts") {
+        let domain = context.as_str().unwrap();
+        assert!(
+            compact.contains(&format!("hal_client_domain({domain},hal_vendor_chargetransfer)")),
+            "config/policy.json trusts {domain}, which sepolicy/ does not make a hal_vendor_chargetransfer client"
+        );
+    }
+}
+
+#[test]
+fn su_fds_are_accepted_only_on_debug_builds() {
+    let te = read("sepolicy/hal_vendor_chargetransfer.te");
+    let compact: String =
+        te.lines().map(|l| l.split('#').next().unwrap()).collect::<Vec<_>>().join("\n").split_whitespace().collect();
+    assert!(
+        compact.contains("userdebug_or_eng(`allowhal_vendor_chargetransfer_serversu:fduse;')"),
+        "the VTS test (su) must be able to pass fds on debug builds"
+    );
+}
