@@ -20,9 +20,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
-use chargetransfer::aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
-use chargetransfer::aidl::vendor::chargetransfer::IChargeTransfer::IChargeTransfer;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
+use chargetransfer::binder::aidl::vendor::chargetransfer::IChargeTransfer::IChargeTransfer;
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::kernel::fake_proc::{dmabuf_fdinfo, plain_fdinfo, FakeProc, FakeProcess};
 use chargetransfer::kernel::{self};
@@ -754,7 +754,7 @@ impl AidlWorld {
         }
     }
 
-    fn learn(&mut self, info: &chargetransfer::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo) {
+    fn learn(&mut self, info: &chargetransfer::binder::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo) {
         if !self.seen.inodes.contains(&info.inode) {
             self.seen.inodes.push(info.inode);
         }
@@ -1251,7 +1251,7 @@ fn accountant_proc(root: &Path, procs: &[(u32, u32, &str, &[u64])]) {
 #[test]
 fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
     use chargetransfer::accountant::{Accountant, Config};
-    use chargetransfer::owner::Caller;
+    use chargetransfer::identity::Caller;
     let dir = tempfile::tempdir().unwrap();
     let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
     accountant_proc(&proc_root, &[(100, 10001, "/uid_10001/pid_100", &[]), (101, 10001, "/uid_10001/a b", &[2])]);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::policy::format_bytes;
 
@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let client = connect(&cli).map_err(|e| e.to_string())?;
     let svc = client.service();
-    let e = |err: rsbinder::Status| ClientError::from(err).to_string();
+    let e = |err: chargetransfer::binder::Status| ClientError::from(err).to_string();
     match cli.command {
         Command::Demo { .. } | Command::Probe { .. } => unreachable!("handled above"),
         Command::Usage { pid, uid, cgroup } => {

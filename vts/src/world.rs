@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chargetransfer::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs, ScannedBuffer};
 
