@@ -13,7 +13,7 @@ use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
 use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
-use crate::autoconfig::ProbeRoots;
+use crate::autoconfig::{Autoconfig, ProbeRoots, Report, Scope};
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::Policy;
@@ -89,24 +89,26 @@ pub fn run(opts: Options) -> Result<(), String> {
         durability: durability(&opts.durability),
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
     };
-    let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
+    let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
     let roots = ProbeRoots {
         cgroup: cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
         proc: opts.proc_root.clone(),
         sys: opts.sys_root.clone(),
         dev: opts.dev_root.clone(),
     };
+    let autoconfig = Arc::new(Autoconfig::new(roots, policy, opts.state_dir.clone()));
     if !opts.no_autoconfig {
-        match autoconfigure(&accountant, &roots, false, false) {
+        match autoconfigure(&accountant, &autoconfig, false, false) {
             Ok(report) => info!("autoconfig:\n{report}"),
             Err(e) => warn!("autoconfig failed, limits unchanged: {e}"),
         }
-        // An app that appears after boot gets its class limits before its first charge.
-        let hook_roots = roots.clone();
-        accountant.set_new_owner_hook(Box::new(move |a| {
-            if let Err(e) = crate::autoconfig::run_for(a, &hook_roots, false) {
-                warn!("autoconfig for a new owner: {e}");
-            }
+        // An app that appears after boot gets its class limits before its first charge: its own
+        // cgroup only, nobody else's.
+        let hook = Arc::clone(&autoconfig);
+        accountant.set_new_owner_hook(Box::new(move |a| match apply(a, &hook, Scope::New, false) {
+            Ok(report) if !report.is_clean() => warn!("autoconfig for a new owner:\n{report}"),
+            Ok(_) => {}
+            Err(e) => warn!("autoconfig for a new owner: {e}"),
         }));
     }
     match accountant.reconcile() {
@@ -121,9 +123,9 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_lifecycle(&accountant, &deaths, &stop, &opts);
+    spawn_lifecycle(&accountant, &autoconfig, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
-        Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
+        Box::new(move |a, dry_run, json| autoconfigure(a, &autoconfig, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
     let binder = BnChargeTransfer::new_binder(service);
@@ -156,19 +158,73 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
 }
 
-/// Probes the device, computes limits from the policy and applies them: cgroup files where the
-/// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON.
+/// Probes the device, computes limits from the policy and applies them to every owner: cgroup
+/// files where the kernel enforces, ledger limits where the service does. Returns the report, as
+/// text or JSON.
 pub fn autoconfigure(
     accountant: &Accountant,
-    roots: &ProbeRoots,
+    autoconfig: &Autoconfig,
     dry_run: bool,
     json: bool,
 ) -> crate::error::Result<String> {
-    let report = crate::autoconfig::run_for(accountant, roots, dry_run)?;
+    let report = apply(accountant, autoconfig, Scope::All, dry_run)?;
     Ok(if json { report.to_json() } else { report.to_string() })
 }
 
-fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {
+/// One autoconfig pass on the service's ledger: the probe and the kernel writes happen without
+/// the ledger lock; then the ledger's share is computed, applied and journaled under it. The pool
+/// summary (for `regions` queries) and the kernel-charged heaps are recorded after a real run.
+pub fn apply(
+    accountant: &Accountant,
+    autoconfig: &Autoconfig,
+    scope: Scope,
+    dry_run: bool,
+) -> crate::error::Result<Report> {
+    let known = accountant.with_ledger(|l| l.cgroups());
+    let pass = autoconfig.pass(&known, scope, dry_run);
+    let (events, refused) = accountant.with_ledger_mut(|ledger| {
+        let events = pass.ledger_events(ledger);
+        if dry_run {
+            return Ok(((events, Vec::new()), Vec::new()));
+        }
+        let (mut applied, mut refused) = (Vec::new(), Vec::new());
+        for event in events {
+            match ledger.apply(&event) {
+                Ok(()) => applied.push(event),
+                Err(e) => refused.push(format!("ledger refused {}: {e}", crate::autoconfig::apply::describe(&event))),
+            }
+        }
+        Ok(((applied.clone(), refused), applied))
+    })?;
+    if !dry_run {
+        accountant.policy().set_kernel_charged_heaps(pass.kernel_charged_heaps().iter().cloned());
+    }
+    let full = pass.scope == Scope::All;
+    let report = pass.report(events, refused);
+    if !dry_run && (full || !report.is_clean()) {
+        accountant.set_regions(report.pools().into_iter().map(region_summary).collect());
+    }
+    Ok(report)
+}
+
+fn region_summary(p: crate::autoconfig::PoolSummary) -> crate::accountant::RegionSummary {
+    crate::accountant::RegionSummary {
+        name: p.name,
+        class: p.class,
+        capacity: p.capacity,
+        heaps: p.heaps,
+        enforced_by: p.enforced_by,
+        why: p.why,
+    }
+}
+
+fn spawn_lifecycle(
+    accountant: &Arc<Accountant>,
+    autoconfig: &Arc<Autoconfig>,
+    deaths: &Arc<DeathWatch>,
+    stop: &Arc<AtomicBool>,
+    opts: &Options,
+) {
     let (d, s) = (Arc::clone(deaths), Arc::clone(stop));
     let interval = Duration::from_millis(opts.pidfd_poll_ms.max(10));
     std::thread::Builder::new()
@@ -189,6 +245,7 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
         .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
         let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let ac = (!opts.no_autoconfig).then(|| Arc::clone(autoconfig));
         let every = Duration::from_secs(opts.reconcile_secs);
         std::thread::Builder::new()
             .name("reconcile".into())
@@ -197,6 +254,16 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
                     std::thread::sleep(every);
                     if let Err(e) = a.reconcile() {
                         warn!("periodic reconcile: {e}");
+                    }
+                    // An owner whose processes changed state (background signal) gets its new
+                    // class's limits.
+                    if let Some(ac) = &ac {
+                        let changed = ac.reclassified();
+                        if !changed.is_empty() {
+                            if let Err(e) = apply(&a, ac, Scope::Owners(changed), false) {
+                                warn!("autoconfig for reclassified owners: {e}");
+                            }
+                        }
                     }
                 }
             })
