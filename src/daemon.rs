@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
-use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
-use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
-use crate::autoconfig::{Autoconfig, ProbeRoots, Report, Scope};
+use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
+use crate::binder::{self, BinderFeatures, Interface};
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::Policy;
@@ -25,7 +24,7 @@ pub struct Options {
     /// Serve on the kernel binder driver (the default); optionally name the device.
     #[arg(long, value_name = "DEVICE", conflicts_with = "rpc")]
     pub binder: Option<Option<String>>,
-    /// Serve over rsbinder's RPC transport on this unix socket instead of kernel binder.
+    /// Serve over the binder RPC transport on this unix socket instead of kernel binder.
     #[arg(long, value_name = "SOCKET")]
     pub rpc: Option<PathBuf>,
     /// Policy files, merged in order (later wins); the embedded default when none is given.
@@ -104,12 +103,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         }
         // An app that appears after boot gets its class limits before its first charge: its own
         // cgroup only, nobody else's.
-        let hook = Arc::clone(&autoconfig);
-        accountant.set_new_owner_hook(Box::new(move |a| match apply(a, &hook, Scope::New, false) {
-            Ok(report) if !report.is_clean() => warn!("autoconfig for a new owner:\n{report}"),
-            Ok(_) => {}
-            Err(e) => warn!("autoconfig for a new owner: {e}"),
-        }));
+        accountant.set_autoconfig(Arc::clone(&autoconfig));
     }
     match accountant.reconcile() {
         Ok(r) => info!(
@@ -128,32 +122,21 @@ pub fn run(opts: Options) -> Result<(), String> {
         Box::new(move |a, dry_run, json| autoconfigure(a, &autoconfig, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
-    let binder = BnChargeTransfer::new_binder(service);
+    let service = binder::new_service(service, BinderFeatures::default());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {
         Some(socket) => {
-            let _ = std::fs::remove_file(socket);
-            let server = RpcServer::setup_unix_server(socket).map_err(|e| format!("{}: {e:?}", socket.display()))?;
-            server.set_android13plus(RPC_WIRE_VERSION);
-            server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
-            server.set_max_threads(opts.threads);
-            server.set_root(binder.as_binder()).map_err(|e| format!("{e:?}"))?;
             info!("serving {INSTANCE} over RPC on {}", socket.display());
-            server.run().map_err(|e| format!("rpc server: {e:?}"))
+            binder::serve_rpc(socket, service.as_binder(), opts.threads, RPC_WIRE_VERSION)
         }
         None => {
-            let device = opts.binder.clone().flatten();
-            match &device {
-                Some(d) => rsbinder::ProcessState::init(d, opts.threads),
-                None => rsbinder::ProcessState::init_default(),
-            }
-            .map_err(|e| format!("binder: {e}"))?;
-            rsbinder::ProcessState::start_thread_pool();
-            rsbinder::hub::add_service(INSTANCE, binder.as_binder())
-                .map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
+            binder::open_driver(opts.binder.clone().flatten().as_deref(), opts.threads)
+                .map_err(|e| format!("binder: {e}"))?;
+            binder::start_thread_pool();
+            binder::add_service(INSTANCE, service.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e}"))?;
             info!("registered {INSTANCE}");
-            rsbinder::ProcessState::join_thread_pool().map_err(|e| format!("thread pool: {e:?}"))
+            binder::join_thread_pool().map_err(|e| format!("thread pool: {e}"))
         }
     }
 }
@@ -167,55 +150,8 @@ pub fn autoconfigure(
     dry_run: bool,
     json: bool,
 ) -> crate::error::Result<String> {
-    let report = apply(accountant, autoconfig, Scope::All, dry_run)?;
+    let report = accountant.autoconfigure(autoconfig, Scope::All, dry_run)?;
     Ok(if json { report.to_json() } else { report.to_string() })
-}
-
-/// One autoconfig pass on the service's ledger: the probe and the kernel writes happen without
-/// the ledger lock; then the ledger's share is computed, applied and journaled under it. The pool
-/// summary (for `regions` queries) and the kernel-charged heaps are recorded after a real run.
-pub fn apply(
-    accountant: &Accountant,
-    autoconfig: &Autoconfig,
-    scope: Scope,
-    dry_run: bool,
-) -> crate::error::Result<Report> {
-    let known = accountant.with_ledger(|l| l.cgroups());
-    let pass = autoconfig.pass(&known, scope, dry_run);
-    let (events, refused) = accountant.with_ledger_mut(|ledger| {
-        let events = pass.ledger_events(ledger);
-        if dry_run {
-            return Ok(((events, Vec::new()), Vec::new()));
-        }
-        let (mut applied, mut refused) = (Vec::new(), Vec::new());
-        for event in events {
-            match ledger.apply(&event) {
-                Ok(()) => applied.push(event),
-                Err(e) => refused.push(format!("ledger refused {}: {e}", crate::autoconfig::apply::describe(&event))),
-            }
-        }
-        Ok(((applied.clone(), refused), applied))
-    })?;
-    if !dry_run {
-        accountant.policy().set_kernel_charged_heaps(pass.kernel_charged_heaps().iter().cloned());
-    }
-    let full = pass.scope == Scope::All;
-    let report = pass.report(events, refused);
-    if !dry_run && (full || !report.is_clean()) {
-        accountant.set_regions(report.pools().into_iter().map(region_summary).collect());
-    }
-    Ok(report)
-}
-
-fn region_summary(p: crate::autoconfig::PoolSummary) -> crate::accountant::RegionSummary {
-    crate::accountant::RegionSummary {
-        name: p.name,
-        class: p.class,
-        capacity: p.capacity,
-        heaps: p.heaps,
-        enforced_by: p.enforced_by,
-        why: p.why,
-    }
 }
 
 fn spawn_lifecycle(
@@ -260,7 +196,7 @@ fn spawn_lifecycle(
                     if let Some(ac) = &ac {
                         let changed = ac.reclassified();
                         if !changed.is_empty() {
-                            if let Err(e) = apply(&a, ac, Scope::Owners(changed), false) {
+                            if let Err(e) = a.autoconfigure(ac, Scope::Owners(changed), false) {
                                 warn!("autoconfig for reclassified owners: {e}");
                             }
                         }

@@ -49,10 +49,9 @@ pub fn plan(probe: &Probe, policy: &Policy) -> (Topology, Plan) {
 pub enum Scope {
     /// Every owner cgroup (boot, `chargectl autoconfig`).
     All,
-    /// These owner cgroups only: owners whose class changed. Nobody else's limits are touched.
+    /// These owner cgroups only: an owner seen for the first time, or owners whose class changed.
+    /// Nobody else's limits are touched.
     Owners(Vec<String>),
-    /// Owner cgroups no earlier pass configured (an app seen for the first time), only.
-    New,
 }
 
 impl Scope {
@@ -60,7 +59,6 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Owners(list) => list.iter().any(|c| c == cgroup),
-            Scope::New => false,
         }
     }
 }
@@ -138,20 +136,6 @@ impl Autoconfig {
         }
         topology.owners = Topology::owners_from(&self.policy, owners, &adj);
         let plan = Plan::compute(&topology, &self.policy);
-        let scope = match scope {
-            Scope::New => {
-                let classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
-                Scope::Owners(
-                    topology
-                        .owners
-                        .iter()
-                        .filter(|o| !classes.contains_key(&o.cgroup))
-                        .map(|o| o.cgroup.clone())
-                        .collect(),
-                )
-            }
-            other => other,
-        };
 
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let before = writes.clone();

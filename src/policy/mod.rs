@@ -11,10 +11,9 @@
 mod amount;
 mod parse;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -268,8 +267,8 @@ impl OwnerRule {
     }
 }
 
-/// The validated policy.
-#[derive(Debug)]
+/// The validated policy: what was configured, nothing found at run time.
+#[derive(Clone, Debug)]
 pub struct Policy {
     heaps: Vec<HeapPolicy>,
     trusted_uids: Vec<UidRange>,
@@ -279,24 +278,6 @@ pub struct Policy {
     dmem_limits: BTreeMap<RegionClass, [DmemLimits; 3]>,
     default_dmem_limits: [DmemLimits; 3],
     memcg_limits: [MemcgLimits; 3],
-    /// Heaps the kernel itself charges to memcg, as autoconfig last found them.
-    kernel_charged: RwLock<BTreeSet<String>>,
-}
-
-impl Clone for Policy {
-    fn clone(&self) -> Self {
-        Policy {
-            heaps: self.heaps.clone(),
-            trusted_uids: self.trusted_uids.clone(),
-            trusted_contexts: self.trusted_contexts.clone(),
-            owner_rules: self.owner_rules.clone(),
-            default_owner_class: self.default_owner_class,
-            dmem_limits: self.dmem_limits.clone(),
-            default_dmem_limits: self.default_dmem_limits,
-            memcg_limits: self.memcg_limits,
-            kernel_charged: RwLock::new(self.kernel_charged.read().unwrap_or_else(|p| p.into_inner()).clone()),
-        }
-    }
 }
 
 impl Policy {
@@ -401,17 +382,6 @@ impl Policy {
 
     pub fn memcg_limits(&self, owner: OwnerClass) -> MemcgLimits {
         self.memcg_limits[owner.index()]
-    }
-
-    /// Whether the kernel charges this heap's buffers to the allocating task's memcg (the system
-    /// heap with `dma_heap.mem_accounting=1`). Known once autoconfig ran; false before.
-    pub fn kernel_charges_heap(&self, heap: &str) -> bool {
-        self.kernel_charged.read().unwrap_or_else(|p| p.into_inner()).contains(heap)
-    }
-
-    /// Records what autoconfig found (see [`Policy::kernel_charges_heap`]).
-    pub fn set_kernel_charged_heaps(&self, heaps: impl IntoIterator<Item = String>) {
-        *self.kernel_charged.write().unwrap_or_else(|p| p.into_inner()) = heaps.into_iter().collect();
     }
 }
 

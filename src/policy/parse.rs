@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::RwLock;
 
 use serde_json::{Map, Value};
 
@@ -292,7 +291,6 @@ pub(super) fn policy(root: &Value) -> Result<Policy> {
         dmem_limits: limits.dmem,
         default_dmem_limits: limits.default_dmem,
         memcg_limits: limits.memcg,
-        kernel_charged: RwLock::new(Default::default()),
     })
 }
 

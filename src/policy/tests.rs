@@ -323,12 +323,3 @@ fn load_merges_vendor_overrides_over_the_base() {
     assert!(msg.starts_with(&format!("{}: line 1", odm.display())), "{msg}");
     assert!(matches!(Policy::load(&[dir.path().join("missing.json")]), Err(PolicyError::Io { .. })));
 }
-
-#[test]
-fn kernel_charged_heaps_are_recorded_by_autoconfig() {
-    let p = Policy::embedded_default();
-    assert!(!p.kernel_charges_heap("system"));
-    p.set_kernel_charged_heaps(["system".to_string()]);
-    assert!(p.kernel_charges_heap("system"));
-    assert!(p.clone().kernel_charges_heap("system"));
-}

@@ -3,7 +3,7 @@
 //! rewrites nothing the kernel holds (limits in the kernel's pages), and a dmem write the kernel
 //! cannot take leaves the limit with the service, which says so.
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::ledger::LimitKind;
 
 use crate::cases::{check, refused, Outcome};
