@@ -11,6 +11,7 @@
 //! `chargetransfer-vts --faults [--kills N] [--seed S] [--service-log FILE]` runs the fault phase
 //! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
+mod autoconfig_cases;
 mod bench;
 mod cases;
 mod child;
@@ -87,6 +88,14 @@ const CASES: &[(&str, Case)] = &[
         transfer_cases::a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile,
     ),
     (
+        "autoconfig_never_overwrites_a_limit_it_did_not_write",
+        autoconfig_cases::autoconfig_never_overwrites_a_limit_it_did_not_write,
+    ),
+    (
+        "a_second_autoconfig_run_rewrites_nothing_the_kernel_holds",
+        autoconfig_cases::a_second_autoconfig_run_rewrites_nothing_the_kernel_holds,
+    ),
+    (
         "stress_eight_clients_random_workload_matches_procfs",
         stress::stress_eight_clients_random_workload_matches_procfs,
     ),
@@ -110,6 +119,10 @@ const DMEM_CASES: &[(&str, Case)] = &[
         dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel,
     ),
     ("autoconfig_writes_real_dmem_limits", dmem_cases::autoconfig_writes_real_dmem_limits),
+    (
+        "a_failed_dmem_write_leaves_the_limit_with_the_service",
+        autoconfig_cases::a_failed_dmem_write_leaves_the_limit_with_the_service,
+    ),
 ];
 
 /// Exit status of a run in which nothing could be tested (automake's SKIP).
