@@ -3,7 +3,7 @@
 //! holds, how it opens, and where each concept lives:
 //!
 //! - [`state`]: the locked ledger with its journal, offers and owners; every change goes through it;
-//! - [`charges`]: charge, release and the trusted push;
+//! - [`charges`]: charge, release and the trusted push, with the holder rule;
 //! - [`offers`]: consent-based hand-over (offer, accept);
 //! - [`lifecycle`]: death, hand-over to the next holder, reconcile;
 //! - [`budget`]: the memory.max check for bytes the kernel charged to someone else;
@@ -24,9 +24,11 @@ mod state;
 mod tests;
 mod vram;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use log::info;
 
@@ -36,7 +38,7 @@ use crate::journal::{Durability, Journal};
 use crate::kernel::cgroupfs::CgroupFs;
 use crate::kernel::procfs::ProcFs;
 use crate::ledger::Ledger;
-use crate::offers::Tickets;
+use crate::permission::{self, Op};
 use crate::policy::Policy;
 
 pub use cgroup_path::uid_cgroup;
@@ -69,7 +71,13 @@ pub struct Accountant {
     new_owner_hook: std::sync::OnceLock<NewOwnerHook>,
     /// Top-level owner cgroups (`/uid_<uid>`, `/system`) the hook has run for.
     configured: Mutex<BTreeSet<String>>,
+    /// How long the receiver of a push or an on-behalf charge has to come to hold the buffer, in
+    /// milliseconds.
+    receipt_grace_ms: AtomicU64,
 }
+
+/// The receipt grace unless the daemon sets another: ample for an allocator to hand the fd over.
+pub const RECEIPT_GRACE: Duration = Duration::from_secs(5);
 
 impl Accountant {
     /// Loads the journal (if any), then declares the policy's heaps.
@@ -87,20 +95,23 @@ impl Accountant {
             policy,
             processes: Processes::new(ProcFs::new(&config.proc_root), config.pidfds),
             cgroupfs: config.cgroup_root.as_ref().map(CgroupFs::new),
-            state: Mutex::new(State {
-                ledger,
-                journal,
-                tickets: Tickets::default(),
-                owners: HashMap::new(),
-                kernel_payer: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(ledger, journal)),
             regions: Mutex::new(Vec::new()),
             new_owner_hook: std::sync::OnceLock::new(),
             configured: Mutex::new(BTreeSet::new()),
+            receipt_grace_ms: AtomicU64::new(RECEIPT_GRACE.as_millis() as u64),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners();
         Ok(accountant)
+    }
+
+    pub fn set_receipt_grace(&self, grace: Duration) {
+        self.receipt_grace_ms.store(grace.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn receipt_grace(&self) -> Duration {
+        Duration::from_millis(self.receipt_grace_ms.load(Ordering::Relaxed))
     }
 
     pub fn policy(&self) -> &Policy {
@@ -138,15 +149,8 @@ impl Accountant {
         }
     }
 
-    fn is_trusted(&self, caller: Caller) -> bool {
-        self.policy.is_trusted_uid(caller.uid)
-    }
-
-    fn require_trusted(&self, caller: Caller, what: &'static str) -> Result<()> {
-        if self.is_trusted(caller) {
-            Ok(())
-        } else {
-            Err(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what })
-        }
+    /// Asks the permission module whether `caller` may do `op`.
+    pub fn permit(&self, caller: &Caller, op: Op) -> Result<()> {
+        permission::check(&self.policy, caller, op)
     }
 }
