@@ -2,11 +2,12 @@
 //! enforces limits the kernel cannot, and moves charges when buffers cross binder.
 //!
 //! Layout: a pure [`ledger`] at the centre; [`policy`] and [`autoconfig`] decide limits and
-//! trust; OS adapters in [`kernel`]; the durable [`journal`]; the AIDL boundary in `service`.
+//! trust; OS adapters in [`kernel`]; the durable [`journal`]; the AIDL boundary in `service`;
+//! the one binder seam in [`binder`].
 
 pub mod accountant;
-pub mod aidl;
 pub mod autoconfig;
+pub mod binder;
 pub mod client;
 pub mod daemon;
 pub mod demo;

@@ -14,7 +14,7 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
-use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::{human, owner_table};
 use crate::error::code_name;

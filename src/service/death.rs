@@ -10,12 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use log::{info, warn};
-use rsbinder::{DeathRecipient, SIBinder, WIBinder};
-
 use crate::accountant::Accountant;
+use crate::binder::{self, DeathLink, SpIBinder};
 use crate::error::{Error, Result};
 use crate::identity::Process;
+use log::{info, warn};
 
 /// Tokens one process may register; more would only cost the service memory.
 pub const MAX_TOKENS_PER_PROCESS: usize = 16;
@@ -29,26 +28,19 @@ fn key(p: &Process) -> Key {
     (p.pid, p.start_time)
 }
 
-struct Recipient {
-    process: Process,
-    watch: Weak<DeathWatch>,
-}
-
-impl DeathRecipient for Recipient {
-    fn binder_died(&self, _who: &WIBinder) {
-        let Some(watch) = self.watch.upgrade() else { return };
-        watch.forget(&self.process);
-        let Some(a) = watch.accountant.upgrade() else { return };
-        let pid = self.process.pid;
-        match a.process_died(pid) {
-            Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
-            Err(e) => warn!("client pid {pid} died: {e}"),
-        }
+fn binder_died(process: &Process, watch: &Weak<DeathWatch>) {
+    let Some(watch) = watch.upgrade() else { return };
+    watch.forget(process);
+    let Some(a) = watch.accountant.upgrade() else { return };
+    let pid = process.pid;
+    match a.process_died(pid) {
+        Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
+        Err(e) => warn!("client pid {pid} died: {e}"),
     }
 }
 
-/// A watched token and its recipient: both must stay alive for the notification to fire.
-type Watched = (SIBinder, Arc<Recipient>);
+/// A watched token and its death link: both must stay alive for the notification to fire.
+type Watched = (SpIBinder, DeathLink);
 
 pub struct DeathWatch {
     accountant: Weak<Accountant>,
@@ -66,7 +58,7 @@ impl DeathWatch {
     }
 
     /// Watches `token` for `process`, the caller as resolved (and pinned) from binder.
-    pub fn register(&self, process: Process, token: &SIBinder) -> Result<()> {
+    pub fn register(&self, process: Process, token: &SpIBinder) -> Result<()> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = tokens.values().map(Vec::len).sum();
         if total >= MAX_TOKENS {
@@ -79,11 +71,10 @@ impl DeathWatch {
                 "pid {pid} already registered {MAX_TOKENS_PER_PROCESS} tokens"
             )));
         }
-        let recipient = Arc::new(Recipient { process, watch: self.me.clone() });
-        token
-            .link_to_death_arc(&recipient)
-            .map_err(|e| Error::InvalidArgument(format!("cannot watch the token of pid {pid}: {e:?}")))?;
-        list.push((token.clone(), recipient));
+        let watch = self.me.clone();
+        let link = binder::link_to_death(token, move || binder_died(&process, &watch))
+            .map_err(|e| Error::InvalidArgument(format!("cannot watch the token of pid {pid}: {e}")))?;
+        list.push((token.clone(), link));
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
