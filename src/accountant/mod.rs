@@ -102,7 +102,7 @@ impl Accountant {
             receipt_grace_ms: AtomicU64::new(RECEIPT_GRACE.as_millis() as u64),
         };
         accountant.declare_heaps()?;
-        accountant.adopt_owners();
+        accountant.adopt_owners()?;
         Ok(accountant)
     }
 
@@ -139,14 +139,29 @@ impl Accountant {
     }
 
     /// After a restart, owners recorded in the journal are looked up again; the dead ones are
-    /// handled by the next reconcile.
-    fn adopt_owners(&self) {
+    /// handled by the next reconcile. A pid now held by a process of another uid than the app
+    /// cgroup its charges sit in was recycled: those charges are parked on their parent cgroup
+    /// (the dead owner's app), never handed to the newcomer.
+    fn adopt_owners(&self) -> Result<()> {
         let pids = self.lock().ledger.owner_pids();
         for pid in pids.into_iter().filter(|p| *p != 0) {
-            if let Ok(process) = self.processes.resolve(pid) {
-                self.lock().owners.insert(pid, process);
-            }
+            let Ok(process) = self.processes.resolve(pid) else { continue };
+            self.change(|state| {
+                let recycled = state
+                    .ledger
+                    .buffers_of_pid(pid)
+                    .into_iter()
+                    .filter_map(|i| state.ledger.buffer(i))
+                    .any(|b| cgroup_path::uid_of_cgroup(&b.cgroup).is_some_and(|uid| uid != process.uid));
+                if recycled {
+                    state.park_charges_of(pid)
+                } else {
+                    state.owners.insert(pid, process.clone());
+                    Ok(())
+                }
+            })?;
         }
+        Ok(())
     }
 
     /// Asks the permission module whether `caller` may do `op`.
