@@ -163,14 +163,20 @@ fn a_parked_charge_goes_when_its_last_holder_dies() {
     assert_eq!(payer(&a, 7), None, "its last holder died: released");
 }
 
-/// A stale death notification (the pid is alive and still the recorded owner) changes nothing.
+/// A death notice for a process that no longer is the recorded owner of its pid (a stale token
+/// of a recycled pid) changes nothing.
 #[test]
-fn a_death_notice_for_a_live_owner_changes_nothing() {
+fn a_stale_death_notice_leaves_the_current_owner_alone() {
     let dir = tempfile::tempdir().unwrap();
     let proc_root = dir.path().join("proc");
     put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[(7, 4096)]);
     let a = open(&proc_root, None);
     a.charge(&Caller::new(100, 10001), &buffer(7), None).unwrap();
-    assert_eq!(a.process_died(100).unwrap(), 0);
+    let owner = a.process(100).unwrap();
+    let earlier = chargetransfer::identity::Process { start_time: 400, ..owner.clone() };
+    assert_eq!(a.process_exited(&earlier).unwrap(), 0);
     assert_eq!(payer(&a, 7), Some((100, "/uid_10001/pid_100".into())));
+    fs::remove_dir_all(proc_root.join("100")).unwrap();
+    assert_eq!(a.process_exited(&owner).unwrap(), 1);
+    assert_eq!(payer(&a, 7), None);
 }

@@ -93,20 +93,28 @@ impl Accountant {
     /// [`Self::hand_over`]; charges parked on a dead app's cgroup that nobody holds any more are
     /// released too (this may have been their last holder). When the scan could not read every
     /// process, nothing is released on its word: the charge is handed over instead and the next
-    /// complete reconcile settles it. A notification for a pid whose recorded owner is still alive
-    /// (same start time) changes nothing.
+    /// complete reconcile settles it.
     pub fn process_died(&self, pid: u32) -> Result<usize> {
-        self.processes.forget(pid);
+        self.handle_death(pid, None)
+    }
+
+    /// [`Self::process_died`] for a death known by identity (a death token, a pidfd): a notice
+    /// about a process that is not the recorded owner of that pid (the pid was recycled since)
+    /// leaves the owner's charges alone.
+    pub fn process_exited(&self, dead: &Process) -> Result<usize> {
+        self.handle_death(dead.pid, Some(dead))
+    }
+
+    fn handle_death(&self, pid: u32, expected: Option<&Process>) -> Result<usize> {
         let (dead, inodes, parked) = {
             let state = self.lock();
-            let dead = state.owners.get(&pid).cloned();
+            let dead = state.owners.get(&pid).filter(|o| expected.is_none_or(|e| o.is(e))).cloned();
             let inodes = if dead.is_some() { state.ledger.buffers_of_pid(pid) } else { Vec::new() };
             (dead, inodes, state.ledger.buffers_of_pid(0))
         };
-        if let Some(d) = &dead {
-            if self.processes.peek(pid).is_ok_and(|now| now.is(d)) {
-                return Ok(0);
-            }
+        // A stale notice must not unpin the process that has the pid now.
+        if expected.is_none() || dead.is_some() {
+            self.processes.forget(pid);
         }
         if inodes.is_empty() && parked.is_empty() {
             if let Some(d) = dead {

@@ -33,7 +33,7 @@ fn binder_died(process: &Process, watch: &Weak<DeathWatch>) {
     watch.forget(process);
     let Some(a) = watch.accountant.upgrade() else { return };
     let pid = process.pid;
-    match a.process_died(pid) {
+    match a.process_exited(process) {
         Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
         Err(e) => warn!("client pid {pid} died: {e}"),
     }
@@ -94,7 +94,7 @@ impl DeathWatch {
             for process in accountant.processes().reap_exited() {
                 self.forget(&process);
                 let pid = process.pid;
-                match accountant.process_died(pid) {
+                match accountant.process_exited(&process) {
                     Ok(0) => {}
                     Ok(n) => info!("pid {pid} exited (pidfd): {n} charges handled"),
                     Err(e) => warn!("pid {pid} exited: {e}"),
