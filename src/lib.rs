@@ -6,6 +6,7 @@
 
 pub mod accountant;
 pub mod aidl;
+pub mod allocator;
 pub mod autoconfig;
 pub mod client;
 pub mod daemon;
