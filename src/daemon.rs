@@ -1,6 +1,6 @@
 //! The service process: opens the ledger, runs autoconfig, registers the binder service (or
 //! serves RPC on a unix socket), and keeps lifecycles in order — pidfd polling, periodic
-//! reconcile, journal compaction on SIGTERM.
+//! reconcile with catch-up charging, journal compaction on SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 use crate::accountant::{Accountant, Config};
 use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::autoconfig::ProbeRoots;
+use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::Policy;
@@ -109,23 +110,32 @@ pub fn run(opts: Options) -> Result<(), String> {
             }
         }));
     }
-    match accountant.reconcile() {
-        Ok(r) => info!(
-            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
+    // After the journal's replay: charges that died with the service or never arrived (an
+    // allocator deferred them while it was down) are caught up before the first call.
+    let catch_up = Arc::new(CatchUp::new());
+    match catch_up.reconcile(&accountant) {
+        Ok((r, caught)) => info!(
+            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted, {} caught up",
             r.released,
             r.moved,
-            r.unaccounted.len()
+            r.unaccounted.len(),
+            caught.len()
         ),
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_lifecycle(&accountant, &deaths, &stop, &opts);
+    spawn_lifecycle(&accountant, &catch_up, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
         Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
-    let service =
-        ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
+    let service = ChargeTransferService::new(
+        Arc::clone(&accountant),
+        opts.proc_root.clone(),
+        Arc::clone(&deaths),
+        autoconfigure,
+        catch_up,
+    );
     let binder = BnChargeTransfer::new_binder(service);
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
@@ -168,7 +178,13 @@ pub fn autoconfigure(
     Ok(if json { report.to_json() } else { report.to_string() })
 }
 
-fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {
+fn spawn_lifecycle(
+    accountant: &Arc<Accountant>,
+    catch_up: &Arc<CatchUp>,
+    deaths: &Arc<DeathWatch>,
+    stop: &Arc<AtomicBool>,
+    opts: &Options,
+) {
     let (d, s) = (Arc::clone(deaths), Arc::clone(stop));
     let interval = Duration::from_millis(opts.pidfd_poll_ms.max(10));
     std::thread::Builder::new()
@@ -188,14 +204,14 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
         })
         .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
-        let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let (a, c, s) = (Arc::clone(accountant), Arc::clone(catch_up), Arc::clone(stop));
         let every = Duration::from_secs(opts.reconcile_secs);
         std::thread::Builder::new()
             .name("reconcile".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(every);
-                    if let Err(e) = a.reconcile() {
+                    if let Err(e) = c.reconcile(&a) {
                         warn!("periodic reconcile: {e}");
                     }
                 }

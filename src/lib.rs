@@ -8,6 +8,7 @@ pub mod accountant;
 pub mod aidl;
 pub mod allocator;
 pub mod autoconfig;
+pub mod catchup;
 pub mod client;
 pub mod daemon;
 pub mod demo;

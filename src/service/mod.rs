@@ -17,6 +17,7 @@ use crate::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };
+use crate::catchup::CatchUp;
 use crate::error::Error;
 use crate::kernel::dmabuf;
 use crate::owner::Caller;
@@ -35,6 +36,7 @@ pub struct ChargeTransferService {
     proc_root: PathBuf,
     deaths: Arc<DeathWatch>,
     autoconfigure: Autoconfigure,
+    catch_up: Arc<CatchUp>,
 }
 
 impl rsbinder::Interface for ChargeTransferService {}
@@ -67,8 +69,9 @@ impl ChargeTransferService {
         proc_root: PathBuf,
         deaths: Arc<DeathWatch>,
         autoconfigure: Autoconfigure,
+        catch_up: Arc<CatchUp>,
     ) -> Self {
-        ChargeTransferService { accountant, proc_root, deaths, autoconfigure }
+        ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up }
     }
 
     /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it.
@@ -201,7 +204,7 @@ impl IChargeTransfer for ChargeTransferService {
         if !self.accountant.policy().is_trusted_uid(caller.uid) {
             return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "reconcile" }));
         }
-        let report = self.accountant.reconcile().map_err(status)?;
+        let (report, _) = self.catch_up.reconcile(&self.accountant).map_err(status)?;
         Ok(convert::reconcile_report(&report))
     }
 
@@ -214,7 +217,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn dumpState(&self) -> BinderResult<String> {
-        Ok(crate::dump::render(&self.accountant))
+        Ok(crate::dump::render(&self.accountant) + &self.catch_up.render())
     }
 
     fn ping(&self) -> BinderResult<()> {
