@@ -331,9 +331,10 @@ impl AllocatorClient {
         self.shared.options.deadline
     }
 
-    /// Runs `call` on an idle worker and waits for it within the deadline.
+    /// Runs `call` on an idle worker and waits for it within `deadline`.
     fn call<T: Send + 'static>(
         &self,
+        deadline: Duration,
         call: impl FnOnce(&Client) -> Result<T> + Send + 'static,
     ) -> Result<std::result::Result<T, Unavailable>> {
         let started = Instant::now();
@@ -351,7 +352,7 @@ impl AllocatorClient {
         if lock(&self.jobs).send(job).is_err() {
             return Ok(Err(Unavailable::Busy));
         }
-        let wait = (self.shared.options.deadline * 7 / 8).saturating_sub(started.elapsed());
+        let wait = (deadline * 7 / 8).saturating_sub(started.elapsed());
         match rx.recv_timeout(wait) {
             Ok(Ok(v)) => Ok(Ok(v)),
             Ok(Err(ClientError::Binder(e) | ClientError::Connect(e))) => {
@@ -379,11 +380,12 @@ impl AllocatorClient {
         &self,
         buffer: BorrowedFd<'_>,
         owner: i32,
+        deadline: Duration,
         call: impl FnOnce(&Client, OwnedFd) -> Result<ChargeInfo> + Send + 'static,
     ) -> Result<Answer<ChargeInfo>> {
         let inode = inode_of(buffer)?;
         let fd = buffer.try_clone_to_owned()?;
-        match self.call(move |c| call(c, fd))? {
+        match self.call(deadline, move |c| call(c, fd))? {
             Ok(info) => Ok(Answer::Done(info)),
             Err(why) => {
                 self.defer(buffer, inode, owner)?;
@@ -395,24 +397,42 @@ impl AllocatorClient {
     /// Charges `buffer` to `owner` (the app the allocation is for). `Err` with a typed refusal
     /// means: free the buffer and fail the allocation (OVER_LIMIT), or a caller bug.
     pub fn charge_on_behalf(&self, buffer: impl AsFd, owner: i32) -> Result<Answer<ChargeInfo>> {
-        self.charge_with(buffer.as_fd(), owner, move |c, fd| c.charge_for(&fd, owner))
+        self.charge_on_behalf_within(buffer, owner, self.deadline())
+    }
+
+    /// [`Self::charge_on_behalf`] with this call's own deadline.
+    pub fn charge_on_behalf_within(
+        &self,
+        buffer: impl AsFd,
+        owner: i32,
+        deadline: Duration,
+    ) -> Result<Answer<ChargeInfo>> {
+        self.charge_with(buffer.as_fd(), owner, deadline, move |c, fd| c.charge_for(&fd, owner))
     }
 
     /// Pushes the charge of `buffer` to `to` (the compositor's hop). Deferred like a charge: the
     /// replay makes `to` pay.
     pub fn transfer(&self, buffer: impl AsFd, to: i32) -> Result<Answer<ChargeInfo>> {
-        self.charge_with(buffer.as_fd(), to, move |c, fd| c.transfer(&fd, to))
+        self.transfer_within(buffer, to, self.deadline())
+    }
+
+    pub fn transfer_within(&self, buffer: impl AsFd, to: i32, deadline: Duration) -> Result<Answer<ChargeInfo>> {
+        self.charge_with(buffer.as_fd(), to, deadline, move |c, fd| c.transfer(&fd, to))
     }
 
     /// Releases the charge of `inode` and forgets any deferred charge of it. While the service
     /// is away nothing is queued: it releases freed buffers itself (owner death, reconcile).
     pub fn release(&self, inode: u64) -> Result<Answer<()>> {
+        self.release_within(inode, self.deadline())
+    }
+
+    pub fn release_within(&self, inode: u64, deadline: Duration) -> Result<Answer<()>> {
         lock(&self.shared.queue).retain(|d| d.inode != inode);
         let arg = i64::try_from(inode).map_err(|_| ClientError::Refused {
             code: ErrorCode::INVALID_ARGUMENT,
             message: format!("inode {inode} out of range"),
         })?;
-        Ok(match self.call(move |c| c.release(arg))? {
+        Ok(match self.call(deadline, move |c| c.release(arg))? {
             Ok(()) => Answer::Done(()),
             Err(why) => Answer::Deferred(why),
         })
