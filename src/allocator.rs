@@ -139,6 +139,8 @@ struct Shared {
     woken: Mutex<bool>,
     stop: AtomicBool,
     idle_workers: AtomicUsize,
+    /// 1 while the connector replays an entry it took off the queue: still pending.
+    replaying: AtomicUsize,
     proc: ProcFs,
 }
 
@@ -222,33 +224,48 @@ impl Shared {
     /// Replays queued charges in order until the queue is empty or the service goes away.
     fn replay(&self, client: &Arc<Client>) {
         loop {
-            let Some(d) = lock(&self.queue).pop_front() else { return };
-            if other_references(d.buffer.as_fd()) == Some(0) {
-                lock(&self.stats).dropped_gone += 1;
-                continue;
+            let Some(d) = self.take_next() else { return };
+            self.replay_one(client, d);
+            self.replaying.store(0, Ordering::Release);
+            if self.connection().is_none() {
+                return;
             }
-            if !self.owner_alive(&d) {
-                lock(&self.stats).dropped_owner_gone += 1;
-                continue;
+        }
+    }
+
+    fn take_next(&self) -> Option<Deferred> {
+        let mut queue = lock(&self.queue);
+        let d = queue.pop_front()?;
+        self.replaying.store(1, Ordering::Release);
+        Some(d)
+    }
+
+    /// Replays one entry; dropped when its buffer or its owner is gone, or the service refuses.
+    fn replay_one(&self, client: &Arc<Client>, d: Deferred) {
+        if other_references(d.buffer.as_fd()) == Some(0) {
+            lock(&self.stats).dropped_gone += 1;
+            return;
+        }
+        if !self.owner_alive(&d) {
+            lock(&self.stats).dropped_owner_gone += 1;
+            return;
+        }
+        // The service may have caught the buffer up to another holder meanwhile: the owner
+        // the allocator named takes it over with a (trusted) push.
+        let result = match client.charge_for(&d.buffer, d.owner) {
+            Err(e) if e.code() == Some(ErrorCode::ALREADY_CHARGED) => client.transfer(&d.buffer, d.owner),
+            r => r,
+        };
+        match result {
+            Ok(_) => lock(&self.stats).replayed += 1,
+            Err(ClientError::Refused { message, .. }) => {
+                debug!("replay of buffer {} for pid {} refused: {message}", d.inode, d.owner);
+                lock(&self.stats).dropped_refused += 1;
             }
-            // The service may have caught the buffer up to another holder meanwhile: the owner
-            // the allocator named takes it over with a (trusted) push.
-            let result = match client.charge_for(&d.buffer, d.owner) {
-                Err(e) if e.code() == Some(ErrorCode::ALREADY_CHARGED) => client.transfer(&d.buffer, d.owner),
-                r => r,
-            };
-            match result {
-                Ok(_) => lock(&self.stats).replayed += 1,
-                Err(ClientError::Refused { message, .. }) => {
-                    debug!("replay of buffer {} for pid {} refused: {message}", d.inode, d.owner);
-                    lock(&self.stats).dropped_refused += 1;
-                }
-                Err(e) => {
-                    debug!("replay interrupted: {e}");
-                    lock(&self.queue).push_front(d);
-                    self.lost(client);
-                    return;
-                }
+            Err(e) => {
+                debug!("replay interrupted: {e}");
+                lock(&self.queue).push_front(d);
+                self.lost(client);
             }
         }
     }
@@ -286,7 +303,8 @@ impl Shared {
     }
 
     fn pending(&self) -> usize {
-        lock(&self.queue).len()
+        let queue = lock(&self.queue);
+        queue.len() + self.replaying.load(Ordering::Acquire)
     }
 }
 
@@ -303,6 +321,7 @@ impl AllocatorClient {
             woken: Mutex::new(false),
             stop: AtomicBool::new(false),
             idle_workers: AtomicUsize::new(CALL_WORKERS),
+            replaying: AtomicUsize::new(0),
             proc: ProcFs::new("/proc"),
         });
         let (tx, rx) = mpsc::channel::<Job>();
