@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
+use crate::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
 use crate::client::{Client, ClientError, Result};
 use crate::kernel::procfs::ProcFs;
 
@@ -50,7 +50,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(200);
 pub enum Transport {
     /// The kernel binder driver and its service manager (the device name, or the default).
     Binder(Option<String>),
-    /// rsbinder's RPC transport on a unix socket (host tier).
+    /// Binder's RPC transport on a unix socket (host tier).
     Rpc(PathBuf),
 }
 

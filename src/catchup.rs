@@ -25,10 +25,10 @@ use log::{info, warn};
 
 use crate::accountant::{Accountant, ReconcileReport};
 use crate::error::{Error, Result};
+use crate::identity::{Caller, Process};
 use crate::kernel::dmabuf::DmaBufInfo;
 use crate::kernel::procfs::{Holder, ScannedBuffer};
 use crate::ledger::{Inode, LedgerError};
-use crate::owner::{Caller, Process};
 
 /// Android's first app uid (AID_APP_START): below it, platform processes.
 const FIRST_APP_UID: u32 = 10_000;

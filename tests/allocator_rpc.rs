@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::allocator::{AllocatorClient, Options, Stats, Transport, Unavailable};
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use rustix::fs::{memfd_create, MemfdFlags};
 
 /// Generous: these tests check that a call comes back, never how fast.

@@ -29,9 +29,9 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::Value;
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
-use chargetransfer::aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
-use chargetransfer::aidl::vendor::chargetransfer::IChargeTransfer::IChargeTransfer;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
+use chargetransfer::binder::aidl::vendor::chargetransfer::IChargeTransfer::IChargeTransfer;
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::kernel::{self, CgroupFs, DmemFile, KernelError, ProcFs};
 use chargetransfer::ledger::{BufferInfo, Counter, Event, HeapClass, HeapSpec, Ledger, LimitKind, UNLIMITED};
@@ -2074,7 +2074,7 @@ impl AidlWorld {
         }
     }
 
-    fn learn(&mut self, info: &chargetransfer::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo) {
+    fn learn(&mut self, info: &chargetransfer::binder::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo) {
         if !self.seen.inodes.contains(&info.inode) {
             self.seen.inodes.push(info.inode);
         }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::dump::human;
 
@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let client = connect(&cli).map_err(|e| e.to_string())?;
     let svc = client.service();
-    let e = |err: rsbinder::Status| ClientError::from(err).to_string();
+    let e = |err: chargetransfer::binder::Status| ClientError::from(err).to_string();
     match cli.command {
         Command::Demo { .. } | Command::Probe { .. } => unreachable!("handled above"),
         Command::Usage { pid, uid, cgroup } => {
@@ -232,8 +232,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
         Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),
         Command::Charge { heap, size, for_pid, hold } => {
-            let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(&heap), size)
-                .map_err(|err| err.to_string())?;
+            let buffer =
+                chargetransfer::kernel::alloc_from_heap(&heap_path(&heap), size).map_err(|err| err.to_string())?;
             let info = match for_pid {
                 Some(pid) => client.charge_for(&buffer, pid),
                 None => client.charge(&buffer),
@@ -286,7 +286,7 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 
 fn bench(client: &Client, iterations: u32, heap: &str, transfer_to: Option<i32>) -> Result<(), String> {
     let svc = client.service();
-    let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
+    let buffer = chargetransfer::kernel::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
     let me = std::process::id() as i32;
     let to = transfer_to.unwrap_or_else(|| rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get()));
     let n = iterations.max(10);

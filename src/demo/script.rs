@@ -14,14 +14,14 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
-use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::{human, owner_table};
 use crate::error::code_name;
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
-use crate::owner::Caller;
 use crate::policy::Policy;
 
 /// Short names of the steps, for the plot's axis and the summary.

@@ -97,8 +97,7 @@ fn holder() -> Result<(), String> {
             }
             let client = client.as_ref().expect("connected above");
             for _ in 0..count {
-                let fd =
-                    chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
+                let fd = chargetransfer::kernel::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
                 client.charge(&fd).map_err(|e| e.to_string())?;
                 held.push(fd);
             }

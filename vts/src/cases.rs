@@ -1,7 +1,7 @@
 //! The VTS cases. Each runs against the live service with real processes, uids, cgroups and
 //! dma-bufs, and checks the service's numbers against the kernel's where the kernel has them.
 
-use chargetransfer::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
 
 use crate::harness::{Child, Env, AID_GRAPHICS, AID_SYSTEM};
 

@@ -30,12 +30,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
+use chargetransfer::offers::MAX_OFFERS_PER_PROCESS;
 use chargetransfer::policy::Policy;
-use chargetransfer::transfer::MAX_OFFERS_PER_PROCESS;
 
 use crate::harness::{Child, Env, Refusal, AID_GRAPHICS, AID_SYSTEM};
 use crate::rng::Rng;

@@ -68,7 +68,7 @@ typedef struct {
  * returns at once, before the service is registered if need be. `deadline_ms` 0 takes the
  * default (4 ms: a quarter of a 60 Hz frame); `queue_capacity` 0 takes 256. NULL on failure. */
 ct_client *ct_client_new(const char *device, uint32_t deadline_ms, uint32_t queue_capacity);
-/* The same over rsbinder's RPC transport on a unix socket (hosts without binder). */
+/* The same over binder's RPC transport on a unix socket (hosts without binder). */
 ct_client *ct_client_new_rpc(const char *socket_path, uint32_t deadline_ms, uint32_t queue_capacity);
 void ct_client_free(ct_client *client);
 

@@ -8,8 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chargetransfer::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo;
 use chargetransfer::allocator::{AllocatorClient, Answer, Options, Transport, Unavailable};
+use chargetransfer::binder::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo;
 use chargetransfer::client::ClientError;
 
 /// `ct_status`.
@@ -238,7 +238,7 @@ pub extern "C" fn ct_code_name(code: i32) -> *const c_char {
 
 #[cfg(test)]
 mod tests {
-    use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+    use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
     use chargetransfer::error::code_name;
 
     use super::*;
