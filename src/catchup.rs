@@ -15,7 +15,8 @@
 //! charged and limited those at allocation time; the ledger only records who should pay.
 //!
 //! How late: a dma-buf's inode carries its creation time (the kernel stamps it when it exports
-//! the buffer), read by stat through the payer's `/proc/<pid>/fd`.
+//! the buffer), read by stat through the payer's `/proc/<pid>/fd`; unknown where that fd table
+//! is not readable or the time is zero.
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -84,8 +85,9 @@ fn created(proc_root: &std::path::Path, pid: u32, inode: Inode) -> Option<System
     let dir = proc_root.join(pid.to_string()).join("fd");
     std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
         let stat = rustix::fs::stat(entry.path()).ok()?;
-        (stat.st_ino == inode)
-            .then(|| SystemTime::UNIX_EPOCH + Duration::new(stat.st_ctime.max(0) as u64, stat.st_ctime_nsec as u32))
+        // A zero time is an inode the kernel did not stamp: unknown, not 56 years late.
+        (stat.st_ino == inode && stat.st_ctime > 0)
+            .then(|| SystemTime::UNIX_EPOCH + Duration::new(stat.st_ctime as u64, stat.st_ctime_nsec as u32))
     })
 }
 

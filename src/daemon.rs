@@ -109,17 +109,27 @@ pub fn run(opts: Options) -> Result<(), String> {
             }
         }));
     }
-    // After the journal's replay: charges that died with the service or never arrived (an
-    // allocator deferred them while it was down) are caught up before the first call.
+    // After the journal's replay: held buffers nobody pays for (charges an allocator deferred
+    // while the service was down and never replayed) are caught up in the background, so that
+    // the registration, which allocators wait for, is not delayed by it.
     let catch_up = Arc::new(CatchUp::new());
-    match catch_up.reconcile(&accountant) {
-        Ok((r, caught)) => info!(
-            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted, {} caught up",
-            r.released,
-            r.moved,
-            r.unaccounted.len(),
-            caught.len()
-        ),
+    match accountant.reconcile() {
+        Ok(r) => {
+            info!(
+                "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
+                r.released,
+                r.moved,
+                r.unaccounted.len()
+            );
+            let (a, c) = (Arc::clone(&accountant), Arc::clone(&catch_up));
+            std::thread::Builder::new()
+                .name("catch-up".into())
+                .spawn(move || match c.charge(&a, &r.unaccounted) {
+                    Ok(caught) => info!("start-up catch-up: {} buffers charged", caught.len()),
+                    Err(e) => warn!("start-up catch-up failed: {e}"),
+                })
+                .map_err(|e| format!("spawn catch-up: {e}"))?;
+        }
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
