@@ -1,6 +1,6 @@
 //! The service process: opens the ledger, runs autoconfig, registers the binder service (or
 //! serves RPC on a unix socket), and keeps lifecycles in order — pidfd polling, periodic
-//! reconcile, journal compaction on SIGTERM.
+//! reconcile with catch-up charging, journal compaction on SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,7 @@ use log::{error, info, warn};
 use crate::accountant::{Accountant, Config};
 use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
 use crate::binder::{self, BinderFeatures, Interface};
+use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::Policy;
@@ -105,23 +106,42 @@ pub fn run(opts: Options) -> Result<(), String> {
         // cgroup only, nobody else's.
         accountant.set_autoconfig(Arc::clone(&autoconfig));
     }
+    // After the journal's replay: held buffers nobody pays for (charges an allocator deferred
+    // while the service was down and never replayed) are caught up in the background, so that
+    // the registration, which allocators wait for, is not delayed by it.
+    let catch_up = Arc::new(CatchUp::new());
     match accountant.reconcile() {
-        Ok(r) => info!(
-            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
-            r.released,
-            r.moved,
-            r.unaccounted.len()
-        ),
+        Ok(r) => {
+            info!(
+                "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
+                r.released,
+                r.moved,
+                r.unaccounted.len()
+            );
+            let (a, c) = (Arc::clone(&accountant), Arc::clone(&catch_up));
+            std::thread::Builder::new()
+                .name("catch-up".into())
+                .spawn(move || match c.charge(&a, &r.unaccounted) {
+                    Ok(caught) => info!("start-up catch-up: {} buffers charged", caught.len()),
+                    Err(e) => warn!("start-up catch-up failed: {e}"),
+                })
+                .map_err(|e| format!("spawn catch-up: {e}"))?;
+        }
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_lifecycle(&accountant, &autoconfig, &deaths, &stop, &opts);
+    spawn_lifecycle(&accountant, &autoconfig, &catch_up, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
         Box::new(move |a, dry_run, json| autoconfigure(a, &autoconfig, dry_run, json));
-    let service =
-        ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
+    let service = ChargeTransferService::new(
+        Arc::clone(&accountant),
+        opts.proc_root.clone(),
+        Arc::clone(&deaths),
+        autoconfigure,
+        catch_up,
+    );
     let service = binder::new_service(service, BinderFeatures::default());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
@@ -157,6 +177,7 @@ pub fn autoconfigure(
 fn spawn_lifecycle(
     accountant: &Arc<Accountant>,
     autoconfig: &Arc<Autoconfig>,
+    catch_up: &Arc<CatchUp>,
     deaths: &Arc<DeathWatch>,
     stop: &Arc<AtomicBool>,
     opts: &Options,
@@ -180,7 +201,7 @@ fn spawn_lifecycle(
         })
         .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
-        let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let (a, c, s) = (Arc::clone(accountant), Arc::clone(catch_up), Arc::clone(stop));
         let ac = (!opts.no_autoconfig).then(|| Arc::clone(autoconfig));
         let every = Duration::from_secs(opts.reconcile_secs);
         std::thread::Builder::new()
@@ -188,7 +209,7 @@ fn spawn_lifecycle(
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(every);
-                    if let Err(e) = a.reconcile() {
+                    if let Err(e) = c.reconcile(&a) {
                         warn!("periodic reconcile: {e}");
                     }
                     // An owner whose processes changed state (background signal) gets its new

@@ -6,8 +6,10 @@
 //! the one binder seam in [`binder`].
 
 pub mod accountant;
+pub mod allocator;
 pub mod autoconfig;
 pub mod binder;
+pub mod catchup;
 pub mod client;
 pub mod daemon;
 #[cfg(feature = "demo")]

@@ -14,7 +14,11 @@ if [ ! -x "$tools/bin/rsb_hub" ]; then
     cargo install rsbinder-tools@0.12.0 --locked --target "$target" --root "$tools" >&2
 fi
 cp "$tools/bin/rsb_hub" "$bin/rsb_hub"
-for b in chargetransferd chargectl chargetransfer-vts rsb_hub; do
+# The C allocator of the allocator outage run, linked with the C ABI's static archive (vts/cabi).
+cargo build --release --locked --target "$target" -p chargetransfer-cabi --lib >&2
+gcc -static -std=c11 -D_GNU_SOURCE -O2 -I vts/cabi/include -o "$bin/ct-c-allocator" vts/cabi/tests/allocator.c \
+    "$bin/libchargetransfer_cabi.a" -lpthread -ldl -lm 2> >(grep -v -e "statically linked applications" -e "in function" >&2)
+for b in chargetransferd chargectl chargetransfer-vts rsb_hub ct-c-allocator; do
     if readelf -l "$bin/$b" | grep -q INTERP; then echo "build-guest: $b is not static" >&2; exit 1; fi
 done
 echo "BIN_DIR=$bin"

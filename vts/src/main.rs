@@ -11,6 +11,7 @@
 //! `chargetransfer-vts --faults [--kills N] [--seed S] [--service-log FILE]` runs the fault phase
 //! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
+mod allocator_outage;
 mod autoconfig_cases;
 mod bench;
 mod cases;
@@ -174,6 +175,18 @@ fn main() {
     let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
     let cgroup_root =
         take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+    if let Some(i) = raw.iter().position(|a| a == "--allocator-outage") {
+        raw.remove(i);
+        let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {
+            Ok(opts) => allocator_outage::run(opts),
+            Err(e) => {
+                eprintln!("vts: --allocator-outage: {e}");
+                2
+            }
+        };
+        println!("allocator outage: lane {lane}, exit {code}");
+        std::process::exit(code);
+    }
     if let Some(i) = raw.iter().position(|a| a == "--faults") {
         raw.remove(i);
         let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {
