@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
-use chargetransfer::dump::human;
+use chargetransfer::policy::format_bytes;
 
 #[derive(Parser)]
 #[command(name = "chargectl", about = "Inspect and drive the dma-buf charge-transfer service")]
@@ -143,11 +143,11 @@ fn connect(cli: &Cli) -> Result<Client, ClientError> {
 }
 
 fn print_usage(u: &UsageReport) {
-    println!("{}: {} buffers, {}", u.cgroup, u.bufferCount, human(u.bufferBytes as u64));
+    println!("{}: {} buffers, {}", u.cgroup, u.bufferCount, format_bytes(u.bufferBytes as u64));
     println!("  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}", "pool", "usage", "max", "peak", "pinned", "kernel");
-    let b = |v: i64| if v < 0 { "-".to_string() } else { human(v as u64) };
+    let b = |v: i64| if v < 0 { "-".to_string() } else { format_bytes(v as u64) };
     for p in &u.pools {
-        let max = if p.max < 0 { "max".to_string() } else { human(p.max as u64) };
+        let max = if p.max < 0 { "max".to_string() } else { format_bytes(p.max as u64) };
         println!(
             "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}",
             p.pool,
@@ -169,7 +169,7 @@ fn print_charge(c: &ChargeInfo) {
     println!(
         "inode {} size {} heap {} -> pid {} uid {} cgroup {} pools [{}]{flags}",
         c.inode,
-        human(c.size as u64),
+        format_bytes(c.size as u64),
         c.heap,
         c.ownerPid,
         c.ownerUid,
@@ -216,13 +216,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 "pool", "class", "capacity", "usage", "enforced", "heaps"
             );
             for r in svc.getRegions().map_err(e)? {
-                let cap = if r.capacity <= 0 { "?".into() } else { human(r.capacity as u64) };
+                let cap = if r.capacity <= 0 { "?".into() } else { format_bytes(r.capacity as u64) };
                 println!(
                     "{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} {}",
                     r.name,
                     r.regionClass,
                     cap,
-                    human(r.usage.max(0) as u64),
+                    format_bytes(r.usage.max(0) as u64),
                     r.enforcedBy,
                     r.heaps.join(","),
                     r.why
@@ -258,7 +258,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.movedInodes,
                 r.migratedPids,
                 r.unaccountedInodes.len(),
-                human(r.unaccountedBytes.max(0) as u64)
+                format_bytes(r.unaccountedBytes.max(0) as u64)
             );
         }
         Command::Autoconfig { dry_run, json } => print!("{}", svc.autoconfigure(dry_run, json).map_err(e)?),

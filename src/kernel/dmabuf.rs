@@ -76,6 +76,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::kernel::fake_proc::{dmabuf_fdinfo, FakeProc};
 
     fn refusal(fd: BorrowedFd<'_>) -> String {
         match inspect(fd, Path::new("/proc")) {
@@ -116,13 +117,8 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_fd();
-        let dir = tmp.path().join("self/fdinfo");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join(fd.as_raw_fd().to_string()),
-            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1\nsize:\t8192\ncount:\t1\nexp_name:\tsystem\nname:\tgralloc buffer\n",
-        )
-        .unwrap();
+        let fdinfo = dmabuf_fdinfo(Some(1), 8192, 1, "system", Some("gralloc buffer"));
+        FakeProc::new(tmp.path()).write(format!("self/fdinfo/{}", fd.as_raw_fd()), fdinfo).unwrap();
         let info = inspect(fd, tmp.path()).unwrap();
         let inode = rustix::fs::fstat(fd).unwrap().st_ino;
         assert_eq!(

@@ -10,6 +10,7 @@ pub mod cgroupfs;
 pub mod dmabuf;
 pub mod dmaheap;
 pub mod error;
+pub mod fake_proc;
 mod parse;
 pub mod procfs;
 

@@ -135,7 +135,7 @@ pub fn killed_client_charges_are_released(env: &Env) -> Outcome {
     Ok(())
 }
 
-fn mem_accounting() -> bool {
+pub fn mem_accounting() -> bool {
     std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting")
         .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
 }
@@ -209,9 +209,6 @@ pub fn dump_shows_per_app_charges(env: &Env) -> Outcome {
 /// behalf, so the app's memory.max cannot see those bytes: the service counts them against it.
 /// (Without mem_accounting the ledger's own dma-buf budget does this; see the over-limit case.)
 pub fn on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app(env: &Env) -> Outcome {
-    if !mem_accounting() {
-        return Ok(());
-    }
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
     let app = env.spawn(10050, None)?;
     let level = format!("/uid_{}", app.uid);

@@ -70,33 +70,16 @@ pub(crate) mod testing {
 
     use std::fs;
     use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     use tempfile::TempDir;
 
     use super::ProcFs;
+    use crate::kernel::fake_proc::{dmabuf_fdinfo, plain_fdinfo, FakeProc};
     use crate::kernel::KernelError;
 
     pub const STAT_TAIL: &str =
         "S 1 100 100 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 4 0 987654 123456789 2000 18446744073709551615";
-
-    pub fn put(root: &Path, rel: &str, content: &str) {
-        let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
-
-    pub fn dmabuf_fdinfo(ino: Option<u64>, size: u64, exporter: &str, name: Option<&str>) -> String {
-        let mut s = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\n".to_string();
-        if let Some(ino) = ino {
-            s += &format!("ino:\t{ino}\n");
-        }
-        s += &format!("size:\t{size}\ncount:\t2\nexp_name:\t{exporter}\n");
-        if let Some(name) = name {
-            s += &format!("name:\t{name}\n");
-        }
-        s
-    }
 
     /// /proc with three processes:
     /// - 100: fds 3 and 4 on dma-buf 5001 (fdinfo with ino:), fd 5 a pipe, fd 6 a dma-buf whose
@@ -107,26 +90,25 @@ pub(crate) mod testing {
     pub fn fixture() -> (TempDir, ProcFs, u64) {
         let tmp = TempDir::new().unwrap();
         let root = tmp.path();
-        put(root, "self/status", "Uid:\t0\t0\t0\t0\n");
-        put(root, "meminfo", "MemTotal: 1 kB\n");
-        put(root, "100/cgroup", "0::/uid_10001/pid_100\n");
-        put(
-            root,
-            "100/status",
+        let fake = FakeProc::new(root);
+        let put = |rel: &str, content: &str| fake.write(rel, content).unwrap();
+        put("self/status", "Uid:\t0\t0\t0\t0\n");
+        put("meminfo", "MemTotal: 1 kB\n");
+        put("100/cgroup", "0::/uid_10001/pid_100\n");
+        put("100/status",
             "Name:\tsurface flinger\nUmask:\t0077\nState:\tS (sleeping)\nUid:\t10001\t10002\t10001\t10001\nGid:\t1\t1\t1\t1\n",
         );
-        put(root, "100/stat", &format!("100 (a) (b) c) {STAT_TAIL}\n"));
-        put(root, "100/comm", "a) (b) c\n");
-        put(root, "100/cmdline", "/system/bin/app\0--flag\0");
-        put(root, "100/fdinfo/0", "pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t3\n");
-        put(root, "100/fdinfo/3", &dmabuf_fdinfo(Some(5001), 8192, "system", Some("gralloc")));
-        put(root, "100/fdinfo/4", &dmabuf_fdinfo(Some(5001), 8192, "system", Some("gralloc")));
-        put(root, "100/fdinfo/5", "pos:\t0\nflags:\t00\nmnt_id:\t14\nino:\t424242\n");
-        put(root, "100/fdinfo/6", &dmabuf_fdinfo(None, 4096, "cma", None));
-        put(root, "100/fd/6", "stand-in for the dma-buf fd");
+        put("100/stat", &format!("100 (a) (b) c) {STAT_TAIL}\n"));
+        put("100/comm", "a) (b) c\n");
+        put("100/cmdline", "/system/bin/app\0--flag\0");
+        put("100/fdinfo/0", &plain_fdinfo(3));
+        put("100/fdinfo/3", &dmabuf_fdinfo(Some(5001), 8192, 2, "system", Some("gralloc")));
+        put("100/fdinfo/4", &dmabuf_fdinfo(Some(5001), 8192, 2, "system", Some("gralloc")));
+        put("100/fdinfo/5", &plain_fdinfo(424242));
+        put("100/fdinfo/6", &dmabuf_fdinfo(None, 4096, 2, "cma", None));
+        put("100/fd/6", "stand-in for the dma-buf fd");
         let fd6_inode = fs::metadata(root.join("100/fd/6")).unwrap().ino();
         put(
-            root,
             "100/maps",
             "55d0c0a00000-55d0c0a21000 r--p 00000000 fe:01 1234                       /system/bin/app\n\
              7f0000000000-7f0000002000 rw-s 00000000 00:0f 5001                       /dmabuf:gralloc\n\
@@ -135,12 +117,12 @@ pub(crate) mod testing {
              7f0000030000-7f0000031000 rw-p 00000000 00:00 0 \n\
              7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n",
         );
-        put(root, "200/cgroup", "12:memory:/apps\n1:name=systemd:/user.slice\n");
-        put(root, "200/status", "Name:\tapp\nUid:\t10002\t10002\t10002\t10002\n");
-        put(root, "200/stat", &format!("200 (app) {STAT_TAIL}\n"));
-        put(root, "200/fdinfo/7", &dmabuf_fdinfo(Some(7777), 16384, "system", Some("camera")));
-        put(root, "200/maps", "7f0000000000-7f0000002000 rw-s 00000000 00:0f 5001 /dmabuf:gralloc\n");
-        put(root, "300/status", "Name:\tgone\n");
+        put("200/cgroup", "12:memory:/apps\n1:name=systemd:/user.slice\n");
+        put("200/status", "Name:\tapp\nUid:\t10002\t10002\t10002\t10002\n");
+        put("200/stat", &format!("200 (app) {STAT_TAIL}\n"));
+        put("200/fdinfo/7", &dmabuf_fdinfo(Some(7777), 16384, 2, "system", Some("camera")));
+        put("200/maps", "7f0000000000-7f0000002000 rw-s 00000000 00:0f 5001 /dmabuf:gralloc\n");
+        put("300/status", "Name:\tgone\n");
         let proc = ProcFs::new(root);
         (tmp, proc, fd6_inode)
     }

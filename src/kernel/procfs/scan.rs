@@ -301,8 +301,9 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::testing::{fixture, parse_error, put};
+    use super::super::testing::{fixture, parse_error};
     use super::*;
+    use crate::kernel::fake_proc::FakeProc;
 
     #[test]
     fn finds_a_processs_dmabufs_by_fd_and_by_mapping() {
@@ -371,7 +372,9 @@ mod tests {
     #[test]
     fn a_malformed_dmabuf_file_fails_that_process_only() {
         let (tmp, proc, _) = fixture();
-        put(tmp.path(), "200/fdinfo/8", "size:\tlots\ncount:\t1\nexp_name:\tsystem\n");
+        let fake = FakeProc::new(tmp.path());
+        let put = |rel: &str, content: &str| fake.write(rel, content).unwrap();
+        put("200/fdinfo/8", "size:\tlots\ncount:\t1\nexp_name:\tsystem\n");
         let scan = proc.scan_all().unwrap();
         assert_eq!(scan.processes, 1);
         assert!(!scan.is_complete());
@@ -382,8 +385,8 @@ mod tests {
                 .starts_with(&format!("{}:1: size: invalid number", tmp.path().join("200/fdinfo/8").display())),
             "{err}"
         );
-        put(tmp.path(), "200/fdinfo/8", "pos:\t0\n");
-        put(tmp.path(), "200/maps", "zzzz 0 0 0 1 /dmabuf:\n");
+        put("200/fdinfo/8", "pos:\t0\n");
+        put("200/maps", "zzzz 0 0 0 1 /dmabuf:\n");
         let (path, line, _) = parse_error(proc.dmabufs(200).unwrap_err());
         assert_eq!((path, line), (tmp.path().join("200/maps"), 1));
     }
