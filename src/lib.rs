@@ -25,7 +25,3 @@ pub mod offers;
 pub mod permission;
 pub mod policy;
 pub mod service;
-
-/// The old name of [`identity`], until the hostile harness (being split on another branch) imports it.
-#[doc(hidden)]
-pub use identity as owner;
