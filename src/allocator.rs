@@ -139,6 +139,9 @@ struct Shared {
     woken: Mutex<bool>,
     stop: AtomicBool,
     idle_workers: AtomicUsize,
+    /// Connections the caller's threads let go of, dropped by the connector: the last reference
+    /// to a binder proxy releases it in the driver, which must not happen on an allocating thread.
+    retired: Mutex<Vec<Arc<Client>>>,
     /// 1 while the connector replays an entry it took off the queue: still pending.
     replaying: AtomicUsize,
     proc: ProcFs,
@@ -184,11 +187,16 @@ impl Shared {
     /// Forgets `dead` (unless a newer connection replaced it already) and wakes the connector.
     fn lost(&self, dead: &Arc<Client>) {
         let mut conn = lock(&self.conn);
-        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
-            *conn = None;
-        }
+        let gone = if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) { conn.take() } else { None };
         drop(conn);
+        if let Some(c) = gone {
+            self.retire(c);
+        }
         self.notify();
+    }
+
+    fn retire(&self, client: Arc<Client>) {
+        lock(&self.retired).push(client);
     }
 
     fn notify(&self) {
@@ -275,6 +283,7 @@ impl Shared {
     fn run_connector(&self) {
         let mut backoff = BACKOFF_MIN;
         while !self.stop.load(Ordering::Relaxed) {
+            drop(std::mem::take(&mut *lock(&self.retired)));
             let client = match self.connection() {
                 Some(c) => c,
                 None => match self.connect() {
@@ -322,6 +331,7 @@ impl AllocatorClient {
             stop: AtomicBool::new(false),
             idle_workers: AtomicUsize::new(CALL_WORKERS),
             replaying: AtomicUsize::new(0),
+            retired: Mutex::new(Vec::new()),
             proc: ProcFs::new("/proc"),
         });
         let (tx, rx) = mpsc::channel::<Job>();
@@ -372,11 +382,16 @@ impl AllocatorClient {
             return Ok(Err(Unavailable::Busy));
         }
         let wait = (deadline * 7 / 8).saturating_sub(started.elapsed());
-        match rx.recv_timeout(wait) {
+        let answer = rx.recv_timeout(wait);
+        let dead = matches!(answer, Ok(Err(ClientError::Binder(_) | ClientError::Connect(_))));
+        if dead {
+            self.shared.lost(&client);
+        }
+        self.shared.retire(client);
+        match answer {
             Ok(Ok(v)) => Ok(Ok(v)),
             Ok(Err(ClientError::Binder(e) | ClientError::Connect(e))) => {
                 debug!("charge service call failed below the service: {e}");
-                self.shared.lost(&client);
                 Ok(Err(Unavailable::Died))
             }
             Ok(Err(e)) => Err(e),

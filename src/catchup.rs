@@ -189,16 +189,19 @@ impl CatchUp {
     pub fn render(&self) -> String {
         let t = self.totals();
         let mut out = String::from("\nCatch-up (held, charged to nobody, charged to a holder):\n");
-        let mean = if t.timed == 0 { Duration::ZERO } else { t.total_late / t.timed as u32 };
+        let late = if t.timed == 0 {
+            "lateness unknown".to_string()
+        } else {
+            let mean = t.total_late / t.timed as u32;
+            format!("late by {mean:.1?} on average, {:.1?} at most ({} timed)", t.max_late, t.timed)
+        };
         let _ = writeln!(
             out,
-            "  {} buffers caught up ({}), {} over the payer's limit, {} without a live holder; late by {:.1?} on average, {:.1?} at most",
+            "  {} buffers caught up ({}), {} over the payer's limit, {} without a live holder; {late}",
             t.buffers,
             crate::policy::format_bytes(t.bytes),
             t.over_limit,
-            t.unpaid,
-            mean,
-            t.max_late
+            t.unpaid
         );
         if let Some(c) = &t.last {
             let late = c.late.map_or_else(|| "?".to_string(), |l| format!("{l:.1?}"));

@@ -44,6 +44,8 @@ const RESTARTS: u32 = 20;
 const LATE_START: Duration = Duration::from_secs(5);
 /// How long the allocator's queue may take to drain once the service is back.
 const DRAIN: Duration = Duration::from_secs(30);
+/// The allocator process's nice value (see `pair`).
+const ALLOCATOR_NICE: i32 = -20;
 
 // ---- the client side (commands of a `child`) ----
 
@@ -219,6 +221,11 @@ struct Pair {
 
 fn pair(env: &Env, app_uid: u32) -> Result<Pair, String> {
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
+    // Graphics HALs run above normal priority on Android (the composer's threads are real-time);
+    // on the emulated single CPU the service's start-up would otherwise starve the allocator's
+    // thread past its deadline. Threads the allocator starts later inherit it.
+    let pid = rustix::process::Pid::from_raw(gralloc.pid as i32).ok_or("pid")?;
+    rustix::process::setpriority_process(Some(pid), ALLOCATOR_NICE).map_err(|e| format!("setpriority: {e}"))?;
     let mut app = env.spawn(app_uid, None)?;
     let r = gralloc.ok("socketpair")?;
     let (a, b): (usize, usize) = (field(&r, 0)?, field(&r, 1)?);
@@ -281,10 +288,16 @@ fn c_allocator(env: &Env, client: &Client) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("ct-c-allocator: {e}"))?;
     let mut lines = BufReader::new(program.stdout.take().ok_or("stdout")?).lines();
-    let first = lines.next().ok_or("ct-c-allocator said nothing")?.map_err(|e| e.to_string())?;
-    println!("c abi: {first}");
-    let inode: i64 =
-        first.split(" inode ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(-1);
+    // It prints each step, then `ready inode N` once its charge is done (answered or replayed).
+    let mut inode = -1i64;
+    for line in lines.by_ref() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("c abi: {line}");
+        if let Some(n) = line.strip_prefix("ready inode ") {
+            inode = n.trim().parse().unwrap_or(-1);
+            break;
+        }
+    }
     let charges = client.service().listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
     let owner = charges.iter().find(|c| c.inode == inode).map(|c| (c.ownerPid, c.ownerCgroup.clone(), c.size));
     writeln!(program.stdin.as_mut().ok_or("stdin")?).map_err(|e| e.to_string())?;
