@@ -5,12 +5,14 @@
 //! [`KernelError::Parse`] naming the file and the 1-based line. Processes exiting mid-read are
 //! normal: they show up as [`KernelError::NoSuchProcess`] or in [`DmaBufScan::vanished`].
 
+pub mod bpf;
 pub mod cgroupfs;
 pub mod dmabuf;
 pub mod error;
 mod parse;
 pub mod procfs;
 
+pub use bpf::BpfScanner;
 pub use cgroupfs::{CgroupFs, DmemFile, MemoryState};
 pub use dmabuf::{alloc_from_heap, inspect, DmaBufInfo};
 pub use error::KernelError;

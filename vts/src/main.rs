@@ -8,6 +8,7 @@
 //! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
 mod bench;
+mod bpf_cases;
 mod cases;
 mod child;
 mod dmem_cases;
@@ -86,6 +87,9 @@ const CASES: &[(&str, Case)] = &[
         "stress_eight_clients_random_workload_matches_procfs",
         stress::stress_eight_clients_random_workload_matches_procfs,
     ),
+    ("bpf_scan_gives_the_procfs_answer", bpf_cases::bpf_scan_gives_the_procfs_answer),
+    ("bpf_scan_stays_whole_while_processes_die", bpf_cases::bpf_scan_stays_whole_while_processes_die),
+    ("bpf_scan_reads_iterators_pinned_in_bpffs", bpf_cases::bpf_scan_reads_iterators_pinned_in_bpffs),
 ];
 
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
