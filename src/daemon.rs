@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
-use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
-use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::autoconfig::ProbeRoots;
+use crate::binder::{self, BinderFeatures, Interface};
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
+use crate::kernel::ScanChoice;
 use crate::policy::Policy;
 use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
 
@@ -25,7 +25,7 @@ pub struct Options {
     /// Serve on the kernel binder driver (the default); optionally name the device.
     #[arg(long, value_name = "DEVICE", conflicts_with = "rpc")]
     pub binder: Option<Option<String>>,
-    /// Serve over rsbinder's RPC transport on this unix socket instead of kernel binder.
+    /// Serve over the binder RPC transport on this unix socket instead of kernel binder.
     #[arg(long, value_name = "SOCKET")]
     pub rpc: Option<PathBuf>,
     /// Policy files, merged in order (later wins); the embedded default when none is given.
@@ -58,9 +58,26 @@ pub struct Options {
     /// Milliseconds between pidfd polls for owners without a death token.
     #[arg(long, default_value_t = 100)]
     pub pidfd_poll_ms: u64,
+    /// Who holds which dma-buf: `auto` uses the BPF iterators when they open (pinned in
+    /// --bpf-pin-dir, else loaded by the service) and the procfs scan otherwise; `bpf` refuses to
+    /// start without them. Against a --proc-root other than /proc, `auto` is procfs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bpf", "procfs"])]
+    pub scan: String,
+    /// Where bpfloader pins the holder iterators (`prog_chargetransfer_holders_iter_*`).
+    #[arg(long, default_value = crate::kernel::bpf::ANDROID_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
     /// Binder threads.
     #[arg(long, default_value_t = 8)]
     pub threads: u32,
+}
+
+fn scan_choice(opts: &Options) -> ScanChoice {
+    let pin_dir = opts.bpf_pin_dir.clone();
+    match opts.scan.as_str() {
+        "bpf" => ScanChoice::Bpf { pin_dir },
+        "auto" if opts.proc_root == std::path::Path::new("/proc") => ScanChoice::Auto { pin_dir },
+        _ => ScanChoice::Procfs,
+    }
 }
 
 fn durability(name: &str) -> Durability {
@@ -88,6 +105,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         state_dir: opts.state_dir.clone(),
         durability: durability(&opts.durability),
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
+        scan: scan_choice(&opts),
     };
     let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
     let roots = ProbeRoots {
@@ -126,38 +144,28 @@ pub fn run(opts: Options) -> Result<(), String> {
         Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
-    let binder = BnChargeTransfer::new_binder(service);
+    let service = binder::new_service(service, BinderFeatures::default());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {
         Some(socket) => {
-            let _ = std::fs::remove_file(socket);
-            let server = RpcServer::setup_unix_server(socket).map_err(|e| format!("{}: {e:?}", socket.display()))?;
-            server.set_android13plus(RPC_WIRE_VERSION);
-            server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
-            server.set_max_threads(opts.threads);
-            server.set_root(binder.as_binder()).map_err(|e| format!("{e:?}"))?;
             info!("serving {INSTANCE} over RPC on {}", socket.display());
-            server.run().map_err(|e| format!("rpc server: {e:?}"))
+            binder::serve_rpc(socket, service.as_binder(), opts.threads, RPC_WIRE_VERSION)
         }
         None => {
-            let device = opts.binder.clone().flatten();
-            match &device {
-                Some(d) => rsbinder::ProcessState::init(d, opts.threads),
-                None => rsbinder::ProcessState::init_default(),
-            }
-            .map_err(|e| format!("binder: {e}"))?;
-            rsbinder::ProcessState::start_thread_pool();
-            rsbinder::hub::add_service(INSTANCE, binder.as_binder())
-                .map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
+            binder::open_driver(opts.binder.clone().flatten().as_deref(), opts.threads)
+                .map_err(|e| format!("binder: {e}"))?;
+            binder::start_thread_pool();
+            binder::add_service(INSTANCE, service.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e}"))?;
             info!("registered {INSTANCE}");
-            rsbinder::ProcessState::join_thread_pool().map_err(|e| format!("thread pool: {e:?}"))
+            binder::join_thread_pool().map_err(|e| format!("thread pool: {e}"))
         }
     }
 }
 
 /// Probes the device, computes limits from the policy and applies them: cgroup files where the
-/// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON.
+/// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON,
+/// with the dma-buf scan backend the service chose at start.
 pub fn autoconfigure(
     accountant: &Accountant,
     roots: &ProbeRoots,
@@ -165,7 +173,15 @@ pub fn autoconfigure(
     json: bool,
 ) -> crate::error::Result<String> {
     let report = crate::autoconfig::run_for(accountant, roots, dry_run)?;
-    Ok(if json { report.to_json() } else { report.to_string() })
+    let scanner = accountant.scanner();
+    Ok(if json {
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())
+            .map_err(|e| crate::error::Error::Internal(format!("autoconfig report JSON: {e}")))?;
+        value["scan"] = serde_json::json!({ "backend": scanner.name(), "detail": scanner.to_string() });
+        value.to_string()
+    } else {
+        format!("{report}dma-buf scan: {scanner}\n")
+    })
 }
 
 fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {

@@ -14,14 +14,16 @@ share=${LANE_DIR:-$root/target/lane/$lane}
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/out"
 cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts "$bin_dir"/rsb_hub "$share/bin/"
-cp "$here/guest/run-suite.sh" "$share/"
+cp "$here/guest/run-suite.sh" "$here/guest/services.sh" "$share/"
 cp "$root/config/policy.json" "$share/policy.json"
 cp "$here/guest/policy-vts.json" "$share/policy-vts.json"
 
+# shellcheck source=vts/lane/lib.sh
+. "$here/lane/lib.sh"
 "$here/lane/host-deps.sh" >&2
 case $lane in
     debian | debian-memacct)
-        eval "$("$here/lane/debian-kernel.sh" | grep -E '^(KERNEL|MODULES|ABI)=')"
+        ct_debian_kernel || { echo "run-lane: FAIL: no Debian kernel" >&2; exit 1; }
         kernel_args=(--kernel "$KERNEL" --modules "$MODULES")
         append=""
         [ "$lane" = debian-memacct ] && append="dma_heap.mem_accounting=1"

@@ -405,6 +405,7 @@ fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
         state_dir: Some(dir.path().join("state")),
         durability: Durability::None,
         pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
     };
     let accountant = Accountant::open(config.clone(), Policy::embedded_default()).unwrap();
     let dry = run_for(&accountant, &roots, true).unwrap();

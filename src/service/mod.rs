@@ -10,16 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsbinder::{ParcelFileDescriptor, SIBinder, Status};
-
 use crate::accountant::Accountant;
-use crate::aidl::vendor::chargetransfer::{
+use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };
+use crate::binder::{self, Interface, ParcelFileDescriptor, SpIBinder, Status};
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::kernel::dmabuf;
-use crate::owner::Caller;
 
 pub use death::DeathWatch;
 
@@ -37,13 +36,13 @@ pub struct ChargeTransferService {
     autoconfigure: Autoconfigure,
 }
 
-impl rsbinder::Interface for ChargeTransferService {}
+impl Interface for ChargeTransferService {}
 
-type BinderResult<T> = rsbinder::BinderResult<T>;
+type BinderResult<T> = binder::Result<T>;
 
 fn status(e: Error) -> Status {
     log::debug!("refused: {e}");
-    Status::new_service_specific_error(e.code().0, Some(e.to_string()))
+    binder::service_specific_error(e.code().0, e.to_string())
 }
 
 fn invalid(msg: String) -> Status {
@@ -73,8 +72,8 @@ impl ChargeTransferService {
 
     /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it.
     fn caller(&self) -> BinderResult<Caller> {
-        let pid = rsbinder::get_calling_pid();
-        let uid = rsbinder::get_calling_uid();
+        let pid = binder::calling_pid();
+        let uid = binder::calling_uid();
         if pid <= 0 || uid == u32::MAX {
             return Err(status(Error::NotTrusted {
                 uid,
@@ -140,7 +139,7 @@ impl IChargeTransfer for ChargeTransferService {
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
-    fn registerClient(&self, token: &SIBinder) -> BinderResult<()> {
+    fn registerClient(&self, token: &SpIBinder) -> BinderResult<()> {
         let caller = self.caller()?;
         self.deaths.register(caller.pid, token).map_err(status)
     }

@@ -15,12 +15,10 @@ export PATH=/tmp/bin:$PATH RUST_LOG=${RUST_LOG:-info}
 out=/share/out
 mkdir -p "$out" /data/vendor/chargetransfer
 service_args="--state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS"
-# Background daemons must not hold the console: their output goes to files.
-rsb_hub --insecure-allow-all >"$out/hub.log" 2>&1 &
-sleep 1
+# shellcheck source=vts/guest/services.sh
+. /share/services.sh
 # shellcheck disable=SC2086 # service_args is a word list
-chargetransferd $service_args >"$out/service.log" 2>&1 &
-service_pid=$!
+start_services "$out" $service_args || exit 1
 echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?

@@ -78,8 +78,8 @@ pub fn bpf_scan_gives_the_procfs_answer(env: &Env) -> Outcome {
     a.give(shared, &mut c)?;
     b.alloc(HEAP, SIZE)?;
     // A buffer only mapped: this process maps it and closes its fd.
-    let only_mapped = chargetransfer::kernel::dmabuf::alloc_from_heap(Path::new("/dev/dma_heap/system"), SIZE)
-        .map_err(|e| e.to_string())?;
+    let only_mapped =
+        chargetransfer::kernel::alloc_from_heap(Path::new("/dev/dma_heap/system"), SIZE).map_err(|e| e.to_string())?;
     let mapped_inode = rustix::fs::fstat(&only_mapped).map_err(|e| e.to_string())?.st_ino;
     map_whole(&only_mapped)?;
     drop(only_mapped);
@@ -175,8 +175,8 @@ pub fn bpf_scan_reads_iterators_pinned_in_bpffs(_env: &Env) -> Outcome {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     rustix::mount::mount("bpf", dir, "bpf", rustix::mount::MountFlags::empty(), None)
         .map_err(|e| format!("mounting bpffs on {}: {e}", dir.display()))?;
-    let held = chargetransfer::kernel::dmabuf::alloc_from_heap(Path::new("/dev/dma_heap/system"), SIZE)
-        .map_err(|e| e.to_string())?;
+    let held =
+        chargetransfer::kernel::alloc_from_heap(Path::new("/dev/dma_heap/system"), SIZE).map_err(|e| e.to_string())?;
     let result = (|| {
         bpf.pin(dir).map_err(|e| e.to_string())?;
         let pinned = BpfScanner::pinned(dir).map_err(|e| e.to_string())?;

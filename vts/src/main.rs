@@ -15,8 +15,10 @@ mod dmem_cases;
 mod faults;
 mod harness;
 mod rng;
+mod scan_bench;
 mod stress;
 mod transfer_cases;
+mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use harness::Env;
 
 type Case = fn(&Env) -> cases::Outcome;
+type Cases = &'static [(&'static str, Case)];
 
 const CASES: &[(&str, Case)] = &[
     ("version_and_hash_are_served", cases::version_and_hash_are_served),
@@ -43,10 +46,6 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
     ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
-    (
-        "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
-        cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
-    ),
     (
         "double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying",
         transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying,
@@ -92,6 +91,12 @@ const CASES: &[(&str, Case)] = &[
     ("bpf_scan_reads_iterators_pinned_in_bpffs", bpf_cases::bpf_scan_reads_iterators_pinned_in_bpffs),
 ];
 
+/// Cases that need the kernel to charge the system heap to memcg (`dma_heap.mem_accounting=1`).
+const MEM_ACCOUNTING_CASES: &[(&str, Case)] = &[(
+    "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
+    cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
+)];
+
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
 const DMEM_CASES: &[(&str, Case)] = &[
     ("dmem_capacity_lists_the_cma_region", dmem_cases::dmem_capacity_lists_the_cma_region),
@@ -118,6 +123,9 @@ fn main() {
         child::run();
     }
     if let Some(status) = bench::dispatch(&raw) {
+        std::process::exit(status);
+    }
+    if let Some(status) = scan_bench::dispatch(&raw) {
         std::process::exit(status);
     }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
@@ -157,17 +165,35 @@ fn main() {
         binder,
         client,
     });
-    let dmem = if lane == "dmem" { DMEM_CASES } else { &[] };
-    let trials = CASES
-        .iter()
-        .chain(dmem)
-        .map(|(name, case)| {
+    // A case this lane cannot run is listed as skipped, with the reason, never left out.
+    let groups: [(Cases, Option<&str>); 3] = [
+        (CASES, None),
+        (
+            MEM_ACCOUNTING_CASES,
+            (!cases::mem_accounting())
+                .then_some("the kernel does not charge the system heap (dma_heap.mem_accounting=0)"),
+        ),
+        (
+            DMEM_CASES,
+            (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
+        ),
+    ];
+    let mut trials = Vec::new();
+    for (group, unmet) in groups {
+        for (name, case) in group {
             let env = std::sync::Arc::clone(&env);
             let case = *case;
-            Trial::test(*name, move || case(&env).map_err(Failed::from))
-        })
-        .collect();
+            if let Some(reason) = unmet {
+                println!("skipped: {name}: {reason}");
+            }
+            trials
+                .push(Trial::test(*name, move || case(&env).map_err(Failed::from)).with_ignored_flag(unmet.is_some()));
+        }
+    }
     let conclusion = libtest_mimic::run(&args, trials);
-    println!("vts: {} passed, {} failed (lane {lane})", conclusion.num_passed, conclusion.num_failed);
+    println!(
+        "vts: {} passed, {} failed, {} skipped (lane {lane})",
+        conclusion.num_passed, conclusion.num_failed, conclusion.num_ignored
+    );
     conclusion.exit();
 }

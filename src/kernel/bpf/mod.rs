@@ -58,7 +58,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Pinned(dir) => write!(f, "programs pinned in {}", dir.display()),
-            Origin::Loaded => f.write_str("programs loaded by the service"),
+            Origin::Loaded => f.write_str("programs loaded from the built-in object"),
         }
     }
 }
