@@ -15,8 +15,12 @@ use crate::harness::{Child, Env};
 const HEAP: &str = "system";
 const SIZE: u64 = 4 * 4096;
 
-/// The scanner, or why this kernel has none (the dmem lane's kernel is built without
-/// BPF_SYSCALL): the case then says "skipped" with that reason.
+/// Why the BPF backend cannot load here (the dmem lane's kernel is built without BPF_SYSCALL):
+/// these cases are then listed as skipped with that reason.
+pub fn absent() -> Option<String> {
+    BpfScanner::load().err().map(|e| format!("the BPF scan backend does not load: {e}"))
+}
+
 fn scanner() -> Result<BpfScanner, String> {
     BpfScanner::load().map_err(|e| e.to_string())
 }
@@ -60,13 +64,7 @@ fn map_whole(fd: impl AsFd) -> Result<(), String> {
 }
 
 pub fn bpf_scan_gives_the_procfs_answer(env: &Env) -> Outcome {
-    let bpf = match scanner() {
-        Ok(s) => s,
-        Err(reason) => {
-            println!("bpf_scan_gives_the_procfs_answer: skipped: {reason}");
-            return Ok(());
-        }
-    };
+    let bpf = scanner()?;
     let procfs = ProcFs::new("/proc");
     // Three processes: a's buffer is shared with b (two fds) and c; b also has one of its own.
     let mut a = env.spawn(10_161, None)?;
@@ -118,13 +116,7 @@ pub fn bpf_scan_gives_the_procfs_answer(env: &Env) -> Outcome {
 }
 
 pub fn bpf_scan_stays_whole_while_processes_die(env: &Env) -> Outcome {
-    let bpf = match scanner() {
-        Ok(s) => s,
-        Err(reason) => {
-            println!("bpf_scan_stays_whole_while_processes_die: skipped: {reason}");
-            return Ok(());
-        }
-    };
+    let bpf = scanner()?;
     let mut keeper = env.spawn(10_164, None)?;
     let (slot, inode) = keeper.alloc(HEAP, SIZE)?;
     let stop = AtomicBool::new(false);
@@ -164,13 +156,7 @@ pub fn bpf_scan_stays_whole_while_processes_die(env: &Env) -> Outcome {
 /// The Android route: bpfloader pins the programs and the service reads them by path. Here the
 /// case pins what it loaded into a fresh bpffs, then opens the pins as the service would.
 pub fn bpf_scan_reads_iterators_pinned_in_bpffs(_env: &Env) -> Outcome {
-    let bpf = match scanner() {
-        Ok(s) => s,
-        Err(reason) => {
-            println!("bpf_scan_reads_iterators_pinned_in_bpffs: skipped: {reason}");
-            return Ok(());
-        }
-    };
+    let bpf = scanner()?;
     let dir = Path::new("/tmp/chargetransfer-vts-bpffs");
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     rustix::mount::mount("bpf", dir, "bpf", rustix::mount::MountFlags::empty(), None)

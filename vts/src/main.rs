@@ -86,6 +86,10 @@ const CASES: &[(&str, Case)] = &[
         "stress_eight_clients_random_workload_matches_procfs",
         stress::stress_eight_clients_random_workload_matches_procfs,
     ),
+];
+
+/// Cases that need the BPF scan backend to load (not the dmem lane's kernel: no BPF_SYSCALL).
+const BPF_CASES: Cases = &[
     ("bpf_scan_gives_the_procfs_answer", bpf_cases::bpf_scan_gives_the_procfs_answer),
     ("bpf_scan_stays_whole_while_processes_die", bpf_cases::bpf_scan_stays_whole_while_processes_die),
     ("bpf_scan_reads_iterators_pinned_in_bpffs", bpf_cases::bpf_scan_reads_iterators_pinned_in_bpffs),
@@ -166,7 +170,8 @@ fn main() {
         client,
     });
     // A case this lane cannot run is listed as skipped, with the reason, never left out.
-    let groups: [(Cases, Option<&str>); 3] = [
+    let bpf_absent = bpf_cases::absent();
+    let groups: [(Cases, Option<&str>); 4] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -177,6 +182,7 @@ fn main() {
             DMEM_CASES,
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
         ),
+        (BPF_CASES, bpf_absent.as_deref()),
     ];
     let mut trials = Vec::new();
     for (group, unmet) in groups {
