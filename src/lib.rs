@@ -10,6 +10,7 @@ pub mod autoconfig;
 pub mod binder;
 pub mod client;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dump;
 pub mod error;

@@ -73,7 +73,8 @@ impl Tickets {
         self.offers.remove(&ticket);
     }
 
-    /// Drops expired offers and those of buffers that are gone or changed hands.
+    /// Drops expired offers. (Offers of a buffer that was released or changed hands go with
+    /// [`Tickets::forget_buffer`].)
     pub fn expire(&mut self, now: Instant) {
         self.offers.retain(|_, o| now < o.expires);
     }

@@ -35,7 +35,7 @@ impl Accountant {
         self.change(|state, events| {
             let heap = self.heap_of(state, buffer)?;
             state.follow_migration(&owner, events)?;
-            let kernel_charged = self.policy.kernel_charges_heap(&heap);
+            let kernel_charged = self.kernel_charges_heap(&heap);
             if kernel_charged
                 && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup))
                 && state.ledger.buffer(buffer.inode).is_none()

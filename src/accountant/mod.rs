@@ -9,7 +9,7 @@
 //! - [`budget`]: the memory.max check for bytes the kernel charged to someone else;
 //! - [`queries`]: usage and charge listings;
 //! - [`vram`]: eviction, restore and pins reported by the GPU driver's userspace;
-//! - [`regions`]: what autoconfig found, and its hook for owners it has not configured yet;
+//! - [`regions`]: autoconfig runs (all owners, and each new owner alone) and what it found;
 //! - [`cgroup_path`]: the owner-level and per-app cgroup names.
 
 mod budget;
@@ -43,7 +43,7 @@ use crate::policy::Policy;
 pub use cgroup_path::uid_cgroup;
 pub use lifecycle::ReconcileReport;
 pub use queries::{PoolUsage, Usage};
-pub use regions::{NewOwnerHook, RegionSummary};
+pub use regions::RegionSummary;
 use state::{journal, State};
 
 /// Where the accountant finds the system and keeps its state.
@@ -70,10 +70,13 @@ pub struct Accountant {
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
     regions: Mutex<Vec<RegionSummary>>,
-    /// Runs autoconfig when a charge meets an owner cgroup it has not configured yet.
-    new_owner_hook: std::sync::OnceLock<NewOwnerHook>,
-    /// Top-level owner cgroups (`/uid_<uid>`, `/system`) the hook has run for.
+    /// Runs when a charge meets an owner cgroup it has not configured yet.
+    autoconfig: std::sync::OnceLock<std::sync::Arc<crate::autoconfig::Autoconfig>>,
+    /// Top-level owner cgroups (`/uid_<uid>`, `/system`) autoconfig has run for.
     configured: Mutex<BTreeSet<String>>,
+    /// Heaps the kernel itself charges to memcg, as autoconfig last found them (runtime state,
+    /// kept here rather than in the policy, which holds only what was configured).
+    kernel_charged: std::sync::RwLock<BTreeSet<String>>,
 }
 
 impl Accountant {
@@ -103,8 +106,9 @@ impl Accountant {
                 kernel_payer: HashMap::new(),
             }),
             regions: Mutex::new(Vec::new()),
-            new_owner_hook: std::sync::OnceLock::new(),
+            autoconfig: std::sync::OnceLock::new(),
             configured: Mutex::new(BTreeSet::new()),
+            kernel_charged: std::sync::RwLock::new(BTreeSet::new()),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners();

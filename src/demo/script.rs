@@ -14,6 +14,7 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
+use crate::autoconfig::Autoconfig;
 use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::owner_table;
@@ -182,8 +183,9 @@ impl Day<'_> {
                 format!("  pid {:<5} uid {:<6} {:<20} {:<15} {trusted}", p.pid, p.uid, p.cgroup(), p.label).trim_end(),
             );
         }
-        let roots = self.phone.roots();
-        let report = autoconfigure(&self.acc, &roots, false, false).map_err(|e| format!("step 1: autoconfig: {e}"))?;
+        let autoconfig = Autoconfig::new(self.phone.roots(), self.acc.policy().clone(), None);
+        let report =
+            autoconfigure(&self.acc, &autoconfig, false, false).map_err(|e| format!("step 1: autoconfig: {e}"))?;
         self.say("autoconfig report:");
         self.out.block("    ", &report);
         let missing: Vec<String> = self

@@ -664,6 +664,7 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
         cgroup: CgroupFs::new(&opts.cgroup_root),
         rpc: None,
         binder: opts.binder.clone(),
+        instance: chargetransfer::service::INSTANCE.to_string(),
         client: Client::connect_binder(opts.binder.as_deref(), Duration::from_secs(5)).map_err(|e| e.to_string())?,
     };
     let workload = Workload::new(&env)?;

@@ -21,6 +21,8 @@ pub struct Env {
     pub cgroup: CgroupFs,
     pub rpc: Option<PathBuf>,
     pub binder: Option<String>,
+    /// The service name under test (children connect to the same).
+    pub instance: String,
     pub client: Client,
 }
 
@@ -76,6 +78,7 @@ impl Env {
         if let Some(b) = &self.binder {
             cmd.env("CT_BINDER", b);
         }
+        cmd.env("CT_INSTANCE", &self.instance);
         let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
         drop(theirs);
         let pid = process.id();
