@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod logging;
 pub mod offers;
+pub mod permission;
 pub mod policy;
 pub mod service;
 

@@ -44,8 +44,23 @@ const FRAME: u64 = page_round(4000 * 3000 * 3 / 2);
 /// The game never gets this many texture packs: the budget refuses one long before.
 const MAX_TEXTURE_PACKS: usize = 64;
 
+/// The demo phone's platform makes SurfaceFlinger a client of the HAL (the system_ext policy and
+/// SurfaceFlinger change the README's Android section describes), so its domain is trusted on top
+/// of the shipped policy, which trusts only what vendor policy can make a client.
+const PLATFORM_CLIENTS: &str =
+    r#"{"trusted": {"contexts": ["hal_graphics_allocator_default", "hal_camera_default", "surfaceflinger"]}}"#;
+
+/// A caller as binder reports it on the demo phone, which has SELinux: the domains decide trust
+/// (SurfaceFlinger runs as uid 1000, which the policy never trusts by uid alone).
 fn caller(p: &Proc) -> Caller {
-    Caller { pid: p.pid, uid: p.uid }
+    let domain = match p.pid {
+        pid if pid == GRALLOC.pid => "hal_graphics_allocator_default",
+        pid if pid == SURFACEFLINGER.pid => "surfaceflinger",
+        pid if pid == CAMERA_HAL.pid => "hal_camera_default",
+        pid if pid == CODEC.pid => "mediacodec",
+        _ => "untrusted_app",
+    };
+    Caller { pid: p.pid, uid: p.uid, context: Some(format!("u:r:{domain}:s0")) }
 }
 
 /// A service refusal as a client sees it: the AIDL code and the message.
@@ -88,8 +103,8 @@ pub fn play(dir: &Path, out: &mut Transcript) -> Result<(), String> {
         pidfds: false,
         scan: crate::kernel::ScanChoice::Procfs,
     };
-    let acc =
-        Accountant::open(config, Policy::embedded_default()).map_err(|e| format!("opening the accountant: {e}"))?;
+    let policy = Policy::default_with(&[PLATFORM_CLIENTS]).map_err(|e| format!("the demo policy: {e}"))?;
+    let acc = Accountant::open(config, policy).map_err(|e| format!("opening the accountant: {e}"))?;
     let mut day = Day { phone, acc, out, step: 0, samples: Vec::new(), tiles: Vec::new(), window: 0 };
     day.boot(dir)?;
     day.maps_tiles()?;
@@ -167,7 +182,7 @@ impl Day<'_> {
         let inode = self.phone.allocate(allocator.pid, heap, size, name)?;
         let info = self.phone.present(allocator.pid, inode)?;
         let what = format!("{} charges dma-buf {inode} on behalf of {}", allocator.label, owner.label);
-        let b = self.check(&what, self.acc.charge(caller(allocator), &info, Some(owner.pid)))?;
+        let b = self.check(&what, self.acc.charge(&caller(allocator), &info, Some(owner.pid)))?;
         Ok((inode, b))
     }
 
@@ -248,7 +263,7 @@ impl Day<'_> {
         let info = self.phone.present(sf.pid, inode)?;
         let b = self.check(
             "SurfaceFlinger transfers the charge to the game",
-            self.acc.transfer(caller(&sf), &info, game.pid),
+            self.acc.transfer(&caller(&sf), &info, game.pid),
         )?;
         let line = format!("  dma-buf {inode}: {}", self.charged(&b));
         self.say(line);
@@ -281,7 +296,7 @@ impl Day<'_> {
             let before = owner_table(&self.acc);
             let inode = self.phone.allocate(game.pid, "system", TEXTURES, &format!("racer:textures-{pack}"))?;
             let info = self.phone.present(game.pid, inode)?;
-            match self.acc.charge(caller(&game), &info, None) {
+            match self.acc.charge(&caller(&game), &info, None) {
                 Ok(_) => {
                     let memcg = self.counter(&budget_cgroup, MEMCG_POOL);
                     self.say(format!(
@@ -335,12 +350,12 @@ impl Day<'_> {
         let info = self.phone.present(app.pid, frame)?;
         let ticket = self.check(
             "the camera app offers a frame to the codec",
-            self.acc.offer(caller(&app), &info, codec.pid, Duration::from_secs(10)),
+            self.acc.offer(&caller(&app), &info, codec.pid, Duration::from_secs(10)),
         )?;
         self.say("then sends the fd and the ticket over binder; the codec accepts, presenting the fd it received:");
         self.phone.send(app.pid, codec.pid, frame)?;
         let info = self.phone.present(codec.pid, frame)?;
-        let b = self.check("the codec accepts the offer", self.acc.accept(caller(&codec), ticket, &info))?;
+        let b = self.check("the codec accepts the offer", self.acc.accept(&caller(&codec), ticket, &info))?;
         let line = format!("  dma-buf {frame}: {}", self.charged(&b));
         self.say(line);
         let line = format!("now the codec pays {}; the camera app pays {}", self.pays(&codec)?, self.pays(&app)?);

@@ -20,7 +20,7 @@ fn embedded_default_is_valid_and_describes_a_phone() {
     assert_eq!(names, ["camera", "display", "gpu", "secure_video", "system", "system-uncached"]);
     let classes: Vec<HeapClass> = p.heaps().iter().map(|h| h.class).collect();
     assert!(classes.contains(&HeapClass::Carveout) && classes.contains(&HeapClass::Vram));
-    assert!(p.is_trusted_uid(1000) && p.is_trusted_uid(1003));
+    assert!(!p.is_trusted_uid(1000) && p.is_trusted_uid(1003), "uid 1000 is never trusted by uid alone");
     assert!(!p.is_trusted_uid(10001));
 }
 

@@ -307,6 +307,24 @@ pub fn run() -> ! {
                     let r = binder_call(&mut client, |c| c.service().reconcile()).map_err(refused)?;
                     format!("ok {}", r.releasedInodes.len())
                 }
+                "uid_usage" => {
+                    let u = binder_call(&mut client, |c| c.service().getUidUsage(num(1) as i32)).map_err(refused)?;
+                    format!("ok {}", u.bufferBytes)
+                }
+                "process_usage" => {
+                    let u =
+                        binder_call(&mut client, |c| c.service().getProcessUsage(num(1) as i32)).map_err(refused)?;
+                    format!("ok {}", u.bufferBytes)
+                }
+                "list" => {
+                    let all = binder_call(&mut client, |c| c.service().listCharges(num(1) as i32)).map_err(refused)?;
+                    let inodes: Vec<String> = all.iter().map(|c| c.inode.to_string()).collect();
+                    format!("ok {} {}", all.len(), inodes.join(" "))
+                }
+                "dump" => {
+                    let d = binder_call(&mut client, |c| c.service().dumpState()).map_err(refused)?;
+                    format!("ok {}", if d.contains("Owners") { "full" } else { "own" })
+                }
                 "exit" => std::process::exit(0),
                 other => return Err(format!("err 0 unknown command {other:?}")),
             })

@@ -23,6 +23,7 @@ mod rng;
 mod scan_bench;
 mod stress;
 mod transfer_cases;
+mod trust_cases;
 mod world;
 
 use std::path::PathBuf;
@@ -89,6 +90,13 @@ const CASES: &[(&str, Case)] = &[
         "a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile",
         transfer_cases::a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile,
     ),
+    ("an_owner_cannot_release_a_buffer_it_still_holds", trust_cases::an_owner_cannot_release_a_buffer_it_still_holds),
+    ("on_behalf_of_init_or_a_kernel_thread_is_refused", trust_cases::on_behalf_of_init_or_a_kernel_thread_is_refused),
+    (
+        "a_push_the_receiver_never_holds_goes_back_to_its_maker",
+        trust_cases::a_push_the_receiver_never_holds_goes_back_to_its_maker,
+    ),
+    ("an_app_reads_only_its_own_uid", trust_cases::an_app_reads_only_its_own_uid),
     (
         "autoconfig_never_overwrites_a_limit_it_did_not_write",
         autoconfig_cases::autoconfig_never_overwrites_a_limit_it_did_not_write,
