@@ -16,6 +16,7 @@ use crate::binder::{self, BinderFeatures, Interface};
 use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
+use crate::kernel::ScanChoice;
 use crate::policy::Policy;
 use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
 
@@ -58,9 +59,26 @@ pub struct Options {
     /// Milliseconds between pidfd polls for owners without a death token.
     #[arg(long, default_value_t = 100)]
     pub pidfd_poll_ms: u64,
+    /// Who holds which dma-buf: `auto` uses the BPF iterators when they open (pinned in
+    /// --bpf-pin-dir, else loaded by the service) and the procfs scan otherwise; `bpf` refuses to
+    /// start without them. Against a --proc-root other than /proc, `auto` is procfs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bpf", "procfs"])]
+    pub scan: String,
+    /// Where bpfloader pins the holder iterators (`prog_chargetransfer_holders_iter_*`).
+    #[arg(long, default_value = crate::kernel::bpf::ANDROID_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
     /// Binder threads.
     #[arg(long, default_value_t = 8)]
     pub threads: u32,
+}
+
+fn scan_choice(opts: &Options) -> ScanChoice {
+    let pin_dir = opts.bpf_pin_dir.clone();
+    match opts.scan.as_str() {
+        "bpf" => ScanChoice::Bpf { pin_dir },
+        "auto" if opts.proc_root == std::path::Path::new("/proc") => ScanChoice::Auto { pin_dir },
+        _ => ScanChoice::Procfs,
+    }
 }
 
 fn durability(name: &str) -> Durability {
@@ -88,6 +106,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         state_dir: opts.state_dir.clone(),
         durability: durability(&opts.durability),
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
+        scan: scan_choice(&opts),
     };
     let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
     let roots = ProbeRoots {
@@ -163,7 +182,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 /// Probes the device, computes limits from the policy and applies them to every owner: cgroup
 /// files where the kernel enforces, ledger limits where the service does. Returns the report, as
-/// text or JSON.
+/// text or JSON, with the dma-buf scan backend the service chose at start.
 pub fn autoconfigure(
     accountant: &Accountant,
     autoconfig: &Autoconfig,
@@ -171,7 +190,15 @@ pub fn autoconfigure(
     json: bool,
 ) -> crate::error::Result<String> {
     let report = accountant.autoconfigure(autoconfig, Scope::All, dry_run)?;
-    Ok(if json { report.to_json() } else { report.to_string() })
+    let scanner = accountant.scanner();
+    Ok(if json {
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())
+            .map_err(|e| crate::error::Error::Internal(format!("autoconfig report JSON: {e}")))?;
+        value["scan"] = serde_json::json!({ "backend": scanner.name(), "detail": scanner.to_string() });
+        value.to_string()
+    } else {
+        format!("{report}dma-buf scan: {scanner}\n")
+    })
 }
 
 fn spawn_lifecycle(

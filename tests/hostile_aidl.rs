@@ -1276,6 +1276,7 @@ fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
         state_dir: Some(state.clone()),
         durability: chargetransfer::journal::Durability::None,
         pidfds: false,
+        scan: chargetransfer::kernel::ScanChoice::Procfs,
     };
     let a = Accountant::open(config, policy).unwrap();
     let caller = &Caller::new(100, 10001);

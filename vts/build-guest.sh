@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds the static binaries the kernel lanes run (the service, chargectl, the VTS suite, and
 # rsbinder's service manager rsb_hub) and prints BIN_DIR=<dir>. glibc with crt-static needs no
-# extra toolchain download; rsb_hub is built once per version under ~/.cache.
+# extra toolchain download; rsb_hub is built once per version under ~/.cache. The BPF scan
+# backend's object is compiled by build.rs with Debian's clang (installed here when missing);
+# CHARGETRANSFER_BPF=required makes a build without it fail instead of leaving it out.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=x86_64-unknown-linux-gnu
 export RUSTFLAGS="-C target-feature=+crt-static"
+"$root/vts/lane/host-deps.sh" clang >&2
+export CHARGETRANSFER_BPF=required
 cargo build --release --locked --target "$target" --workspace --bins >&2
 bin="$root/target/$target/release"
 tools="${XDG_CACHE_HOME:-$HOME/.cache}/chargetransfer/tools/rsbinder-tools-0.12.0"

@@ -14,12 +14,14 @@
 mod allocator_outage;
 mod autoconfig_cases;
 mod bench;
+mod bpf_cases;
 mod cases;
 mod child;
 mod dmem_cases;
 mod faults;
 mod harness;
 mod rng;
+mod scan_bench;
 mod stress;
 mod transfer_cases;
 mod trust_cases;
@@ -110,6 +112,13 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Cases that need the BPF scan backend to load (not the dmem lane's kernel: no BPF_SYSCALL).
+const BPF_CASES: Cases = &[
+    ("bpf_scan_gives_the_procfs_answer", bpf_cases::bpf_scan_gives_the_procfs_answer),
+    ("bpf_scan_stays_whole_while_processes_die", bpf_cases::bpf_scan_stays_whole_while_processes_die),
+    ("bpf_scan_reads_iterators_pinned_in_bpffs", bpf_cases::bpf_scan_reads_iterators_pinned_in_bpffs),
+];
+
 /// Cases that need the kernel to charge the system heap to memcg (`dma_heap.mem_accounting=1`).
 const MEM_ACCOUNTING_CASES: &[(&str, Case)] = &[(
     "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
@@ -170,6 +179,9 @@ fn main() {
     if let Some(status) = bench::dispatch(&raw) {
         std::process::exit(status);
     }
+    if let Some(status) = scan_bench::dispatch(&raw) {
+        std::process::exit(status);
+    }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
     let binder = take_flag(&mut raw, "--binder");
     let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
@@ -202,7 +214,8 @@ fn main() {
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
     // A case this lane cannot run is listed as skipped, with the reason, never left out.
-    let groups: [(Cases, Option<&str>); 3] = [
+    let bpf_absent = bpf_cases::absent();
+    let groups: [(Cases, Option<&str>); 4] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -213,6 +226,7 @@ fn main() {
             DMEM_CASES,
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
         ),
+        (BPF_CASES, bpf_absent.as_deref()),
     ];
     // Over RPC the socket's root object is the one service under test.
     let instances = match &rpc {
