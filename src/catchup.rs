@@ -110,8 +110,9 @@ impl CatchUp {
 
     /// Charges each of `inodes` that is still held and still uncharged to its payer.
     pub fn charge(&self, accountant: &Accountant, inodes: &[Inode]) -> Result<Vec<CaughtUp>> {
+        // The view reconcile took too (BPF where it loaded, else procfs): who holds each buffer now.
+        let scan = accountant.scanner().scan_all().map_err(Error::from)?;
         let procfs = accountant.processes().procfs();
-        let scan = procfs.scan_all().map_err(Error::from)?;
         let mut caught = Vec::new();
         let mut unpaid = 0;
         for &inode in inodes {
@@ -295,6 +296,7 @@ mod tests {
             state_dir: None,
             durability: Durability::None,
             pidfds: false,
+            scan: crate::kernel::ScanChoice::Procfs,
         };
         Accountant::open(config, Policy::embedded_default()).unwrap()
     }
