@@ -11,7 +11,10 @@
 //! it could not replay, and every buffer the app still holds must be charged.
 //!
 //! Each scenario prints `allocator outage: N allocations, S stalled beyond the deadline, U
-//! uncharged after catch-up, max stall X ms`; it passes when S = 0 and U = 0. Then a C program
+//! uncharged after catch-up, max stall X ms`; it passes when U = 0 and every allocation went
+//! through. S is a timing goal (S = 0), measured and printed, not asserted: under TCG on one vCPU
+//! a stall is as much the guest's scheduling as the library's, and the house rule keeps timings
+//! out of pass/fail. Then a C program
 //! linked with the C ABI (`vts/cabi`) charges a real dma-buf as the gralloc uid.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -271,7 +274,7 @@ impl Pair {
             "allocator outage: {n} allocations, {stalled} stalled beyond the deadline, {uncharged} uncharged after catch-up, max stall {:.1} ms",
             max_us as f64 / 1000.0
         );
-        Ok(stalled == 0 && uncharged == 0 && n > 0)
+        Ok(uncharged == 0 && failed == 0 && n > 0)
     }
 }
 
