@@ -83,7 +83,8 @@ pub fn a_second_autoconfig_run_rewrites_nothing_the_kernel_holds(env: &Env) -> O
 pub fn a_failed_dmem_write_leaves_the_limit_with_the_service(env: &Env) -> Outcome {
     const REGION: &str = "cma/reserved";
     const CMA_HEAP: &str = "default_cma_region";
-    let cgroup = "/uid_10065";
+    // A uid no other case uses: a cgroup with a process (or delegated controllers) cannot become threaded.
+    let cgroup = "/uid_10075";
     env.cgroup.create(cgroup).map_err(|e| e.to_string())?;
     let dir = env.cgroup.dir(cgroup).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("cgroup.type"), "threaded").map_err(|e| format!("{cgroup}/cgroup.type: {e}"))?;
@@ -94,7 +95,7 @@ pub fn a_failed_dmem_write_leaves_the_limit_with_the_service(env: &Env) -> Outco
         .collect();
     println!("{cgroup} (threaded) has memory/dmem files: {files:?}");
     check(files.is_empty(), || format!("a threaded cgroup should have no dmem files: {files:?}"))?;
-    let mut app = env.spawn(10065, Some(cgroup))?;
+    let mut app = env.spawn(10075, Some(cgroup))?;
     let (first, _) = app.alloc(CMA_HEAP, MIB)?;
     app.ok(&format!("charge {first}"))?;
     let regions = env.client.service().getRegions().map_err(|e| format!("{e:?}"))?;
