@@ -19,7 +19,7 @@ use crate::kernel::dmabuf::DmaBufInfo;
 use crate::kernel::procfs::ProcFs;
 use crate::ledger::{BufferInfo, Counter, Event, Inode, Ledger, LedgerError, MEMCG_POOL};
 use crate::owner::{Caller, Process, Processes};
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 use crate::transfer::Tickets;
 
 /// Where the accountant finds the system and keeps its state.
@@ -99,6 +99,8 @@ pub struct Accountant {
     new_owner_hook: std::sync::OnceLock<NewOwnerHook>,
     /// Top-level owner cgroups (`/uid_<uid>`, `/system`) the hook has run for.
     configured: Mutex<BTreeSet<String>>,
+    /// Which trusted list decides; set once at start from the kernel (uids until then).
+    trust_rule: std::sync::OnceLock<TrustRule>,
 }
 
 /// Called with the accountant when an owner cgroup shows up that autoconfig has not seen.
@@ -144,6 +146,7 @@ impl Accountant {
             regions: Mutex::new(Vec::new()),
             new_owner_hook: std::sync::OnceLock::new(),
             configured: Mutex::new(BTreeSet::new()),
+            trust_rule: std::sync::OnceLock::new(),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners();
@@ -152,6 +155,16 @@ impl Accountant {
 
     pub fn set_new_owner_hook(&self, hook: NewOwnerHook) {
         let _ = self.new_owner_hook.set(hook);
+    }
+
+    /// Sets the trust rule the kernel calls for ([`TrustRule::with_selinux`]); the first call
+    /// wins, so the rule cannot change while the service runs.
+    pub fn set_trust_rule(&self, rule: TrustRule) {
+        let _ = self.trust_rule.set(rule);
+    }
+
+    pub fn trust_rule(&self) -> TrustRule {
+        self.trust_rule.get().copied().unwrap_or(TrustRule::Uids)
     }
 
     /// Makes sure the owner's cgroup has its class limits before it is charged.
@@ -219,11 +232,12 @@ impl Accountant {
         result
     }
 
-    fn is_trusted(&self, caller: Caller) -> bool {
-        self.policy.is_trusted_uid(caller.uid)
+    /// Whether the caller may act for others: the policy's rule under the kernel's trust rule.
+    pub fn is_trusted(&self, caller: &Caller) -> bool {
+        self.policy.trusts(self.trust_rule(), caller.uid, caller.context.as_deref())
     }
 
-    fn require_trusted(&self, caller: Caller, what: &'static str) -> Result<()> {
+    fn require_trusted(&self, caller: &Caller, what: &'static str) -> Result<()> {
         if self.is_trusted(caller) {
             Ok(())
         } else {
@@ -252,7 +266,7 @@ impl Accountant {
 
     /// Charges `buffer` to the caller, or with `on_behalf` to another live process (trusted
     /// callers only). Charging the same owner twice is a no-op.
-    pub fn charge(&self, caller: Caller, buffer: &DmaBufInfo, on_behalf: Option<u32>) -> Result<BufferInfo> {
+    pub fn charge(&self, caller: &Caller, buffer: &DmaBufInfo, on_behalf: Option<u32>) -> Result<BufferInfo> {
         let caller_proc = self.processes.resolve_caller(caller)?;
         let owner = match on_behalf {
             Some(pid) if pid != caller.pid => {
@@ -336,7 +350,7 @@ impl Accountant {
     }
 
     /// Releases a charge: its owner, or a trusted caller.
-    pub fn release(&self, caller: Caller, inode: Inode) -> Result<()> {
+    pub fn release(&self, caller: &Caller, inode: Inode) -> Result<()> {
         self.change(|state, events| {
             let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
             if b.pid != caller.pid && !self.is_trusted(caller) {
@@ -351,7 +365,7 @@ impl Accountant {
 
     /// Trusted push: the caller presented the buffer (so it holds it) and is a trusted
     /// allocator or compositor; the charge moves to `to_pid`, which must be alive.
-    pub fn transfer(&self, caller: Caller, buffer: &DmaBufInfo, to_pid: u32) -> Result<BufferInfo> {
+    pub fn transfer(&self, caller: &Caller, buffer: &DmaBufInfo, to_pid: u32) -> Result<BufferInfo> {
         self.require_trusted(caller, "push a charge to another process")?;
         self.processes.resolve_caller(caller)?;
         let to = self.processes.resolve(to_pid)?;
@@ -370,7 +384,7 @@ impl Accountant {
     }
 
     /// The owner offers its charge for `buffer` to `to_pid`; returns the ticket.
-    pub fn offer(&self, caller: Caller, buffer: &DmaBufInfo, to_pid: u32, ttl: Duration) -> Result<u64> {
+    pub fn offer(&self, caller: &Caller, buffer: &DmaBufInfo, to_pid: u32, ttl: Duration) -> Result<u64> {
         if to_pid == caller.pid {
             return Err(Error::InvalidArgument("cannot offer a buffer to yourself".into()));
         }
@@ -386,7 +400,7 @@ impl Accountant {
 
     /// The receiver redeems a ticket with the buffer fd it received. If it already pays for the
     /// buffer, nothing changes (no double charge).
-    pub fn accept(&self, caller: Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
+    pub fn accept(&self, caller: &Caller, ticket: u64, buffer: &DmaBufInfo) -> Result<BufferInfo> {
         let receiver = self.processes.resolve_caller(caller)?;
         self.prepare_owner(&receiver);
         self.change(|state, events| {
@@ -698,7 +712,7 @@ impl Accountant {
 
     // ---- vram: eviction and pins (trusted: the GPU driver's userspace) ----
 
-    pub fn evict(&self, caller: Caller, inode: Inode) -> Result<()> {
+    pub fn evict(&self, caller: &Caller, inode: Inode) -> Result<()> {
         self.require_trusted(caller, "report eviction")?;
         self.change(|state, events| {
             events.push(state.ledger.evict(inode)?);
@@ -706,7 +720,7 @@ impl Accountant {
         })
     }
 
-    pub fn restore(&self, caller: Caller, inode: Inode) -> Result<()> {
+    pub fn restore(&self, caller: &Caller, inode: Inode) -> Result<()> {
         self.require_trusted(caller, "report restore")?;
         self.change(|state, events| {
             events.push(state.ledger.restore(inode)?);
@@ -714,7 +728,7 @@ impl Accountant {
         })
     }
 
-    pub fn pin(&self, caller: Caller, inode: Inode, pin: bool) -> Result<()> {
+    pub fn pin(&self, caller: &Caller, inode: Inode, pin: bool) -> Result<()> {
         self.require_trusted(caller, "pin or unpin")?;
         self.change(|state, events| {
             events.push(if pin { state.ledger.pin(inode)? } else { state.ledger.unpin(inode)? });
@@ -873,7 +887,7 @@ mod tests {
         };
         let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
         let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
-        accountant.charge(Caller { pid: 100, uid: 10001 }, &buffer, None).unwrap();
+        accountant.charge(&Caller { pid: 100, uid: 10001, context: None }, &buffer, None).unwrap();
         let payer = || accountant.charges(0).first().map(|b| (b.pid, b.cgroup.clone()));
         let parked = Some((0, "/uid_10001".to_string()));
 
@@ -911,7 +925,8 @@ mod tests {
             pidfds: false,
         };
         let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
-        let (app, driver) = (Caller { pid: 100, uid: 10001 }, Caller { pid: 500, uid: 1000 });
+        let (app, driver) =
+            (Caller { pid: 100, uid: 10001, context: None }, Caller { pid: 500, uid: 1000, context: None });
         accountant
             .apply_events(vec![
                 Event::RegionAdded { region: vram.into(), capacity: 1 << 30 },
@@ -926,31 +941,31 @@ mod tests {
             ])
             .unwrap();
         let buffer = DmaBufInfo { inode: 9, size: 64 * MIB, exporter: "vram".into(), name: None };
-        accountant.charge(app, &buffer, None).unwrap();
+        accountant.charge(&app, &buffer, None).unwrap();
         let usage = |cg: &str, pool: &str| accountant.with_ledger(|l| l.counter(cg, pool).map_or(0, |c| c.usage));
 
-        assert!(matches!(accountant.evict(app, 9), Err(Error::NotTrusted { .. })));
-        accountant.evict(driver, 9).unwrap();
+        assert!(matches!(accountant.evict(&app, 9), Err(Error::NotTrusted { .. })));
+        accountant.evict(&driver, 9).unwrap();
         assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (64 * MIB, 0));
         assert_eq!(usage("/system/gpu", "memcg"), 0, "the reporter never pays");
 
         accountant
             .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, 32 * MIB)?])))
             .unwrap();
-        assert!(matches!(accountant.restore(driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
+        assert!(matches!(accountant.restore(&driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
         assert!(accountant.charges(0)[0].evicted, "a refused restore leaves it evicted");
         accountant
             .with_ledger_mut(|l| {
                 Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, crate::ledger::UNLIMITED)?]))
             })
             .unwrap();
-        accountant.restore(driver, 9).unwrap();
+        accountant.restore(&driver, 9).unwrap();
         assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (0, 64 * MIB));
 
         accountant
             .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::PinMax, 16 * MIB)?])))
             .unwrap();
-        assert!(matches!(accountant.pin(driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
+        assert!(matches!(accountant.pin(&driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
         assert_eq!(accountant.eviction_advice(vram, MIB).unwrap(), [9]);
         accountant.with_ledger(|l| l.check_invariants()).unwrap();
     }

@@ -16,7 +16,7 @@ use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::autoconfig::ProbeRoots;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
 
 #[derive(Parser, Debug, Clone)]
@@ -90,6 +90,9 @@ pub fn run(opts: Options) -> Result<(), String> {
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
     };
     let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
+    let trust = TrustRule::with_selinux(crate::autoconfig::probe::selinux(&opts.sys_root).is_ok());
+    accountant.set_trust_rule(trust);
+    info!("trust: {}", trust.describe());
     let roots = ProbeRoots {
         cgroup: cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
         proc: opts.proc_root.clone(),
@@ -126,7 +129,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
-    let binder = BnChargeTransfer::new_binder(service);
+    let binder = BnChargeTransfer::new_binder_with_features(service, crate::service::features());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {

@@ -64,6 +64,7 @@ pub fn render(accountant: &Accountant) -> String {
         human(total),
         accountant.open_offers()
     );
+    let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
     let _ = writeln!(out, "\nRegions:");
     let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} heaps", "pool", "class", "capacity", "usage", "enforced");
     let root = accountant.cgroup_usage("/").map(|u| u.pools).unwrap_or_default();

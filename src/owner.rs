@@ -14,10 +14,13 @@ use crate::error::{Error, Result};
 use crate::kernel::procfs::ProcFs;
 
 /// What the binder driver (or the RPC socket's peer credentials) says about the caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub pid: u32,
     pub uid: u32,
+    /// The caller's SELinux security context (`u:r:surfaceflinger:s0`) as the binder driver
+    /// delivered it; `None` without SELinux and over the RPC transport.
+    pub context: Option<String>,
 }
 
 /// A live process as the service knows it.
@@ -117,7 +120,7 @@ impl Processes {
 
     /// Resolves the binder caller and checks the driver's uid against /proc: a mismatch means the
     /// pid was recycled after the call was sent.
-    pub fn resolve_caller(&self, caller: Caller) -> Result<Process> {
+    pub fn resolve_caller(&self, caller: &Caller) -> Result<Process> {
         let process = self.resolve(caller.pid)?;
         if process.uid != caller.uid {
             return Err(Error::NoSuchProcess(caller.pid));

@@ -121,6 +121,7 @@ impl fmt::Display for Report {
             None => "not available",
         };
         let _ = writeln!(out, "  dma_heap.mem_accounting: {accounting}");
+        let _ = writeln!(out, "  trust: {}", t.trust.describe());
         let _ = writeln!(
             out,
             "  memory: MemTotal {}, SwapTotal {}",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::probe::{Found, Probe};
 use crate::ledger::{HeapClass, MEMCG_POOL};
-use crate::policy::{glob_match, Mode, OwnerClass, Policy, RegionClass};
+use crate::policy::{glob_match, Mode, OwnerClass, Policy, RegionClass, TrustRule};
 
 /// Android's per-owner cgroups: `/uid_<uid>` directly under the root.
 pub const OWNER_PREFIX: &str = "/uid_";
@@ -134,6 +134,8 @@ pub struct Topology {
     pub heaps: Vec<Heap>,
     pub owners: Vec<Owner>,
     pub drm: Vec<super::probe::DrmDevice>,
+    /// Which trusted list decides, from whether the probe found SELinux active.
+    pub trust: TrustRule,
     pub notes: Vec<String>,
 }
 
@@ -534,6 +536,7 @@ impl<'a> Builder<'a> {
             heaps,
             owners: Topology::owners_from(policy, children.iter().map(String::as_str)),
             drm: self.probe.drm.get().cloned().unwrap_or_default(),
+            trust: TrustRule::with_selinux(self.probe.selinux.get().is_some()),
             notes: self.notes,
         }
     }

@@ -11,6 +11,7 @@ use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, Usage
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::dump::human;
+use chargetransfer::policy::TrustRule;
 
 #[derive(Parser)]
 #[command(name = "chargectl", about = "Inspect and drive the dma-buf charge-transfer service")]
@@ -228,6 +229,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     r.why
                 );
             }
+            // The service takes its rule from the same test of this kernel (see TrustRule).
+            let selinux = chargetransfer::autoconfig::probe::selinux(&ProbeRoots::system().sys);
+            println!("trust: {}", TrustRule::with_selinux(selinux.is_ok()).describe());
         }
         Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
         Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),

@@ -43,7 +43,7 @@ const FRAME: u64 = page_round(4000 * 3000 * 3 / 2);
 const MAX_TEXTURE_PACKS: usize = 64;
 
 fn caller(p: &Proc) -> Caller {
-    Caller { pid: p.pid, uid: p.uid }
+    Caller { pid: p.pid, uid: p.uid, context: None }
 }
 
 /// A service refusal as a client sees it: the AIDL code and the message.
@@ -164,7 +164,7 @@ impl Day<'_> {
         let inode = self.phone.allocate(allocator.pid, heap, size, name)?;
         let info = self.phone.present(allocator.pid, inode)?;
         let what = format!("{} charges dma-buf {inode} on behalf of {}", allocator.label, owner.label);
-        let b = self.check(&what, self.acc.charge(caller(allocator), &info, Some(owner.pid)))?;
+        let b = self.check(&what, self.acc.charge(&caller(allocator), &info, Some(owner.pid)))?;
         Ok((inode, b))
     }
 
@@ -244,7 +244,7 @@ impl Day<'_> {
         let info = self.phone.present(sf.pid, inode)?;
         let b = self.check(
             "SurfaceFlinger transfers the charge to the game",
-            self.acc.transfer(caller(&sf), &info, game.pid),
+            self.acc.transfer(&caller(&sf), &info, game.pid),
         )?;
         let line = format!("  dma-buf {inode}: {}", self.charged(&b));
         self.say(line);
@@ -277,7 +277,7 @@ impl Day<'_> {
             let before = owner_table(&self.acc);
             let inode = self.phone.allocate(game.pid, "system", TEXTURES, &format!("racer:textures-{pack}"))?;
             let info = self.phone.present(game.pid, inode)?;
-            match self.acc.charge(caller(&game), &info, None) {
+            match self.acc.charge(&caller(&game), &info, None) {
                 Ok(_) => {
                     let memcg = self.counter(&budget_cgroup, MEMCG_POOL);
                     self.say(format!(
@@ -331,12 +331,12 @@ impl Day<'_> {
         let info = self.phone.present(app.pid, frame)?;
         let ticket = self.check(
             "the camera app offers a frame to the codec",
-            self.acc.offer(caller(&app), &info, codec.pid, Duration::from_secs(10)),
+            self.acc.offer(&caller(&app), &info, codec.pid, Duration::from_secs(10)),
         )?;
         self.say("then sends the fd and the ticket over binder; the codec accepts, presenting the fd it received:");
         self.phone.send(app.pid, codec.pid, frame)?;
         let info = self.phone.present(codec.pid, frame)?;
-        let b = self.check("the codec accepts the offer", self.acc.accept(caller(&codec), ticket, &info))?;
+        let b = self.check("the codec accepts the offer", self.acc.accept(&caller(&codec), ticket, &info))?;
         let line = format!("  dma-buf {frame}: {}", self.charged(&b));
         self.say(line);
         let line = format!("now the codec pays {}; the camera app pays {}", self.pays(&codec)?, self.pays(&app)?);

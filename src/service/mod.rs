@@ -61,6 +61,15 @@ fn pid_arg(name: &str, v: i32) -> BinderResult<u32> {
     }
 }
 
+/// How the service's binder is published: it asks the driver for each caller's security
+/// context, which the trust rule needs where SELinux is active (rsbinder sends the request only
+/// there).
+pub fn features() -> rsbinder::BinderFeatures {
+    let mut features = rsbinder::BinderFeatures::default();
+    features.set_requesting_sid = true;
+    features
+}
+
 impl ChargeTransferService {
     pub fn new(
         accountant: Arc<Accountant>,
@@ -71,7 +80,9 @@ impl ChargeTransferService {
         ChargeTransferService { accountant, proc_root, deaths, autoconfigure }
     }
 
-    /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it.
+    /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it, with
+    /// its security context where SELinux gives one (the service asks the driver for it: see
+    /// [`features`]).
     fn caller(&self) -> BinderResult<Caller> {
         let pid = rsbinder::get_calling_pid();
         let uid = rsbinder::get_calling_uid();
@@ -82,7 +93,11 @@ impl ChargeTransferService {
                 what: "call without a verifiable pid",
             }));
         }
-        Ok(Caller { pid: pid as u32, uid })
+        // The driver ends an SELinux context with a NUL; a context that is not UTF-8 matches no
+        // trusted entry, so it is kept lossily rather than dropped (dropping would look like a
+        // kernel without SELinux).
+        let context = rsbinder::get_calling_sid().map(|sid| sid.to_string_lossy().into_owned());
+        Ok(Caller { pid: pid as u32, uid, context })
     }
 
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
@@ -94,7 +109,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn charge(&self, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
         let caller = self.caller()?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.charge(caller, &info, None).map_err(status)?;
+        let b = self.accountant.charge(&caller, &info, None).map_err(status)?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
@@ -102,20 +117,20 @@ impl IChargeTransfer for ChargeTransferService {
         let caller = self.caller()?;
         let owner = pid_arg("ownerPid", owner_pid)?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.charge(caller, &info, Some(owner)).map_err(status)?;
+        let b = self.accountant.charge(&caller, &info, Some(owner)).map_err(status)?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
     fn release(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.release(caller, non_negative("inode", inode)?).map_err(status)
+        self.accountant.release(&caller, non_negative("inode", inode)?).map_err(status)
     }
 
     fn transfer(&self, buffer: &ParcelFileDescriptor, to_pid: i32) -> BinderResult<ChargeInfo> {
         let caller = self.caller()?;
         let to = pid_arg("toPid", to_pid)?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.transfer(caller, &info, to).map_err(status)?;
+        let b = self.accountant.transfer(&caller, &info, to).map_err(status)?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
@@ -127,7 +142,7 @@ impl IChargeTransfer for ChargeTransferService {
             .filter(|t| *t > 0)
             .ok_or_else(|| invalid(format!("ttlMillis must be positive, got {ttl_millis}")))?;
         let info = self.inspect(buffer)?;
-        let ticket = self.accountant.offer(caller, &info, to, Duration::from_millis(ttl)).map_err(status)?;
+        let ticket = self.accountant.offer(&caller, &info, to, Duration::from_millis(ttl)).map_err(status)?;
         Ok(ticket as i64)
     }
 
@@ -136,7 +151,7 @@ impl IChargeTransfer for ChargeTransferService {
         let ticket =
             u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.accept(caller, ticket, &info).map_err(status)?;
+        let b = self.accountant.accept(&caller, ticket, &info).map_err(status)?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
@@ -172,22 +187,22 @@ impl IChargeTransfer for ChargeTransferService {
 
     fn evict(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.evict(caller, non_negative("inode", inode)?).map_err(status)
+        self.accountant.evict(&caller, non_negative("inode", inode)?).map_err(status)
     }
 
     fn restore(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.restore(caller, non_negative("inode", inode)?).map_err(status)
+        self.accountant.restore(&caller, non_negative("inode", inode)?).map_err(status)
     }
 
     fn pin(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.pin(caller, non_negative("inode", inode)?, true).map_err(status)
+        self.accountant.pin(&caller, non_negative("inode", inode)?, true).map_err(status)
     }
 
     fn unpin(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.pin(caller, non_negative("inode", inode)?, false).map_err(status)
+        self.accountant.pin(&caller, non_negative("inode", inode)?, false).map_err(status)
     }
 
     fn evictionAdvice(&self, region: &str, bytes: i64) -> BinderResult<Vec<i64>> {
@@ -198,7 +213,7 @@ impl IChargeTransfer for ChargeTransferService {
 
     fn reconcile(&self) -> BinderResult<ReconcileReport> {
         let caller = self.caller()?;
-        if !self.accountant.policy().is_trusted_uid(caller.uid) {
+        if !self.accountant.is_trusted(&caller) {
             return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "reconcile" }));
         }
         let report = self.accountant.reconcile().map_err(status)?;
@@ -207,7 +222,7 @@ impl IChargeTransfer for ChargeTransferService {
 
     fn autoconfigure(&self, dry_run: bool, json: bool) -> BinderResult<String> {
         let caller = self.caller()?;
-        if !dry_run && !self.accountant.policy().is_trusted_uid(caller.uid) {
+        if !dry_run && !self.accountant.is_trusted(&caller) {
             return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "apply autoconfig" }));
         }
         (self.autoconfigure)(&self.accountant, dry_run, json).map_err(status)
