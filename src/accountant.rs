@@ -905,6 +905,36 @@ mod tests {
         assert_eq!(payer(), Some((300, "/uid_10001/pid_300".to_string())));
     }
 
+    /// Under the SELinux rule the context decides: gralloc's uid in an app's context may not charge
+    /// on another's behalf (and the refusal changes nothing); in gralloc's context it may.
+    #[test]
+    fn with_selinux_the_callers_context_not_its_uid_decides_an_on_behalf_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
+        put_process(&proc_root, 200, 1003, "/system/gralloc", &[(7, 4096)]);
+        let config = Config {
+            proc_root: proc_root.clone(),
+            cgroup_root: None,
+            state_dir: None,
+            durability: Durability::None,
+            pidfds: false,
+        };
+        let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+        accountant.set_trust_rule(TrustRule::Contexts);
+        let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
+        let gralloc_as = |context: &str| Caller { pid: 200, uid: 1003, context: Some(context.into()) };
+
+        let refused = accountant.charge(&gralloc_as("u:r:untrusted_app:s0:c512,c768"), &buffer, Some(100));
+        assert!(matches!(refused, Err(Error::NotTrusted { uid: 1003, .. })), "{refused:?}");
+        assert!(accountant.charges(0).is_empty());
+        let no_context = Caller { pid: 200, uid: 1003, context: None };
+        assert!(matches!(accountant.charge(&no_context, &buffer, Some(100)), Err(Error::NotTrusted { .. })));
+
+        let b = accountant.charge(&gralloc_as("u:r:hal_graphics_allocator_default:s0"), &buffer, Some(100)).unwrap();
+        assert_eq!((b.pid, b.cgroup.as_str()), (100, "/uid_10001/pid_100"));
+    }
+
     /// Eviction reported by the GPU driver's userspace (trusted, uid 1000): the *owner's* memcg
     /// pays for the evicted bytes, never the reporter's; a restore over the owner's dmem max is
     /// refused and the buffer stays evicted; pins count against the pin limit; untrusted apps
