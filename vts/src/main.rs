@@ -14,6 +14,7 @@ mod dmem_cases;
 mod faults;
 mod harness;
 mod rng;
+mod selinux_cases;
 mod stress;
 mod transfer_cases;
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use harness::Env;
 
@@ -102,6 +103,24 @@ const DMEM_CASES: &[(&str, Case)] = &[
     ("autoconfig_writes_real_dmem_limits", dmem_cases::autoconfig_writes_real_dmem_limits),
 ];
 
+/// Cases that need SELinux active with the lane's policy: they run in the `selinux` lane, which
+/// runs only them (the other lanes run the rest without SELinux); elsewhere they are reported
+/// skipped with the reason.
+const SELINUX_CASES: &[(&str, Case)] = &[
+    ("the_calling_context_reaches_the_service", selinux_cases::the_calling_context_reaches_the_service),
+    ("a_trusted_context_can_push_and_charge_on_behalf", selinux_cases::a_trusted_context_can_push_and_charge_on_behalf),
+    ("a_trusted_uid_in_an_app_context_is_not_trusted", selinux_cases::a_trusted_uid_in_an_app_context_is_not_trusted),
+];
+
+/// A case that runs (`None`) or is reported skipped with the reason.
+fn trial(env: &std::sync::Arc<Env>, name: &str, case: Case, skip: Option<&'static str>) -> Trial {
+    let env = std::sync::Arc::clone(env);
+    Trial::ignorable_test(name, move || match skip {
+        Some(reason) => Ok(Completion::ignored_with(format!("skipped: {reason}"))),
+        None => case(&env).map(|()| Completion::Completed).map_err(Failed::from),
+    })
+}
+
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
     let i = args.iter().position(|a| a == flag)?;
     args.remove(i);
@@ -152,18 +171,27 @@ fn main() {
         rpc,
         binder,
         client,
+        selinux: lane == "selinux",
     });
     let dmem = if lane == "dmem" { DMEM_CASES } else { &[] };
+    let (general, selinux) = if env.selinux {
+        (Some("the selinux lane runs only the SELinux cases; the debian lanes run this one"), None)
+    } else {
+        (None, Some("needs SELinux active with the lane's policy (the selinux lane)"))
+    };
     let trials = CASES
         .iter()
         .chain(dmem)
         .map(|(name, case)| {
-            let env = std::sync::Arc::clone(&env);
-            let case = *case;
-            Trial::test(*name, move || case(&env).map_err(Failed::from))
+            let always = *name == "version_and_hash_are_served";
+            trial(&env, name, *case, if always { None } else { general })
         })
+        .chain(SELINUX_CASES.iter().map(|(name, case)| trial(&env, name, *case, selinux)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    println!("vts: {} passed, {} failed (lane {lane})", conclusion.num_passed, conclusion.num_failed);
+    println!(
+        "vts: {} passed, {} failed, {} skipped (lane {lane})",
+        conclusion.num_passed, conclusion.num_failed, conclusion.num_ignored
+    );
     conclusion.exit();
 }
