@@ -2,19 +2,18 @@
 //! release a buffer. Used by gralloc-like callers, `chargectl` and the VTS suite.
 //!
 //! Connects over the kernel binder driver (service manager lookup of [`INSTANCE`]) or, on a host
-//! without binder, over rsbinder's RPC transport on a unix socket with fd passing.
+//! without binder, over the binder RPC transport on a unix socket with fd passing.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use rsbinder::rpc::{FileDescriptorTransportMode, RpcClientConfig, RpcSession};
-use rsbinder::{FromIBinder, ParcelFileDescriptor, Status, Strong};
 use thiserror::Error;
 
-use crate::aidl::vendor::chargetransfer::{
+use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, ErrorCode::ErrorCode, IChargeTransfer::IChargeTransfer,
 };
+use crate::binder::{self, ParcelFileDescriptor, RpcSession, Status, Strong};
 use crate::service::INSTANCE;
 
 /// Highest android-13+ RPC wire version offered; the server is set up with the same.
@@ -48,7 +47,7 @@ impl From<Status> for ClientError {
     fn from(s: Status) -> ClientError {
         let code = s.service_specific_error();
         if code != 0 {
-            ClientError::Refused { code: ErrorCode(code), message: s.message().unwrap_or("").to_string() }
+            ClientError::Refused { code: ErrorCode(code), message: binder::status_message(&s) }
         } else {
             ClientError::Binder(format!("{s:?}"))
         }
@@ -70,29 +69,20 @@ impl Client {
     /// Over the kernel binder driver. `device` defaults to the service manager's usual device;
     /// waits up to `wait` for the service to register.
     pub fn connect_binder(device: Option<&str>, wait: Duration) -> Result<Client> {
-        match device {
-            Some(d) => rsbinder::ProcessState::init(d, 0),
-            None => rsbinder::ProcessState::init_default(),
-        }
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
+        binder::open_driver(device, 0).map_err(ClientError::Connect)?;
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match rsbinder::hub::check_interface::<dyn IChargeTransfer>(INSTANCE) {
+            match binder::check_interface::<dyn IChargeTransfer>(INSTANCE) {
                 Ok(service) => return Ok(Client { service, _session: None }),
-                Err(e) if std::time::Instant::now() >= deadline => return Err(ClientError::Connect(format!("{e:?}"))),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(ClientError::Connect(e)),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }
 
-    /// Over rsbinder's RPC transport on a unix socket (host tier, no kernel binder).
+    /// Over the binder RPC transport on a unix socket (host tier, no kernel binder).
     pub fn connect_rpc(socket: &Path) -> Result<Client> {
-        let config = RpcClientConfig::unix(socket, RPC_WIRE_VERSION).fd_mode(FileDescriptorTransportMode::Unix);
-        let session = RpcSession::setup_client_android13plus_with_config(config)
-            .map_err(|e| ClientError::Connect(format!("{}: {e:?}", socket.display())))?;
-        let root = session.get_root().map_err(|e| ClientError::Connect(format!("{e:?}")))?;
-        let service =
-            <dyn IChargeTransfer as FromIBinder>::try_from(root).map_err(|e| ClientError::Connect(format!("{e:?}")))?;
+        let (service, session) = binder::connect_rpc(socket, RPC_WIRE_VERSION).map_err(ClientError::Connect)?;
         Ok(Client { service, _session: Some(session) })
     }
 

@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
-use rsbinder::rpc::{FileDescriptorTransportMode, RpcServer};
 
 use crate::accountant::{Accountant, Config};
-use crate::aidl::vendor::chargetransfer::IChargeTransfer::BnChargeTransfer;
 use crate::autoconfig::ProbeRoots;
+use crate::binder::{self, Interface};
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::policy::{Policy, TrustRule};
@@ -25,7 +24,7 @@ pub struct Options {
     /// Serve on the kernel binder driver (the default); optionally name the device.
     #[arg(long, value_name = "DEVICE", conflicts_with = "rpc")]
     pub binder: Option<Option<String>>,
-    /// Serve over rsbinder's RPC transport on this unix socket instead of kernel binder.
+    /// Serve over the binder RPC transport on this unix socket instead of kernel binder.
     #[arg(long, value_name = "SOCKET")]
     pub rpc: Option<PathBuf>,
     /// Policy files, merged in order (later wins); the embedded default when none is given.
@@ -129,32 +128,21 @@ pub fn run(opts: Options) -> Result<(), String> {
         Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
-    let binder = BnChargeTransfer::new_binder_with_features(service, crate::service::features());
+    let service = binder::new_service(service, crate::service::features());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {
         Some(socket) => {
-            let _ = std::fs::remove_file(socket);
-            let server = RpcServer::setup_unix_server(socket).map_err(|e| format!("{}: {e:?}", socket.display()))?;
-            server.set_android13plus(RPC_WIRE_VERSION);
-            server.set_supported_fd_modes(&[FileDescriptorTransportMode::Unix]);
-            server.set_max_threads(opts.threads);
-            server.set_root(binder.as_binder()).map_err(|e| format!("{e:?}"))?;
             info!("serving {INSTANCE} over RPC on {}", socket.display());
-            server.run().map_err(|e| format!("rpc server: {e:?}"))
+            binder::serve_rpc(socket, service.as_binder(), opts.threads, RPC_WIRE_VERSION)
         }
         None => {
-            let device = opts.binder.clone().flatten();
-            match &device {
-                Some(d) => rsbinder::ProcessState::init(d, opts.threads),
-                None => rsbinder::ProcessState::init_default(),
-            }
-            .map_err(|e| format!("binder: {e}"))?;
-            rsbinder::ProcessState::start_thread_pool();
-            rsbinder::hub::add_service(INSTANCE, binder.as_binder())
-                .map_err(|e| format!("add_service {INSTANCE}: {e:?}"))?;
+            binder::open_driver(opts.binder.clone().flatten().as_deref(), opts.threads)
+                .map_err(|e| format!("binder: {e}"))?;
+            binder::start_thread_pool();
+            binder::add_service(INSTANCE, service.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e}"))?;
             info!("registered {INSTANCE}");
-            rsbinder::ProcessState::join_thread_pool().map_err(|e| format!("thread pool: {e:?}"))
+            binder::join_thread_pool().map_err(|e| format!("thread pool: {e}"))
         }
     }
 }

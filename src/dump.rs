@@ -5,26 +5,13 @@ use std::fmt::Write;
 
 use crate::accountant::Accountant;
 use crate::ledger::{Counter, UNLIMITED};
-
-/// Human-readable bytes: 4.0M, 512K, 1.5G; "max" for no limit.
-pub fn human(bytes: u64) -> String {
-    if bytes == UNLIMITED {
-        return "max".into();
-    }
-    const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            return format!("{:.1}{unit}", bytes as f64 / size as f64);
-        }
-    }
-    format!("{bytes}B")
-}
+use crate::policy::format_bytes;
 
 fn cell(c: &Counter) -> String {
     if c.max == UNLIMITED {
-        human(c.usage)
+        format_bytes(c.usage)
     } else {
-        format!("{}/{}", human(c.usage), human(c.max))
+        format!("{}/{}", format_bytes(c.usage), format_bytes(c.max))
     }
 }
 
@@ -61,7 +48,7 @@ pub fn render(accountant: &Accountant) -> String {
         out,
         "chargetransfer: {} buffers, {} charged, {} open offers",
         charges.len(),
-        human(total),
+        format_bytes(total),
         accountant.open_offers()
     );
     let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
@@ -70,14 +57,14 @@ pub fn render(accountant: &Accountant) -> String {
     let root = accountant.cgroup_usage("/").map(|u| u.pools).unwrap_or_default();
     for r in accountant.regions() {
         let usage = root.iter().find(|p| p.pool == r.name).map_or(0, |p| p.counter.usage);
-        let cap = if r.capacity == 0 { "?".to_string() } else { human(r.capacity) };
+        let cap = if r.capacity == 0 { "?".to_string() } else { format_bytes(r.capacity) };
         let _ = writeln!(
             out,
             "  {:<26} {:<8} {:>9} {:>9} {:<8} {}",
             r.name,
             r.class,
             cap,
-            human(usage),
+            format_bytes(usage),
             r.enforced_by,
             r.heaps.join(",")
         );
@@ -103,7 +90,7 @@ pub fn render(accountant: &Accountant) -> String {
             out,
             "  {:>12} {:>9} {:<20} {:>7} {:<28} {kernel}{flags}",
             b.inode,
-            human(b.size),
+            format_bytes(b.size),
             b.heap,
             b.pid,
             b.cgroup
@@ -118,7 +105,9 @@ pub fn render(accountant: &Accountant) -> String {
                 .pools
                 .iter()
                 .filter_map(|p| {
-                    p.kernel_usage.map(|k| format!("{} kernel {} ledger {}", p.pool, human(k), human(p.counter.usage)))
+                    p.kernel_usage.map(|k| {
+                        format!("{} kernel {} ledger {}", p.pool, format_bytes(k), format_bytes(p.counter.usage))
+                    })
                 })
                 .collect();
             (!lines.is_empty()).then(|| format!("  {cg}: {}", lines.join("; ")))
@@ -131,17 +120,4 @@ pub fn render(accountant: &Accountant) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(4 << 20), "4.0M");
-        assert_eq!(human(1536 << 20), "1.5G");
-        assert_eq!(human(100), "100B");
-        assert_eq!(human(u64::MAX), "max");
-    }
 }

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::kernel::error::KernelError;
 use crate::ledger::{Inode, LedgerError};
 

@@ -957,3 +957,80 @@ fn sepolicy_grants_nothing_system_sepolicy_neverallows() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binder seam
+// ---------------------------------------------------------------------------------------------
+
+/// The .rs files under `dir`, relative to the crate root.
+fn rust_files(dir: &str) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path.strip_prefix(base).unwrap().to_str().unwrap().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root(), &root().join(dir), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn only_the_binder_seam_names_rsbinder() {
+    let naming: Vec<String> = rust_files("src").into_iter().filter(|f| read(f).contains("rsbinder")).collect();
+    assert_eq!(naming, vec!["src/binder.rs"], "only src/binder.rs may name rsbinder; go through crate::binder");
+    let vts: Vec<String> = rust_files("vts/src").into_iter().filter(|f| read(f).contains("rsbinder::")).collect();
+    assert!(vts.is_empty(), "the VTS reaches binder through chargetransfer::binder, not rsbinder: {vts:?}");
+}
+
+/// Runs rustc (the toolchain running this test) with `args`; panics with its output on failure.
+fn rustc(args: &[&str]) {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out =
+        Command::new(&rustc).args(["--edition", "2021", "--crate-type", "rlib", "--emit=metadata"]).args(args).output();
+    let out = out.unwrap_or_else(|e| panic!("{rustc}: {e}"));
+    assert!(out.status.success(), "rustc {}:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn binder_seam_compiles_against_libbinder_rs_under_cfg_soong() {
+    // Soong builds src/binder.rs with `--cfg soong` against libbinder_rs and the generated
+    // vendor_chargetransfer crate. With no Android tree here, tests/soong/ holds stand-ins with
+    // their AOSP signatures; a seam that calls anything else, or calls it wrongly, fails here.
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soong-seam");
+    fs::create_dir_all(&out).unwrap();
+    let meta = |name: &str| out.join(format!("lib{name}.rmeta")).to_str().unwrap().to_string();
+    let src = |rel: &str| root().join(rel).to_str().unwrap().to_string();
+    let binder = format!("binder={}", meta("binder"));
+    let generated = format!("vendor_chargetransfer={}", meta("vendor_chargetransfer"));
+    rustc(&["--crate-name", "binder", "-o", &meta("binder"), &src("tests/soong/libbinder_rs.rs")]);
+    rustc(&[
+        "--crate-name",
+        "vendor_chargetransfer",
+        "-o",
+        &meta("vendor_chargetransfer"),
+        "--extern",
+        &binder,
+        &src("tests/soong/vendor_chargetransfer.rs"),
+    ]);
+    rustc(&[
+        "--crate-name",
+        "chargetransfer_binder",
+        "--cfg",
+        "soong",
+        "-D",
+        "warnings",
+        "-o",
+        &meta("seam"),
+        "--extern",
+        &binder,
+        "--extern",
+        &generated,
+        &src("src/binder.rs"),
+    ]);
+}

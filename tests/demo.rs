@@ -48,14 +48,16 @@ fn the_double_hop_ends_with_the_game_paying_and_surfaceflinger_at_zero() {
     let hop = step(&transcript, 3);
     let sf_between =
         row(hop, "ledger between the hops", "/uid_1000/pid_640").expect("SurfaceFlinger pays between the hops");
-    assert!(sf_between.contains("9.9M"), "{sf_between}");
+    assert!(sf_between.contains("9.9 MiB"), "{sf_between}");
     assert!(
-        hop.contains("after the double hop: SurfaceFlinger pays nothing; the game pays memcg 9.9M + cma/display 9.9M"),
+        hop.contains(
+            "after the double hop: SurfaceFlinger pays nothing; the game pays memcg 9.9 MiB + cma/display 9.9 MiB"
+        ),
         "{hop}"
     );
     assert!(row(hop, "ledger after step 3", "/uid_1000/pid_640").is_none(), "SurfaceFlinger still has a row:\n{hop}");
     let game = row(hop, "ledger after step 3", "/uid_10082/pid_4388").expect("the game's row");
-    assert_eq!(game.matches("9.9M").count(), 2, "memcg and cma/display: {game}");
+    assert_eq!(game.matches("9.9 MiB").count(), 2, "memcg and cma/display: {game}");
 }
 
 #[test]
@@ -71,7 +73,7 @@ fn the_game_over_its_budget_is_refused_with_over_limit_and_nothing_changes() {
     assert!(refused.contains("would exceed /uid_10082 memcg.max"), "{refused}");
     assert!(limit.contains("the refused charge left no trace"), "{limit}");
     let charged = limit.matches("): charged;").count();
-    assert_eq!(charged, 7, "1 GiB budget, 9.9M window, 128M packs: the eighth is refused\n{limit}");
+    assert_eq!(charged, 7, "1 GiB budget, 9.9 MiB window, 128 MiB packs: the eighth is refused\n{limit}");
 }
 
 #[test]
@@ -79,19 +81,19 @@ fn the_dead_games_charges_are_released_except_the_buffer_surfaceflinger_holds() 
     let dir = tempfile::tempdir().unwrap();
     let transcript = play(dir.path());
     let death = step(&transcript, 6);
-    assert!(death.contains("released, nobody else holds them: 7 buffers, 896.0M"), "{death}");
+    assert!(death.contains("released, nobody else holds them: 7 buffers, 896 MiB"), "{death}");
     assert!(
         death.contains("still held by SurfaceFlinger (pid 640), so its charge moves to /uid_10082 (no owning process)"),
         "{death}"
     );
     assert!(row(death, "ledger after step 6", "/uid_10082/pid_4388").is_none(), "the dead game still pays:\n{death}");
     let family = row(death, "ledger after step 6", "/uid_10082").expect("the game's uid row");
-    assert!(family.contains("9.9M"), "{family}");
+    assert!(family.contains("9.9 MiB"), "{family}");
     let reconcile = step(&transcript, 7);
     assert!(reconcile.contains("released (charged, but no process holds them): dma-buf 40001, 40004"), "{reconcile}");
-    assert!(reconcile.contains("unaccounted (held, but nobody charged them): dma-buf 40017 (4.0M)"), "{reconcile}");
+    assert!(reconcile.contains("unaccounted (held, but nobody charged them): dma-buf 40017 (4 MiB)"), "{reconcile}");
     let family = row(reconcile, "ledger after step 7", "/uid_10082").expect("the game's uid row");
-    assert!(!family.contains("9.9M"), "{family}");
+    assert!(!family.contains("9.9 MiB"), "{family}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
 use chargetransfer::client::{Client, ClientError};
 
 struct Service {

@@ -57,7 +57,7 @@ step_guest() {
     rm -rf "$share"
     mkdir -p "$share/bin" "$share/out"
     cp "$BIN_DIR"/{chargetransferd,chargectl,chargetransfer-vts,rsb_hub} "$share/bin/"
-    cp "$here/guest/run-bench.sh" "$share/"
+    cp "$here/guest/run-bench.sh" "$here/guest/services.sh" "$share/"
     cp "$root/config/policy.json" "$share/policy.json"
     cp "$here/guest/policy-vts.json" "$share/policy-vts.json"
     cat >"$share/lane.env" <<ENV
@@ -69,7 +69,9 @@ BENCH_CALLS=$calls
 BENCH_SCANS=$scans
 ENV
     "$here/lane/host-deps.sh" >&2
-    eval "$("$here/lane/debian-kernel.sh" | grep -E '^(KERNEL|MODULES)=')"
+    # shellcheck source=vts/lane/lib.sh
+    . "$here/lane/lib.sh"
+    ct_debian_kernel || die "no Debian kernel"
     log "guest boot (TCG): $procs holders x $bufs dma-bufs"
     local rc=0
     "$here/lane/run-guest.sh" --kernel "$KERNEL" --modules "$MODULES" --timeout "${LANE_TIMEOUT:-1200}" \

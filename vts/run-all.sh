@@ -18,11 +18,12 @@ echo "== cargo test (unit, fixture, host RPC tier, Android build files)"
 cargo test --workspace --locked 2>&1 | tee "$log_dir/cargo-test.log"
 
 echo "== static guest binaries"
-eval "$(vts/build-guest.sh | grep '^BIN_DIR=')"
+BIN_DIR=$(vts/build-guest.sh | sed -n 's/^BIN_DIR=//p')
+[ -n "$BIN_DIR" ] || { echo "run-all: FAIL: build-guest.sh named no BIN_DIR"; exit 1; }
 export BIN_DIR
 
-declare -A passed failed
-total_pass=0 total_fail=0
+declare -A passed failed skipped
+total_pass=0 total_fail=0 total_skip=0
 for lane in debian debian-memacct dmem selinux; do
     echo "== kernel lane: $lane"
     set +e
@@ -32,17 +33,20 @@ for lane in debian debian-memacct dmem selinux; do
     line=$(grep -a -E '^vts: [0-9]+ passed, [0-9]+ failed' "$log_dir/lane-$lane.log" | tail -n 1 || true)
     if [ -z "$line" ]; then
         echo "run-all: FAIL: lane $lane produced no VTS result (exit $rc)"
-        passed[$lane]=0 failed[$lane]=1
+        passed[$lane]=0 failed[$lane]=1 skipped[$lane]=0
     else
         passed[$lane]=$(echo "$line" | sed -E 's/^vts: ([0-9]+) passed.*/\1/')
         failed[$lane]=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+        skipped[$lane]=$(echo "$line" | sed -n -E 's/.* ([0-9]+) skipped.*/\1/p')
+        skipped[$lane]=${skipped[$lane]:-0}
         if [ "$rc" -ne 0 ] && [ "${failed[$lane]}" -eq 0 ]; then failed[$lane]=1; fi
     fi
     total_pass=$((total_pass + passed[$lane])) total_fail=$((total_fail + failed[$lane]))
+    total_skip=$((total_skip + skipped[$lane]))
 done
 for lane in debian debian-memacct dmem selinux; do
-    echo "lane $lane: VTS ${passed[$lane]} passed, ${failed[$lane]} failed"
+    echo "lane $lane: VTS ${passed[$lane]} passed, ${failed[$lane]} failed, ${skipped[$lane]} skipped"
 done
 echo "run-all: $(( $(date +%s) - start )) s"
-echo "lanes: $total_pass passed, $total_fail failed"
+echo "lanes: $total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" -eq 0 ]

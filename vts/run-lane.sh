@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the VTS suite in one kernel lane: `debian` (Debian's own kernel, binder module, no dmem;
 # the system heap uncharged by the kernel, so the service enforces), `debian-memacct` (the same
-# kernel booted with dma_heap.mem_accounting=1: the kernel charges the system heap to memcg), or
+# kernel booted with dma_heap.mem_accounting=1: the kernel charges the system heap to memcg),
 # `dmem` (a kernel built from Debian's source with the dmem controller and a CMA heap charged to
 # it), or `selinux` (Debian's kernel with SELinux the active LSM, permissive, and the small policy
 # in lane/selinux/: every process in an Android domain). Needs the static binaries from
-# build-guest.sh in
-# BIN_DIR. Exits with the guest suite's status; fails loudly when the lane cannot run.
+# build-guest.sh in BIN_DIR. Exits with the guest suite's status; fails loudly when the lane
+# cannot run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -16,20 +16,22 @@ share=${LANE_DIR:-$root/target/lane/$lane}
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/out"
 cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts "$bin_dir"/rsb_hub "$share/bin/"
-cp "$here/guest/run-suite.sh" "$share/"
+cp "$here/guest/run-suite.sh" "$here/guest/services.sh" "$share/"
 cp "$root/config/policy.json" "$share/policy.json"
 cp "$here/guest/policy-vts.json" "$share/policy-vts.json"
 
+# shellcheck source=vts/lane/lib.sh
+. "$here/lane/lib.sh"
 "$here/lane/host-deps.sh" >&2
 case $lane in
     debian | debian-memacct)
-        eval "$("$here/lane/debian-kernel.sh" | grep -E '^(KERNEL|MODULES|ABI)=')"
+        ct_debian_kernel || { echo "run-lane: FAIL: no Debian kernel" >&2; exit 1; }
         kernel_args=(--kernel "$KERNEL" --modules "$MODULES")
         append=""
         [ "$lane" = debian-memacct ] && append="dma_heap.mem_accounting=1"
         ;;
     selinux)
-        eval "$("$here/lane/debian-kernel.sh" | grep -E '^(KERNEL|MODULES|ABI)=')"
+        ct_debian_kernel || { echo "run-lane: FAIL: no Debian kernel" >&2; exit 1; }
         kernel_args=(--kernel "$KERNEL" --modules "$MODULES")
         # Debian lists AppArmor before SELinux in CONFIG_LSM; this list makes SELinux the one
         # that labels tasks (binder delivers only its contexts).

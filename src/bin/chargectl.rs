@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
-use chargetransfer::dump::human;
-use chargetransfer::policy::TrustRule;
+use chargetransfer::policy::{format_bytes, TrustRule};
 
 #[derive(Parser)]
 #[command(name = "chargectl", about = "Inspect and drive the dma-buf charge-transfer service")]
@@ -144,11 +143,11 @@ fn connect(cli: &Cli) -> Result<Client, ClientError> {
 }
 
 fn print_usage(u: &UsageReport) {
-    println!("{}: {} buffers, {}", u.cgroup, u.bufferCount, human(u.bufferBytes as u64));
+    println!("{}: {} buffers, {}", u.cgroup, u.bufferCount, format_bytes(u.bufferBytes as u64));
     println!("  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}", "pool", "usage", "max", "peak", "pinned", "kernel");
-    let b = |v: i64| if v < 0 { "-".to_string() } else { human(v as u64) };
+    let b = |v: i64| if v < 0 { "-".to_string() } else { format_bytes(v as u64) };
     for p in &u.pools {
-        let max = if p.max < 0 { "max".to_string() } else { human(p.max as u64) };
+        let max = if p.max < 0 { "max".to_string() } else { format_bytes(p.max as u64) };
         println!(
             "  {:<26} {:>10} {:>10} {:>10} {:>10} {:>10}",
             p.pool,
@@ -170,7 +169,7 @@ fn print_charge(c: &ChargeInfo) {
     println!(
         "inode {} size {} heap {} -> pid {} uid {} cgroup {} pools [{}]{flags}",
         c.inode,
-        human(c.size as u64),
+        format_bytes(c.size as u64),
         c.heap,
         c.ownerPid,
         c.ownerUid,
@@ -198,7 +197,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let client = connect(&cli).map_err(|e| e.to_string())?;
     let svc = client.service();
-    let e = |err: rsbinder::Status| ClientError::from(err).to_string();
+    let e = |err: chargetransfer::binder::Status| ClientError::from(err).to_string();
     match cli.command {
         Command::Demo { .. } | Command::Probe { .. } => unreachable!("handled above"),
         Command::Usage { pid, uid, cgroup } => {
@@ -217,13 +216,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 "pool", "class", "capacity", "usage", "enforced", "heaps"
             );
             for r in svc.getRegions().map_err(e)? {
-                let cap = if r.capacity <= 0 { "?".into() } else { human(r.capacity as u64) };
+                let cap = if r.capacity <= 0 { "?".into() } else { format_bytes(r.capacity as u64) };
                 println!(
                     "{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} {}",
                     r.name,
                     r.regionClass,
                     cap,
-                    human(r.usage.max(0) as u64),
+                    format_bytes(r.usage.max(0) as u64),
                     r.enforcedBy,
                     r.heaps.join(","),
                     r.why
@@ -236,8 +235,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
         Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),
         Command::Charge { heap, size, for_pid, hold } => {
-            let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(&heap), size)
-                .map_err(|err| err.to_string())?;
+            let buffer =
+                chargetransfer::kernel::alloc_from_heap(&heap_path(&heap), size).map_err(|err| err.to_string())?;
             let info = match for_pid {
                 Some(pid) => client.charge_for(&buffer, pid),
                 None => client.charge(&buffer),
@@ -262,7 +261,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.movedInodes,
                 r.migratedPids,
                 r.unaccountedInodes.len(),
-                human(r.unaccountedBytes.max(0) as u64)
+                format_bytes(r.unaccountedBytes.max(0) as u64)
             );
         }
         Command::Autoconfig { dry_run, json } => print!("{}", svc.autoconfigure(dry_run, json).map_err(e)?),
@@ -290,7 +289,7 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 
 fn bench(client: &Client, iterations: u32, heap: &str, transfer_to: Option<i32>) -> Result<(), String> {
     let svc = client.service();
-    let buffer = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
+    let buffer = chargetransfer::kernel::alloc_from_heap(&heap_path(heap), 4096).map_err(|e| e.to_string())?;
     let me = std::process::id() as i32;
     let to = transfer_to.unwrap_or_else(|| rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get()));
     let n = iterations.max(10);

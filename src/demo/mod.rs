@@ -9,6 +9,7 @@
 //! Output in `out`: `tree/` (the phone), `state/` (the service's journal), `transcript.txt`
 //! (what was printed) and `usage.svg`.
 
+pub mod chart;
 mod phone;
 mod plot;
 mod script;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::autoconfig::ProbeRoots;
 use crate::kernel::dmabuf::DmaBufInfo;
+use crate::kernel::fake_proc::{dmabuf_fdinfo, plain_fdinfo, FakeProc, FakeProcess};
 use crate::kernel::procfs::ProcFs;
 use crate::ledger::Inode;
 
@@ -103,6 +104,7 @@ const FIRST_FD: u32 = 20;
 pub struct Phone {
     root: PathBuf,
     procfs: ProcFs,
+    proc: FakeProc,
     next_inode: Inode,
     /// pid → (inode → fd number).
     fds: BTreeMap<u32, BTreeMap<Inode, u32>>,
@@ -133,6 +135,7 @@ impl Phone {
         let phone = Phone {
             root: root.to_path_buf(),
             procfs: ProcFs::new(ProbeRoots::under(root).proc),
+            proc: FakeProc::new(ProbeRoots::under(root).proc),
             next_inode: FIRST_INODE,
             fds: BTreeMap::new(),
             next_fd: BTreeMap::new(),
@@ -152,10 +155,6 @@ impl Phone {
 
     fn cgroup_root(&self) -> PathBuf {
         self.roots().cgroup
-    }
-
-    fn proc_root(&self) -> PathBuf {
-        self.roots().proc
     }
 
     /// What the kernel shows before any app runs: cgroup root with the dmem regions, memory, heaps,
@@ -255,33 +254,34 @@ impl Phone {
             self.cgroup_dir(&uid_cgroup, "")?;
         }
         self.cgroup_dir(&p.cgroup(), &format!("{}\n", p.pid))?;
-        let dir = self.proc_dir(p.pid);
         let comm = p.comm();
-        let (pid, uid, start) = (p.pid, p.uid, p.start);
-        let ppid = if uid >= 10_000 { 300 } else { 1 }; // zygote64 or init
-        put(&dir.join("comm"), format!("{comm}\n"))?;
-        put(&dir.join("cmdline"), format!("{}\0", p.cmdline.replace(' ', "\0")))?;
-        put(
-            &dir.join("status"),
-            format!("Name:\t{comm}\nUmask:\t0077\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
-        )?;
-        put(
-            &dir.join("stat"),
-            format!("{pid} ({comm}) S {ppid} {ppid} 0 0 -1 4194624 1200 0 0 0 35 12 0 0 20 0 12 0 {start} 2147483648 9000 18446744073709551615\n"),
-        )?;
-        put(&dir.join("cgroup"), format!("0::{}\n", p.cgroup()))?;
-        put(
-            &dir.join("maps"),
-            "5a0c000000-5a0c021000 r--p 00000000 fd:00 1402                       /system/bin/app_process64\n\
-             7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n",
-        )?;
-        fs::create_dir_all(dir.join("fdinfo")).map_err(|e| e.to_string())?;
-        put(&dir.join("fdinfo/0"), "pos:\t0\nflags:\t02\nmnt_id:\t22\nino:\t3\n")?;
+        let cgroup = p.cgroup();
+        let cmdline: Vec<&str> = p.cmdline.split(' ').collect();
+        let ppid = if p.uid >= 10_000 { 300 } else { 1 }; // zygote64 or init
+        let process = FakeProcess {
+            pid: p.pid,
+            uid: p.uid,
+            cgroup: &cgroup,
+            start: p.start,
+            comm: &comm,
+            ppid,
+            cmdline: &cmdline,
+        };
+        let fail = |e: std::io::Error| format!("{}: {e}", self.proc_dir(p.pid).display());
+        self.proc.spawn(&process).map_err(fail)?;
+        self.proc
+            .write(
+                format!("{}/maps", p.pid),
+                "5a0c000000-5a0c021000 r--p 00000000 fd:00 1402                       /system/bin/app_process64\n\
+                 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n",
+            )
+            .map_err(fail)?;
+        self.proc.put_fd(p.pid, 0, plain_fdinfo(3)).map_err(fail)?;
         Ok(())
     }
 
     fn proc_dir(&self, pid: u32) -> PathBuf {
-        self.proc_root().join(pid.to_string())
+        self.proc.pid_dir(pid)
     }
 
     /// Gives `pid` a new fd on `inode`: the fdinfo file the kernel would show for it.
@@ -291,10 +291,9 @@ impl Phone {
         let fd = *next;
         *next += 1;
         let holders = self.fds.values().filter(|f| f.contains_key(&inode)).count() + 1;
-        put(
-            &self.proc_dir(pid).join("fdinfo").join(fd.to_string()),
-            format!("pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t{holders}\nexp_name:\t{heap}\nname:\t{name}\n"),
-        )?;
+        self.proc
+            .put_fd(pid, fd, dmabuf_fdinfo(Some(inode), size, holders as u32, &heap, Some(&name)))
+            .map_err(|e| format!("{}: {e}", self.proc_dir(pid).display()))?;
         self.fds.entry(pid).or_default().insert(inode, fd);
         Ok(fd)
     }
@@ -345,8 +344,7 @@ impl Phone {
     /// cleanup does) its `pid_<pid>` cgroup is removed.
     pub fn exit(&mut self, p: &Proc) -> Result<(), String> {
         self.fds.remove(&p.pid);
-        let dir = self.proc_dir(p.pid);
-        fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.proc.exit(p.pid).map_err(|e| format!("{}: {e}", self.proc_dir(p.pid).display()))?;
         let cgroup = self.cgroup_root().join(p.cgroup().trim_start_matches('/'));
         fs::remove_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))
     }

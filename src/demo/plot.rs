@@ -5,6 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::chart;
+
 /// One line of the plot.
 pub struct Series {
     pub label: String,
@@ -56,31 +58,13 @@ fn draw(
     if let Some((label, bytes)) = &budget {
         let y = mib(*bytes);
         let style = ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1);
-        chart
-            .draw_series(DashedLineSeries::new([(0, y), (last + 1, y)], 6, 4, style))?
-            .label(label.as_str())
-            .legend(move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 24, y)], 6, 4, style));
+        chart::line(&mut chart, vec![(0, y), (last + 1, y)], label, style, true)?;
     }
-    let colors = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0x94, 0x67, 0xbd),
-    ];
-    for (i, s) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
+    for (s, color) in series.iter().zip(chart::PALETTE.iter().cycle()) {
         let points: Vec<(i32, f64)> = s.bytes.iter().enumerate().map(|(step, b)| (step as i32 + 1, mib(*b))).collect();
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(3)).point_size(4))?
-            .label(s.label.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
+        chart::line(&mut chart, points, &s.label, color.stroke_width(3), false)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    chart::legend(&mut chart, SeriesLabelPosition::MiddleLeft)?;
     root.present()?;
     Ok(())
 }

@@ -14,14 +14,15 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
-use crate::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
-use crate::dump::{human, owner_table};
+use crate::dump::owner_table;
 use crate::error::code_name;
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
-use crate::owner::Caller;
+use crate::policy::format_bytes;
 use crate::policy::Policy;
 
 /// Short names of the steps, for the plot's axis and the summary.
@@ -139,7 +140,7 @@ impl Day<'_> {
             .pools
             .iter()
             .filter(|u| u.counter.usage > 0)
-            .map(|u| format!("{} {}", u.pool, human(u.counter.usage)))
+            .map(|u| format!("{} {}", u.pool, format_bytes(u.counter.usage)))
             .collect();
         Ok(if parts.is_empty() { "nothing".into() } else { parts.join(" + ") })
     }
@@ -210,7 +211,7 @@ impl Day<'_> {
             let (inode, b) = self.allocate_for(&GRALLOC, &MAPS, "system", TILE, &format!("maps:tile-{i}"))?;
             self.phone.send(GRALLOC.pid, MAPS.pid, inode)?;
             self.phone.close(GRALLOC.pid, inode)?;
-            let line = format!("  dma-buf {inode} ({}, system heap): {}", human(b.size), self.charged(&b));
+            let line = format!("  dma-buf {inode} ({}, system heap): {}", format_bytes(b.size), self.charged(&b));
             self.say(line);
             self.tiles.push(inode);
         }
@@ -233,7 +234,7 @@ impl Day<'_> {
         let (inode, b) = self.allocate_for(&GRALLOC, &sf, "display", WINDOW, "SurfaceView - com.example.racer#0")?;
         self.phone.send(GRALLOC.pid, sf.pid, inode)?;
         self.phone.close(GRALLOC.pid, inode)?;
-        let line = format!("  dma-buf {inode} ({}, display heap): {}", human(b.size), self.charged(&b));
+        let line = format!("  dma-buf {inode} ({}, display heap): {}", format_bytes(b.size), self.charged(&b));
         self.say(line);
         self.table("ledger between the hops:");
         self.say(
@@ -266,11 +267,11 @@ impl Day<'_> {
         let budget = self.counter(&budget_cgroup, MEMCG_POOL).max;
         self.say(format!(
             "the game allocates {} texture packs from the system heap and charges them to itself;",
-            human(TEXTURES)
+            format_bytes(TEXTURES)
         ));
         self.say(format!(
             "its dma-buf budget is {budget_cgroup} memcg.max = {}, set by autoconfig and enforced by the service",
-            human(budget)
+            format_bytes(budget)
         ));
         self.say("because this kernel does not charge the system heap to memcg (dma_heap.mem_accounting=N):");
         for pack in 0..MAX_TEXTURE_PACKS {
@@ -282,13 +283,13 @@ impl Day<'_> {
                     let memcg = self.counter(&budget_cgroup, MEMCG_POOL);
                     self.say(format!(
                         "  dma-buf {inode} ({}): charged; {budget_cgroup} memcg {} of {}",
-                        human(TEXTURES),
-                        human(memcg.usage),
-                        human(memcg.max)
+                        format_bytes(TEXTURES),
+                        format_bytes(memcg.usage),
+                        format_bytes(memcg.max)
                     ));
                 }
                 Err(e) => {
-                    self.say(format!("  dma-buf {inode} ({}): REFUSED", human(TEXTURES)));
+                    self.say(format!("  dma-buf {inode} ({}): REFUSED", format_bytes(TEXTURES)));
                     self.say(format!("    {}", refusal(&e)));
                     if e.code() != ErrorCode::OVER_LIMIT {
                         return Err(format!("step {}: expected OVER_LIMIT, got {}", self.step, refusal(&e)));
@@ -307,7 +308,7 @@ impl Day<'_> {
         Err(format!(
             "step {}: {MAX_TEXTURE_PACKS} texture packs of {} were all charged: no limit refused them",
             self.step,
-            human(TEXTURES)
+            format_bytes(TEXTURES)
         ))
     }
 
@@ -320,7 +321,7 @@ impl Day<'_> {
         for i in 0..4 {
             let (inode, b) = self.allocate_for(&hal, &app, "camera", FRAME, &format!("camera:frame-{i}"))?;
             self.phone.send(hal.pid, app.pid, inode)?;
-            let line = format!("  dma-buf {inode} ({}, camera heap): {}", human(b.size), self.charged(&b));
+            let line = format!("  dma-buf {inode} ({}, camera heap): {}", format_bytes(b.size), self.charged(&b));
             self.say(line);
             frames.push(inode);
         }
@@ -372,7 +373,7 @@ impl Day<'_> {
                     self.say(format!(
                         "  dma-buf {} ({}, {} heap): still held by {}, so its charge moves to {} ({holder}):",
                         b.inode,
-                        human(b.size),
+                        format_bytes(b.size),
                         b.heap,
                         others.join(", "),
                         now.cgroup
@@ -385,7 +386,7 @@ impl Day<'_> {
         self.say(format!(
             "  released, nobody else holds them: {} buffers, {}: dma-buf {}",
             released.len(),
-            human(bytes),
+            format_bytes(bytes),
             inodes(&released)
         ));
         let left = self
@@ -413,7 +414,7 @@ impl Day<'_> {
         let stray = self.phone.allocate(maps.pid, "system", TILE, "maps:offscreen")?;
         self.say(format!(
             "maps allocates dma-buf {stray} ({}) straight from /dev/dma_heap/system and never tells the service",
-            human(TILE)
+            format_bytes(TILE)
         ));
         let r = self.check("reconcile", self.acc.reconcile())?;
         self.say(format!("reconcile scanned {} processes and {} dma-bufs:", r.processes_scanned, r.buffers_seen));
@@ -421,7 +422,7 @@ impl Day<'_> {
         self.say(format!(
             "  unaccounted (held, but nobody charged them): dma-buf {} ({})",
             inodes(&r.unaccounted),
-            human(r.unaccounted_bytes)
+            format_bytes(r.unaccounted_bytes)
         ));
         if !r.moved.is_empty() {
             self.say(format!("  handed over (owner gone, buffer still held): dma-buf {}", inodes(&r.moved)));
@@ -449,7 +450,7 @@ impl Day<'_> {
         for (i, sample) in self.samples.iter().enumerate() {
             let mut row = format!("  {:<16}", format!("{} {}", i + 1, STEPS[i]));
             for bytes in sample {
-                row.push_str(&format!(" {:>12}", human(*bytes)));
+                row.push_str(&format!(" {:>12}", format_bytes(*bytes)));
             }
             self.out.line(row);
         }
@@ -463,7 +464,7 @@ impl Day<'_> {
             .collect();
         let budget = self.counter(&uid_cgroup(GAME.uid), MEMCG_POOL).max;
         let budget =
-            (budget != UNLIMITED).then(|| (format!("app dma-buf budget (memcg.max {})", human(budget)), budget));
+            (budget != UNLIMITED).then(|| (format!("app dma-buf budget (memcg.max {})", format_bytes(budget)), budget));
         plot::write(&svg, &STEPS, &series, budget)?;
         self.out.line("");
         self.out.line(format!(

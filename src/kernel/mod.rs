@@ -1,4 +1,5 @@
-//! Adapters to the kernel's files: cgroup v2, procfs dma-buf scans, dma-buf fds.
+//! Adapters to the kernel's files: cgroup v2, procfs (process identity and dma-buf scans),
+//! dma-buf fds, dma-buf heaps.
 //!
 //! Each adapter is rooted at a configurable path (`/sys/fs/cgroup`, `/proc`) so tests point it
 //! at a temporary tree laid out the same way. Parsers never panic; a malformed file is a
@@ -7,11 +8,14 @@
 
 pub mod cgroupfs;
 pub mod dmabuf;
+pub mod dmaheap;
 pub mod error;
+pub mod fake_proc;
 mod parse;
 pub mod procfs;
 
 pub use cgroupfs::{CgroupFs, DmemFile, MemoryState};
-pub use dmabuf::{alloc_from_heap, inspect, DmaBufInfo};
+pub use dmabuf::{inspect, DmaBufInfo};
+pub use dmaheap::alloc_from_heap;
 pub use error::KernelError;
 pub use procfs::{DmaBufRef, DmaBufScan, Holder, ProcFs, ScannedBuffer};

@@ -2,7 +2,7 @@
 //! kernel's `dmem_cgroup_state_evict_valuable()` does: first only buffers of cgroups above their
 //! `low`, then those above `min`, never a cgroup at or below its `min`. Pinned buffers never move.
 
-use super::{HeapClass, Inode, Ledger, LedgerError, PoolId, Result, EVICTED, PINNED};
+use super::{CgroupId, HeapClass, Inode, Ledger, LedgerError, PoolId, Result};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Protection {
@@ -23,10 +23,10 @@ impl Ledger {
             .buffers
             .iter()
             .filter(|(_, b)| {
-                let heap = &self.heaps[b.heap.0 as usize];
-                heap.spec.class == HeapClass::Vram && heap.region == Some(pool) && b.flags & (EVICTED | PINNED) == 0
+                let heap = self.registry.heap(b.heap);
+                heap.spec.class == HeapClass::Vram && heap.region == Some(pool) && !b.evicted() && !b.pinned()
             })
-            .map(|(inode, b)| (self.protection(b.owner, pool), b.size, *inode))
+            .map(|(inode, b)| (self.protection(b.owner, pool), b.size, inode))
             .filter(|(p, _, _)| *p != Protection::Min)
             .collect();
         // Unprotected before low-protected; within a class, big buffers first (fewest moves).
@@ -44,10 +44,11 @@ impl Ledger {
     }
 
     /// The strongest protection any cgroup on the owner's path to the root still enjoys.
-    fn protection(&self, owner: super::CgroupId, pool: PoolId) -> Protection {
-        self.ancestors(owner, None)
+    fn protection(&self, owner: CgroupId, pool: PoolId) -> Protection {
+        self.tree
+            .ancestors(owner, None)
             .map(|id| {
-                let c = self.counter_ref(id, pool);
+                let c = self.tree.counter(id, pool);
                 if c.usage <= c.min {
                     Protection::Min
                 } else if c.usage <= c.low {

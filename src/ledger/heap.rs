@@ -70,6 +70,9 @@ pub struct PoolSet {
 }
 
 impl PoolSet {
+    /// No pools: a change that only touches pin counters.
+    pub const NONE: PoolSet = PoolSet { pools: [None, None] };
+
     pub fn of(class: HeapClass, region: Option<PoolId>, evicted: bool) -> PoolSet {
         let pools = match class {
             HeapClass::System => [Some(PoolId::MEMCG), None],

@@ -23,7 +23,7 @@ pub enum TrustRule {
 
 impl TrustRule {
     /// The rule for a kernel with SELinux active or not. The probe calls SELinux active when
-    /// selinuxfs is mounted (`/sys/fs/selinux/enforce` exists), the same test rsbinder makes
+    /// selinuxfs is mounted (`/sys/fs/selinux/enforce` exists), the same test the binder crate makes
     /// before it asks the driver for callers' contexts, so the rule is `Contexts` exactly when
     /// contexts arrive. Enforcing or permissive does not matter: the context is the caller's
     /// either way.

@@ -1,7 +1,7 @@
 //! Plain Rust types → AIDL parcelables. Limits of "max" become -1, as the AIDL documents.
 
 use crate::accountant::{self, Accountant, Usage};
-use crate::aidl::vendor::chargetransfer::{
+use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, PoolUsage::PoolUsage, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };

@@ -5,33 +5,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use log::{info, warn};
-use rsbinder::{DeathRecipient, SIBinder, WIBinder};
-
 use crate::accountant::Accountant;
+use crate::binder::{self, DeathLink, SpIBinder};
 use crate::error::{Error, Result};
+use log::{info, warn};
 
 /// Tokens one process may register; more would only cost the service memory.
 pub const MAX_TOKENS_PER_PROCESS: usize = 16;
 
-struct Recipient {
-    pid: u32,
-    accountant: Weak<Accountant>,
-}
-
-impl DeathRecipient for Recipient {
-    fn binder_died(&self, _who: &WIBinder) {
-        if let Some(a) = self.accountant.upgrade() {
-            match a.process_died(self.pid) {
-                Ok(n) => info!("client pid {} died (binder): {n} charges handled", self.pid),
-                Err(e) => warn!("client pid {} died: {e}", self.pid),
-            }
+fn binder_died(pid: u32, accountant: &Weak<Accountant>) {
+    if let Some(a) = accountant.upgrade() {
+        match a.process_died(pid) {
+            Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
+            Err(e) => warn!("client pid {pid} died: {e}"),
         }
     }
 }
 
-/// A watched token and its recipient: both must stay alive for the notification to fire.
-type Watched = (SIBinder, Arc<Recipient>);
+/// A watched token and its death link: both must stay alive for the notification to fire.
+type Watched = (SpIBinder, DeathLink);
 
 pub struct DeathWatch {
     accountant: Weak<Accountant>,
@@ -43,7 +35,7 @@ impl DeathWatch {
         Arc::new(DeathWatch { accountant: Arc::downgrade(accountant), tokens: Mutex::new(HashMap::new()) })
     }
 
-    pub fn register(&self, pid: u32, token: &SIBinder) -> Result<()> {
+    pub fn register(&self, pid: u32, token: &SpIBinder) -> Result<()> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let list = tokens.entry(pid).or_default();
         if list.len() >= MAX_TOKENS_PER_PROCESS {
@@ -51,11 +43,10 @@ impl DeathWatch {
                 "pid {pid} already registered {MAX_TOKENS_PER_PROCESS} tokens"
             )));
         }
-        let recipient = Arc::new(Recipient { pid, accountant: self.accountant.clone() });
-        token
-            .link_to_death_arc(&recipient)
-            .map_err(|e| Error::InvalidArgument(format!("cannot watch the token of pid {pid}: {e:?}")))?;
-        list.push((token.clone(), recipient));
+        let accountant = self.accountant.clone();
+        let link = binder::link_to_death(token, move || binder_died(pid, &accountant))
+            .map_err(|e| Error::InvalidArgument(format!("cannot watch the token of pid {pid}: {e}")))?;
+        list.push((token.clone(), link));
         Ok(())
     }
 

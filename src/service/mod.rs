@@ -10,16 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsbinder::{ParcelFileDescriptor, SIBinder, Status};
-
 use crate::accountant::Accountant;
-use crate::aidl::vendor::chargetransfer::{
+use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };
+use crate::binder::{self, BinderFeatures, Interface, ParcelFileDescriptor, SpIBinder, Status};
 use crate::error::Error;
+use crate::identity::Caller;
 use crate::kernel::dmabuf;
-use crate::owner::Caller;
 
 pub use death::DeathWatch;
 
@@ -37,13 +36,13 @@ pub struct ChargeTransferService {
     autoconfigure: Autoconfigure,
 }
 
-impl rsbinder::Interface for ChargeTransferService {}
+impl Interface for ChargeTransferService {}
 
-type BinderResult<T> = rsbinder::BinderResult<T>;
+type BinderResult<T> = binder::Result<T>;
 
 fn status(e: Error) -> Status {
     log::debug!("refused: {e}");
-    Status::new_service_specific_error(e.code().0, Some(e.to_string()))
+    binder::service_specific_error(e.code().0, e.to_string())
 }
 
 fn invalid(msg: String) -> Status {
@@ -62,10 +61,10 @@ fn pid_arg(name: &str, v: i32) -> BinderResult<u32> {
 }
 
 /// How the service's binder is published: it asks the driver for each caller's security
-/// context, which the trust rule needs where SELinux is active (rsbinder sends the request only
-/// there).
-pub fn features() -> rsbinder::BinderFeatures {
-    let mut features = rsbinder::BinderFeatures::default();
+/// context, which the trust rule needs where SELinux is active (the binder crate sends the request only
+/// there; on Android SELinux is always active).
+pub fn features() -> BinderFeatures {
+    let mut features = BinderFeatures::default();
     features.set_requesting_sid = true;
     features
 }
@@ -84,8 +83,8 @@ impl ChargeTransferService {
     /// its security context where SELinux gives one (the service asks the driver for it: see
     /// [`features`]).
     fn caller(&self) -> BinderResult<Caller> {
-        let pid = rsbinder::get_calling_pid();
-        let uid = rsbinder::get_calling_uid();
+        let pid = binder::calling_pid();
+        let uid = binder::calling_uid();
         if pid <= 0 || uid == u32::MAX {
             return Err(status(Error::NotTrusted {
                 uid,
@@ -93,11 +92,7 @@ impl ChargeTransferService {
                 what: "call without a verifiable pid",
             }));
         }
-        // The driver ends an SELinux context with a NUL; a context that is not UTF-8 matches no
-        // trusted entry, so it is kept lossily rather than dropped (dropping would look like a
-        // kernel without SELinux).
-        let context = rsbinder::get_calling_sid().map(|sid| sid.to_string_lossy().into_owned());
-        Ok(Caller { pid: pid as u32, uid, context })
+        Ok(Caller { pid: pid as u32, uid, context: binder::calling_sid() })
     }
 
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
@@ -155,7 +150,7 @@ impl IChargeTransfer for ChargeTransferService {
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
-    fn registerClient(&self, token: &SIBinder) -> BinderResult<()> {
+    fn registerClient(&self, token: &SpIBinder) -> BinderResult<()> {
         let caller = self.caller()?;
         self.deaths.register(caller.pid, token).map_err(status)
     }

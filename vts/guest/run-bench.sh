@@ -11,11 +11,10 @@ export PATH="/share/bin:$PATH" RUST_LOG="${RUST_LOG:-warn}"
 out=/share/out
 mkdir -p "$out" /data/vendor/chargetransfer
 uname -r >"$out/guest-kernel.txt"
-rsb_hub --insecure-allow-all >"$out/hub.log" 2>&1 &
-sleep 1
+# shellcheck source=vts/guest/services.sh
+. /share/services.sh
 # shellcheck disable=SC2086 # SERVICE_ARGS is a word list
-chargetransferd --state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS >"$out/service.log" 2>&1 &
-chargectl --wait 30 version || { echo "run-bench: the service did not come up"; tail -n 20 "$out/service.log"; exit 1; }
+start_services "$out" --state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS || exit 1
 
 echo "== bench: chargectl bench, empty ledger"
 chargectl bench --iterations "$BENCH_CALLS" >"$out/chargectl-empty.txt" 2>&1

@@ -17,8 +17,8 @@ mkdir -p "$out" /data/vendor/chargetransfer
 service_args="--state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS"
 # The selinux lane: selinuxfs and the policy before any binder process starts (rsbinder asks the
 # driver for callers' contexts only where /sys/fs/selinux/enforce exists, and the driver takes a
-# process's context from the credentials it opened the device with).
-in_domain=
+# process's context from the credentials it opened the device with). start_services then runs the
+# hub and the service in their domains.
 if [ -n "${SELINUX_POLICY:-}" ]; then
     mkdir -p /sys/fs/selinux
     mount -t selinuxfs selinuxfs /sys/fs/selinux && cat "$SELINUX_POLICY" >/sys/fs/selinux/load || {
@@ -26,24 +26,16 @@ if [ -n "${SELINUX_POLICY:-}" ]; then
         exit 1
     }
     echo "lane: selinux policy loaded, enforce=$(cat /sys/fs/selinux/enforce), init runs as $(cat /proc/self/attr/current)"
-    in_domain=1
+    selinux_loaded=1
 fi
-# Runs a command in an SELinux domain where the lane has SELinux (the context applies at exec).
-domain_exec() {
-    [ -n "$in_domain" ] && printf 'u:r:%s:s0' "$1" >/proc/self/attr/exec
-    shift
-    exec "$@"
-}
-# Background daemons must not hold the console: their output goes to files.
-(domain_exec servicemanager rsb_hub --insecure-allow-all) >"$out/hub.log" 2>&1 &
-sleep 1
+# shellcheck source=vts/guest/services.sh
+. /share/services.sh
 # shellcheck disable=SC2086 # service_args is a word list
-(domain_exec hal_vendor_chargetransfer_default chargetransferd $service_args) >"$out/service.log" 2>&1 &
-service_pid=$!
+start_services "$out" $service_args || exit 1
 echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?
-if [ -n "$in_domain" ]; then
+if [ -n "${selinux_loaded:-}" ]; then
     echo "== lane $LANE: SELinux contexts of the service and the service manager"
     for p in /proc/[0-9]*; do
         case $(cat "$p/comm" 2>/dev/null) in

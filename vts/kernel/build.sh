@@ -8,26 +8,25 @@
 #   --fetch-only  stop after the source tree is extracted and patched (no config/build)
 #   --force       rebuild even if the output for this cache key exists
 # Environment:
-#   XDG_CACHE_HOME          cache root (default ~/.cache); everything lives in
-#                           $XDG_CACHE_HOME/chargetransfer/
+#   XDG_CACHE_HOME, CT_DEBIAN_SUITE, CT_DEBIAN_MIRROR: the cache root, the Debian suite
+#                           and mirror, shared with debian-kernel.sh (see vts/lane/lib.sh)
 #   CT_KERNEL_SOURCE_PKG    source package (default linux-source-7.3; if the suite
 #                           does not have it, the newest linux-source-7.x is used)
-#   CT_KERNEL_SUITE         Debian suite (default trixie-backports)
 #   CT_KERNEL_REFRESH=1     refresh the private apt lists even if present
 #   CT_KERNEL_JOBS          make -j (default nproc)
 #   CT_KERNEL_VERBOSE=1     stream make output to stderr instead of a log file
-#   CT_DEBIAN_MIRROR        Debian mirror URI (default: read from the host's apt sources)
 #
 # Progress goes to stderr; the last line on stdout is BZIMAGE=<path>.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=vts/lane/lib.sh
+. "$HERE/../lane/lib.sh"
 FRAGMENT=$HERE/dmem.config
 PATCH=$HERE/cma-dmem.patch
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/chargetransfer
-SUITE=${CT_KERNEL_SUITE:-trixie-backports}
+CACHE=$CT_CACHE
+SUITE=$CT_SUITE
 WANT_PKG=${CT_KERNEL_SOURCE_PKG:-linux-source-7.3}
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 JOBS=${CT_KERNEL_JOBS:-$(nproc)}
 # Everything in the recipe that changes the output but is not in the fragment or the
 # patch. Bump "recipe-N" when the steps below change in a way that matters.
@@ -61,89 +60,23 @@ if command -v flock >/dev/null; then
 fi
 
 # ---------------------------------------------------------------- private apt
-APTDIR=$CACHE/apt-$SUITE
-mkdir -p "$APTDIR"/{etc/sources.list.d,etc/preferences.d,lists/partial,archives/partial,state,cache}
-: >"$APTDIR/status.tmp"; [ -f "$APTDIR/status" ] || mv "$APTDIR/status.tmp" "$APTDIR/status"; rm -f "$APTDIR/status.tmp"
-APT_OPTS=(
-    -o "Dir::Etc::SourceList=$APTDIR/etc/sources.list"
-    -o "Dir::Etc::SourceParts=$APTDIR/etc/sources.list.d"
-    -o "Dir::Etc::Preferences=$APTDIR/etc/preferences"
-    -o "Dir::Etc::PreferencesParts=$APTDIR/etc/preferences.d"
-    -o "Dir::State=$APTDIR/state"
-    -o "Dir::State::Lists=$APTDIR/lists"
-    -o "Dir::State::status=$APTDIR/status"
-    -o "Dir::Cache=$APTDIR/cache"
-    -o "Dir::Cache::Archives=$APTDIR/archives"
-    -o "Dir::Cache::pkgcache="
-    -o "Dir::Cache::srcpkgcache="
-    -o "APT::Architecture=amd64"
-    -o "APT::Architectures=amd64"
-    -o "APT::Sandbox::User=root"
-    -o "Acquire::Languages=none"
-)
-
-# The Debian mirror the host already uses (never hard-coded here).
-find_mirror() {
-    if [ -n "${CT_DEBIAN_MIRROR:-}" ]; then echo "$CT_DEBIAN_MIRROR"; return; fi
-    local f uri
-    for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        # deb822: first URI ending in /debian of an enabled "deb" stanza.
-        uri=$(awk '
-            BEGIN { RS=""; FS="\n" }
-            {
-                types=""; uris=""; enabled="yes"
-                for (i = 1; i <= NF; i++) {
-                    line = $i
-                    if (line ~ /^[ \t]*#/) continue
-                    if (line ~ /^Types:/)   { sub(/^Types:[ \t]*/, "", line); types = line }
-                    if (line ~ /^URIs:/)    { sub(/^URIs:[ \t]*/, "", line); uris = line }
-                    if (line ~ /^Enabled:/) { sub(/^Enabled:[ \t]*/, "", line); enabled = tolower(line) }
-                }
-                if (enabled == "no" || types !~ /(^| )deb( |$)/) next
-                n = split(uris, u, /[ \t]+/)
-                for (j = 1; j <= n; j++) if (u[j] ~ /\/debian\/?$/) { print u[j]; exit }
-            }' "$f")
-        [ -n "$uri" ] && { echo "${uri%/}"; return; }
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { if ($i ~ /\/debian\/?$/) { print $i; exit } else break } }' "$f")
-        [ -n "$uri" ] && { echo "${uri%/}"; return; }
-    done
-    return 1
-}
-
-write_sources() {
-    local mirror
-    mirror=$(find_mirror) || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources (set CT_DEBIAN_MIRROR)"
-    [ -f "$KEYRING" ] || die "missing $KEYRING (install debian-archive-keyring)"
-    printf 'deb [signed-by=%s] %s %s main\n' "$KEYRING" "$mirror" "$SUITE" >"$APTDIR/etc/sources.list.new"
-    mv "$APTDIR/etc/sources.list.new" "$APTDIR/etc/sources.list"
-}
-
+ct_apt_setup
 apt_update() {
-    write_sources
-    log "apt-get update ($SUITE, private lists in $APTDIR)"
-    apt-get "${APT_OPTS[@]}" -q update >&2
+    log "apt-get update ($SUITE, private lists in $CT_APTDIR)"
+    ct_apt_update
 }
-
-have_lists() { compgen -G "$APTDIR/lists/*_Packages*" >/dev/null; }
-
-if [ "${CT_KERNEL_REFRESH:-0}" = 1 ] || ! have_lists; then
-    apt_update || have_lists || die "apt-get update for $SUITE failed"
-else
-    [ -f "$APTDIR/etc/sources.list" ] || write_sources
+if [ "${CT_KERNEL_REFRESH:-0}" = 1 ] || ! ct_have_lists; then
+    apt_update || ct_have_lists || die "apt-get update for $SUITE failed"
 fi
 
 pkg_version() { # newest version of $1 in the private lists, empty if none
-    apt-cache "${APT_OPTS[@]}" show "$1" 2>/dev/null | awk '/^Version:/ { print $2 }' | sort -V | tail -n1
+    apt-cache show "$1" 2>/dev/null | awk '/^Version:/ { print $2 }' | sort -V | tail -n1
 }
 resolve_pkg() {
     PKG=$WANT_PKG
     VERSION=$(pkg_version "$PKG")
     if [ -z "$VERSION" ] && [ -z "${CT_KERNEL_SOURCE_PKG:-}" ]; then
-        PKG=$(apt-cache "${APT_OPTS[@]}" pkgnames linux-source-7. 2>/dev/null | grep -E '^linux-source-7\.[0-9]+$' | sort -V | tail -n1 || true)
+        PKG=$(apt-cache pkgnames linux-source-7. 2>/dev/null | grep -E '^linux-source-7\.[0-9]+$' | sort -V | tail -n1 || true)
         [ -n "$PKG" ] && VERSION=$(pkg_version "$PKG")
         [ -n "$VERSION" ] && log "WARNING: $WANT_PKG not in $SUITE, using $PKG $VERSION (the patch targets 7.3)"
     fi
@@ -175,8 +108,9 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing build deps: ${missing[*]}"
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get -q update >&2 || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    # The host's apt, not the private one APT_CONFIG points at.
+    env -u APT_CONFIG $SUDO apt-get -q update >&2 || true
+    env -u APT_CONFIG DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi
 
 # ---------------------------------------------------------------- fetch + extract
@@ -192,9 +126,9 @@ if [ ! -f "$WORK/.extracted" ]; then
     DEB=$(deb_path)
     if [ -z "$DEB" ]; then
         log "apt-get download $PKG=$VERSION"
-        ( cd "$DEBDIR" && apt-get "${APT_OPTS[@]}" -q download "$PKG=$VERSION" >&2 ) || {
+        ct_download "$DEBDIR" "$PKG=$VERSION" || {
             apt_update || true
-            ( cd "$DEBDIR" && apt-get "${APT_OPTS[@]}" -q download "$PKG=$VERSION" >&2 )
+            ct_download "$DEBDIR" "$PKG=$VERSION"
         } || die "apt-get download $PKG=$VERSION failed"
         DEB=$(deb_path)
         [ -n "$DEB" ] || die "apt-get download left no ${PKG}_${VERSION#*:}_*.deb in $DEBDIR"
@@ -329,6 +263,6 @@ cp "$BUILD/.config" "$OUT/config"
 cp "$PATCH" "$OUT/cma-dmem.patch"
 printf 'package=%s\nversion=%s\nkernelrelease=%s\nkey=%s\n' "$PKG" "$VERSION" \
     "$(cat "$BUILD/include/config/kernel.release" 2>/dev/null || echo unknown)" "$KEY" >"$OUT/info"
-mv "$OUT/bzImage.tmp" "$OUT/bzImage"
+ct_publish "$OUT/bzImage.tmp" "$OUT/bzImage"
 log "done in $(( $(now) - T0 ))s"
 echo "BZIMAGE=$OUT/bzImage"

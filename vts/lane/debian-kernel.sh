@@ -6,9 +6,7 @@
 # Usage: debian-kernel.sh [--refresh] [--abi ABI]
 #   --refresh   ask the archive for the newest ABI even if one is cached
 #   --abi ABI   use this ABI (e.g. 7.3.4+deb13-amd64); network only if not cached
-# Env: DEBIAN_KERNEL_SUITE (default trixie-backports),
-#      DEBIAN_MIRROR (default: the first non-security URIs of the host's apt sources),
-#      XDG_CACHE_HOME (cache root, default ~/.cache).
+# Env: CT_DEBIAN_SUITE (default trixie-backports), CT_DEBIAN_MIRROR, XDG_CACHE_HOME: see lib.sh.
 # Output (stdout, last four lines):
 #   KERNEL=<vmlinuz>  MODULES=<root with lib/modules/ABI and usr/lib/modules/ABI>
 #   ABI=<abi>         CONFIG=<kernel config file>
@@ -19,11 +17,10 @@ die() { echo "debian-kernel: $*" >&2; exit 1; }
 log() { echo "debian-kernel: $*" >&2; }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SUITE=${DEBIAN_KERNEL_SUITE:-trixie-backports}
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/chargetransfer
-APTDIR=$CACHE/apt/$SUITE
-KDIR=$CACHE/debian-kernel
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+# shellcheck source=vts/lane/lib.sh
+. "$HERE/lib.sh"
+SUITE=$CT_SUITE
+KDIR=$CT_CACHE/debian-kernel
 
 refresh=0
 abi=
@@ -31,7 +28,7 @@ while (($#)); do
     case $1 in
         --refresh) refresh=1 ;;
         --abi) abi=${2:?--abi needs a value}; shift ;;
-        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
     shift
@@ -73,50 +70,9 @@ fi
 
 "$HERE/host-deps.sh" || die "host-deps.sh failed"
 command -v apt-get >/dev/null || die "apt-get not found"
-[[ -r $KEYRING ]] || die "missing $KEYRING (install debian-archive-keyring)"
-
-# The mirror: whatever the host's own apt sources use (deb822 or one-line format).
-mirror=${DEBIAN_MIRROR:-}
-if [[ -z $mirror ]]; then
-    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
-fi
-if [[ -z $mirror ]]; then
-    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($i !~ /security/) { print $i; exit } break } }')
-fi
-[[ -n $mirror ]] || die "no Debian mirror found in /etc/apt sources (set DEBIAN_MIRROR)"
-
-# Private apt configuration.
-mkdir -p "$APTDIR"/{etc/sources.list.d,etc/preferences.d,etc/apt.conf.d,lists/partial,cache/archives/partial,state}
-: >"$APTDIR/state/status"
-cat >"$APTDIR/etc/sources.list.d/kernel.sources" <<SRC
-Types: deb
-URIs: $mirror
-Suites: $SUITE
-Components: main
-Signed-By: $KEYRING
-SRC
-cat >"$APTDIR/apt.conf" <<CONF
-Dir::Etc "$APTDIR/etc";
-Dir::Etc::main "/dev/null";
-Dir::Etc::sourcelist "/dev/null";
-Dir::Etc::sourceparts "$APTDIR/etc/sources.list.d";
-Dir::Etc::parts "$APTDIR/etc/apt.conf.d";
-Dir::Etc::preferencesparts "$APTDIR/etc/preferences.d";
-Dir::State "$APTDIR/state";
-Dir::State::lists "$APTDIR/lists";
-Dir::State::status "$APTDIR/state/status";
-Dir::Cache "$APTDIR/cache";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Sandbox::User "root";
-Acquire::Languages "none";
-CONF
-export APT_CONFIG=$APTDIR/apt.conf
-
+ct_apt_setup
 log "updating private package lists for $SUITE"
-apt-get -qq update >&2 || die "apt-get update of $SUITE from $mirror failed"
+ct_apt_update || die "apt-get update of $SUITE failed"
 
 if [[ -z $abi ]]; then
     # Newest plain amd64 image: linux-image-<ver>+debNN-amd64 (not -rt/-cloud/-dbg/-unsigned).
@@ -151,7 +107,7 @@ rm -rf "$work"
 mkdir -p "$work/debs" "$work/root"
 trap 'rm -rf "$work"' EXIT
 log "downloading ${debs[*]}"
-(cd "$work/debs" && apt-get -qq download "${debs[@]}" >&2) || die "apt-get download ${debs[*]} failed"
+ct_download "$work/debs" "${debs[@]}" || die "apt-get download ${debs[*]} failed"
 for d in "$work"/debs/*.deb; do
     dpkg-deb -x "$d" "$work/root" || die "dpkg-deb -x $(basename "$d") failed"
 done
@@ -164,8 +120,7 @@ fi
 [[ -d $root/lib/modules/$abi ]] || die "no modules directory for $abi in ${debs[*]}"
 depmod -b "$root" "$abi" || die "depmod -b $root $abi failed"
 touch "$root/.complete"
-rm -rf "${KDIR:?}/$abi"
-mv "$root" "$KDIR/$abi"
+ct_publish "$root" "$KDIR/$abi"
 echo "$abi" >"$KDIR/latest-$SUITE"
 log "unpacked into $KDIR/$abi"
 emit "$KDIR/$abi" "$abi"

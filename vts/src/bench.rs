@@ -97,8 +97,7 @@ fn holder() -> Result<(), String> {
             }
             let client = client.as_ref().expect("connected above");
             for _ in 0..count {
-                let fd =
-                    chargetransfer::kernel::dmabuf::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
+                let fd = chargetransfer::kernel::alloc_from_heap(heap, BUFFER_SIZE).map_err(|e| e.to_string())?;
                 client.charge(&fd).map_err(|e| e.to_string())?;
                 held.push(fd);
             }
@@ -364,6 +363,7 @@ fn plot(args: &[String]) -> Result<(), String> {
 }
 
 fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn std::error::Error>> {
+    use chargetransfer::demo::chart;
     use plotters::prelude::*;
     let mut panels: Vec<&str> = Vec::new();
     for p in points {
@@ -377,14 +377,6 @@ fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn std::error::Error>>
     let root = SVGBackend::new(path, (560 * panels.len() as u32, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let y_max = points.iter().map(|p| p.ns).fold(0.0, f64::max) * 1.2;
-    let colors = [
-        RGBColor(0x1f, 0x77, 0xb4),
-        RGBColor(0xd6, 0x27, 0x28),
-        RGBColor(0x2c, 0xa0, 0x2c),
-        RGBColor(0x94, 0x67, 0xbd),
-        RGBColor(0xff, 0x7f, 0x0e),
-        RGBColor(0x8c, 0x56, 0x4b),
-    ];
     for (area, panel) in root.split_evenly((1, panels.len())).iter().zip(&panels) {
         let mine: Vec<&Point> = points.iter().filter(|p| p.panel == *panel).collect();
         let (lo, hi) = mine.iter().fold((f64::MAX, 0f64), |(lo, hi), p| (lo.min(p.x), hi.max(p.x)));
@@ -421,27 +413,11 @@ fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn std::error::Error>>
         }
         for name in &series {
             let op = name.split('/').next().unwrap_or(name);
-            let color = colors[ops.iter().position(|o| *o == op).unwrap_or(0) % colors.len()];
-            let dashed = name.ends_with("p99");
+            let color = chart::PALETTE[ops.iter().position(|o| *o == op).unwrap_or(0) % chart::PALETTE.len()];
             let line: Vec<(f64, f64)> = mine.iter().filter(|p| p.series == *name).map(|p| (p.x, p.ns)).collect();
-            let style = color.stroke_width(2);
-            if dashed {
-                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))?.label(name.replace('/', " ")).legend(
-                    move |(x, y)| plotters::element::DashedPathElement::new([(x, y), (x + 20, y)], 6, 4, style),
-                );
-            } else {
-                chart
-                    .draw_series(LineSeries::new(line, style).point_size(3))?
-                    .label(name.replace('/', " "))
-                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
-            }
+            chart::line(&mut chart, line, &name.replace('/', " "), color.stroke_width(2), name.ends_with("p99"))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .draw()?;
+        chart::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
     root.present()?;
     Ok(())

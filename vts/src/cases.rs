@@ -1,7 +1,7 @@
 //! The VTS cases. Each runs against the live service with real processes, uids, cgroups and
 //! dma-bufs, and checks the service's numbers against the kernel's where the kernel has them.
 
-use chargetransfer::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ErrorCode::ErrorCode, IChargeTransfer};
 
 use crate::harness::{Child, Env, AID_GRAPHICS, AID_SYSTEM};
 
@@ -133,7 +133,7 @@ pub fn killed_client_charges_are_released(env: &Env) -> Outcome {
     Ok(())
 }
 
-fn mem_accounting() -> bool {
+pub fn mem_accounting() -> bool {
     std::fs::read_to_string("/sys/module/dma_heap/parameters/mem_accounting")
         .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
 }
@@ -207,9 +207,6 @@ pub fn dump_shows_per_app_charges(env: &Env) -> Outcome {
 /// behalf, so the app's memory.max cannot see those bytes: the service counts them against it.
 /// (Without mem_accounting the ledger's own dma-buf budget does this; see the over-limit case.)
 pub fn on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app(env: &Env) -> Outcome {
-    if !mem_accounting() {
-        return Ok(());
-    }
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
     let app = env.spawn(10050, None)?;
     let level = format!("/uid_{}", app.uid);

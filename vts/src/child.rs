@@ -14,15 +14,13 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::{
-    ChargeInfo::ChargeInfo,
-    IChargeClient::{BnChargeClient, IChargeClient},
-};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, IChargeClient::IChargeClient};
+use chargetransfer::binder::{self, Interface, Status};
 use chargetransfer::client::{Client, ClientError};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 struct Token;
-impl rsbinder::Interface for Token {}
+impl Interface for Token {}
 impl IChargeClient for Token {}
 
 fn inode(fd: impl AsFd) -> u64 {
@@ -90,10 +88,7 @@ fn retrying<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, ClientEr
     }
 }
 
-fn binder_call<T>(
-    client: &mut Client,
-    call: impl Fn(&Client) -> Result<T, rsbinder::Status>,
-) -> Result<T, ClientError> {
+fn binder_call<T>(client: &mut Client, call: impl Fn(&Client) -> Result<T, Status>) -> Result<T, ClientError> {
     retrying(client, |c| call(c).map_err(ClientError::from))
 }
 
@@ -193,7 +188,7 @@ pub fn run() -> ! {
             Ok(match args.first().copied().unwrap_or("") {
                 "alloc" => {
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                    let fd = chargetransfer::kernel::alloc_from_heap(&heap, num(2) as u64)
                         .map_err(|e| format!("err 0 {e}"))?;
                     let ino = inode(&fd);
                     slots.push(Some(fd));
@@ -242,7 +237,7 @@ pub fn run() -> ! {
                     // Allocate and charge as one step: a buffer this child keeps is always
                     // charged; one the service refuses is freed at once.
                     let heap = std::path::Path::new("/dev/dma_heap").join(args.get(1).ok_or("heap?")?);
-                    let fd = chargetransfer::kernel::dmabuf::alloc_from_heap(&heap, num(2) as u64)
+                    let fd = chargetransfer::kernel::alloc_from_heap(&heap, num(2) as u64)
                         .map_err(|e| format!("err 0 {e}"))?;
                     let charged = match args[0] {
                         "alloc_charge" => retrying(&mut client, |c| c.charge(&fd)),
@@ -288,7 +283,7 @@ pub fn run() -> ! {
                     flood(num(3), || client.offer(&fd, num(2) as i32, ttl).map(drop))
                 }
                 "register_flood" => flood(num(1), || {
-                    let token = BnChargeClient::new_binder(Token);
+                    let token = binder::new_client_token(Token);
                     client.service().registerClient(&token.as_binder())?;
                     tokens.push(token);
                     Ok(())
@@ -307,7 +302,7 @@ pub fn run() -> ! {
                     "ok".into()
                 }
                 "register" => {
-                    let token = BnChargeClient::new_binder(Token);
+                    let token = binder::new_client_token(Token);
                     binder_call(&mut client, |c| c.service().registerClient(&token.as_binder())).map_err(refused)?;
                     tokens.push(token);
                     "ok".into()

@@ -30,15 +30,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
-use chargetransfer::kernel::procfs::ProcFs;
+use chargetransfer::offers::MAX_OFFERS_PER_PROCESS;
 use chargetransfer::policy::Policy;
-use chargetransfer::transfer::MAX_OFFERS_PER_PROCESS;
 
 use crate::harness::{Child, Env, Refusal, AID_GRAPHICS, AID_SYSTEM};
 use crate::rng::Rng;
+use crate::world::{Truth, Verdict};
 
 const HEAP: &str = "system";
 const PAGE: u64 = 4096;
@@ -512,96 +512,8 @@ impl<'a> Workload<'a> {
     }
 }
 
-/// The ledger against a procfs scan.
-struct Verdict {
-    charges: usize,
-    held: usize,
-    /// Held by a client, not charged.
-    lost: Vec<u64>,
-    /// Charged more than once.
-    duplicated: Vec<u64>,
-    /// Charged, held by nobody.
-    stale: Vec<u64>,
-    /// Charged to a process that is gone, or orphaned all the way up to the root.
-    misowned: Vec<String>,
-    /// A cgroup's pool counter that is not the sum of the buffers charged in its subtree: a
-    /// charge applied twice (or not at all) to the counters.
-    miscounted: Vec<String>,
-}
-
-impl Verdict {
-    fn ok(&self) -> bool {
-        self.lost.is_empty()
-            && self.duplicated.is_empty()
-            && self.stale.is_empty()
-            && self.misowned.is_empty()
-            && self.miscounted.is_empty()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} charges, {} held buffers; lost {:?}, duplicated {:?}, stale {:?}, misowned {:?}, miscounted {:?}",
-            self.charges, self.held, self.lost, self.duplicated, self.stale, self.misowned, self.miscounted
-        )
-    }
-}
-
 fn compare(client: &Client, heaps: &BTreeSet<String>, clients: &BTreeSet<u32>) -> Result<Verdict, String> {
-    let charges = client.service().listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
-    let proc = ProcFs::new("/proc");
-    let scan = proc.scan_all().map_err(|e| format!("procfs scan: {e}"))?;
-    if !scan.is_complete() {
-        return Err(format!("procfs scan incomplete: {:?}", scan.errors));
-    }
-    let held: BTreeSet<u64> = scan
-        .buffers
-        .iter()
-        .filter(|(_, b)| {
-            b.exporter.as_ref().is_some_and(|e| heaps.contains(e)) && b.holders.keys().any(|p| clients.contains(p))
-        })
-        .map(|(inode, _)| *inode)
-        .collect();
-    let mut counted: BTreeMap<u64, usize> = BTreeMap::new();
-    for c in &charges {
-        *counted.entry(c.inode as u64).or_default() += 1;
-    }
-    let misowned = charges
-        .iter()
-        .filter(|c| if c.ownerPid > 0 { !proc.exists(c.ownerPid as u32) } else { c.ownerCgroup == "/" })
-        .map(|c| format!("{} pid {} {}", c.inode, c.ownerPid, c.ownerCgroup))
-        .collect();
-    // Counters are hierarchical: the root and each top-level cgroup must sum their buffers.
-    let mut expected: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for c in &charges {
-        let top =
-            c.ownerCgroup.split('/').nth(1).filter(|t| !t.is_empty()).map_or("/".to_string(), |t| format!("/{t}"));
-        for pool in &c.pools {
-            *expected.entry(("/".to_string(), pool.clone())).or_default() += c.size;
-            if top != "/" {
-                *expected.entry((top.clone(), pool.clone())).or_default() += c.size;
-            }
-        }
-    }
-    let mut miscounted = Vec::new();
-    let cgroups: BTreeSet<String> = expected.keys().map(|(cg, _)| cg.clone()).chain(["/".to_string()]).collect();
-    for cgroup in cgroups {
-        let usage = client.service().getCgroupUsage(&cgroup).map_err(|e| format!("getCgroupUsage({cgroup}): {e:?}"))?;
-        for p in &usage.pools {
-            let want = expected.get(&(cgroup.clone(), p.pool.clone())).copied().unwrap_or(0);
-            if p.usage != want {
-                miscounted.push(format!("{cgroup} {}: counter {} != buffers {want}", p.pool, p.usage));
-            }
-        }
-    }
-    Ok(Verdict {
-        charges: counted.len(),
-        held: held.len(),
-        lost: held.iter().filter(|i| !counted.contains_key(i)).copied().collect(),
-        duplicated: counted.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect(),
-        stale: counted.keys().filter(|i| !scan.buffers.contains_key(i)).copied().collect(),
-        misowned,
-        miscounted,
-    })
+    Truth::take(client, heaps)?.verdict(client, Some(clients))
 }
 
 /// A well-behaved client's round: ping, allocate and charge, release, close. Its duration.

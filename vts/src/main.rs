@@ -17,17 +17,19 @@ mod rng;
 mod selinux_cases;
 mod stress;
 mod transfer_cases;
+mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 
 use harness::Env;
 
 type Case = fn(&Env) -> cases::Outcome;
+type Cases = &'static [(&'static str, Case)];
 
 const CASES: &[(&str, Case)] = &[
     ("version_and_hash_are_served", cases::version_and_hash_are_served),
@@ -43,10 +45,6 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("autoconfig_writes_real_memory_limits_for_a_new_app", cases::autoconfig_writes_real_memory_limits_for_a_new_app),
     ("dump_shows_per_app_charges", cases::dump_shows_per_app_charges),
-    (
-        "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
-        cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
-    ),
     (
         "double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying",
         transfer_cases::double_hop_gralloc_to_surfaceflinger_to_app_ends_with_the_app_paying,
@@ -89,6 +87,12 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Cases that need the kernel to charge the system heap to memcg (`dma_heap.mem_accounting=1`).
+const MEM_ACCOUNTING_CASES: &[(&str, Case)] = &[(
+    "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
+    cases::on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app,
+)];
+
 /// Cases that need the dmem kernel (the dmem controller and a CMA heap charged to it).
 const DMEM_CASES: &[(&str, Case)] = &[
     ("dmem_capacity_lists_the_cma_region", dmem_cases::dmem_capacity_lists_the_cma_region),
@@ -106,20 +110,11 @@ const DMEM_CASES: &[(&str, Case)] = &[
 /// Cases that need SELinux active with the lane's policy: they run in the `selinux` lane, which
 /// runs only them (the other lanes run the rest without SELinux); elsewhere they are reported
 /// skipped with the reason.
-const SELINUX_CASES: &[(&str, Case)] = &[
+const SELINUX_CASES: Cases = &[
     ("the_calling_context_reaches_the_service", selinux_cases::the_calling_context_reaches_the_service),
     ("a_trusted_context_can_push_and_charge_on_behalf", selinux_cases::a_trusted_context_can_push_and_charge_on_behalf),
     ("a_trusted_uid_in_an_app_context_is_not_trusted", selinux_cases::a_trusted_uid_in_an_app_context_is_not_trusted),
 ];
-
-/// A case that runs (`None`) or is reported skipped with the reason.
-fn trial(env: &std::sync::Arc<Env>, name: &str, case: Case, skip: Option<&'static str>) -> Trial {
-    let env = std::sync::Arc::clone(env);
-    Trial::ignorable_test(name, move || match skip {
-        Some(reason) => Ok(Completion::ignored_with(format!("skipped: {reason}"))),
-        None => case(&env).map(|()| Completion::Completed).map_err(Failed::from),
-    })
-}
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
     let i = args.iter().position(|a| a == flag)?;
@@ -173,21 +168,37 @@ fn main() {
         client,
         selinux: lane == "selinux",
     });
-    let dmem = if lane == "dmem" { DMEM_CASES } else { &[] };
-    let (general, selinux) = if env.selinux {
-        (Some("the selinux lane runs only the SELinux cases; the debian lanes run this one"), None)
-    } else {
-        (None, Some("needs SELinux active with the lane's policy (the selinux lane)"))
-    };
-    let trials = CASES
-        .iter()
-        .chain(dmem)
-        .map(|(name, case)| {
-            let always = *name == "version_and_hash_are_served";
-            trial(&env, name, *case, if always { None } else { general })
-        })
-        .chain(SELINUX_CASES.iter().map(|(name, case)| trial(&env, name, *case, selinux)))
-        .collect();
+    // A case this lane cannot run is listed as skipped, with the reason, never left out. The
+    // selinux lane runs only the SELinux cases and the version check; the other lanes the rest.
+    let not_here = "the selinux lane runs only the SELinux cases; the other lanes run this one";
+    let groups: [(Cases, Option<&str>); 4] = [
+        (CASES, None),
+        (
+            MEM_ACCOUNTING_CASES,
+            (!cases::mem_accounting())
+                .then_some("the kernel does not charge the system heap (dma_heap.mem_accounting=0)"),
+        ),
+        (
+            DMEM_CASES,
+            (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
+        ),
+        (SELINUX_CASES, (!env.selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
+    ];
+    let mut trials = Vec::new();
+    for (group, unmet) in groups {
+        let selinux_group = std::ptr::eq(group, SELINUX_CASES);
+        for (name, case) in group {
+            let env = std::sync::Arc::clone(&env);
+            let case = *case;
+            let elsewhere = env.selinux && !selinux_group && *name != "version_and_hash_are_served";
+            let unmet = unmet.or(elsewhere.then_some(not_here));
+            if let Some(reason) = unmet {
+                println!("skipped: {name}: {reason}");
+            }
+            trials
+                .push(Trial::test(*name, move || case(&env).map_err(Failed::from)).with_ignored_flag(unmet.is_some()));
+        }
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     println!(
         "vts: {} passed, {} failed, {} skipped (lane {lane})",

@@ -4,7 +4,7 @@
 //! decides trust. Each client answers with the owner the service recorded, so the cases need no
 //! query the service might restrict to the caller's own data.
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 
 use crate::cases::{check, refused, Outcome};
 use crate::harness::{context_of, Child, Env, AID_GRAPHICS, AID_SYSTEM};

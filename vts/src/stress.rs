@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chargetransfer::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
-use chargetransfer::kernel::procfs::ProcFs;
+use chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 
 use crate::cases::{check, eventually, refused, Outcome};
 use crate::harness::{Child, Env, AID_GRAPHICS};
 use crate::rng::Rng;
+use crate::world::Truth;
 
 const STEPS: usize = 400;
 const SEED: u64 = 0x5eed_c4a2_9e7f_0b13;
@@ -514,32 +514,21 @@ impl<'a> World<'a> {
         Err(format!("{when}: ledger and model differ: {}", diff.join("; ")))
     }
 
-    /// The ledger against a procfs scan of every process: the same buffers, each paid once by a
-    /// live process (or by the cgroup of an app none of whose processes holds it any more).
+    /// The ledger against a procfs scan of every process (the shared [`Truth`]): the same buffers,
+    /// each paid once by a live process (or by the cgroup of an app none of whose processes holds
+    /// it any more), and held by exactly the processes the workload handed it to.
     fn compare_with_procfs(&self) -> Result<(usize, u64), String> {
         let svc = self.env.client.service();
         let heaps: BTreeSet<String> =
             svc.getRegions().map_err(|e| format!("getRegions: {e:?}"))?.into_iter().flat_map(|r| r.heaps).collect();
-        let procfs = ProcFs::new("/proc");
-        let scan = procfs.scan_all().map_err(|e| format!("procfs scan: {e}"))?;
-        check(scan.is_complete(), || format!("procfs scan incomplete: {:?}", scan.errors))?;
-        let live: BTreeMap<u64, _> = scan
-            .buffers
-            .iter()
-            .filter(|(_, b)| b.exporter.as_ref().is_some_and(|e| heaps.contains(e)))
-            .map(|(&n, b)| (n, b))
-            .collect();
-        let charges = svc.listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
-        let charged: BTreeSet<u64> = charges.iter().map(|c| c.inode as u64).collect();
-        check(charged.len() == charges.len(), || "a buffer is listed twice".into())?;
-        let unpaid: Vec<&u64> = live.keys().filter(|i| !charged.contains(i)).collect();
-        let stale: Vec<&u64> = charged.iter().filter(|i| !live.contains_key(i)).collect();
-        check(unpaid.is_empty() && stale.is_empty(), || {
-            format!("held but not charged: {unpaid:?}; charged but held by nobody: {stale:?}")
-        })?;
+        let truth = Truth::take(&self.env.client, &heaps)?;
+        let verdict = truth.verdict(&self.env.client, None)?;
+        check(verdict.ok(), || format!("ledger != procfs: {}", verdict.describe()))?;
+        let (charges, live, procfs) = (&truth.charges, truth.live(None), &truth.proc);
         let mut bytes = 0;
-        for c in &charges {
-            let seen = live[&(c.inode as u64)];
+        for c in charges {
+            let seen =
+                live.get(&(c.inode as u64)).ok_or_else(|| format!("buffer {} is not of a policy heap", c.inode))?;
             bytes += seen.size;
             check(seen.size == c.size as u64, || {
                 format!("buffer {}: ledger size {} procfs {}", c.inode, c.size, seen.size)

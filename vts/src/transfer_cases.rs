@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chargetransfer::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
+use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, ErrorCode::ErrorCode};
 
 use crate::cases::{charged_bytes_of, check, eventually, refused, usage_of, Outcome};
 use crate::harness::{Child, Env, AID_GRAPHICS, AID_SYSTEM};

@@ -8,8 +8,8 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::identity::Process;
 use crate::ledger::Inode;
-use crate::owner::Process;
 
 /// Offers live at most this long, whatever the caller asks.
 pub const MAX_TTL: Duration = Duration::from_secs(60);

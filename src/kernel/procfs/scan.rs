@@ -1,27 +1,18 @@
-//! /proc under a configurable root: process identity (cgroup, uid, start time) and the dma-bufs
-//! each process holds, found the way Android's libdmabufinfo finds them.
-//!
-//! A process holds a dma-buf through an fd (its `fdinfo/N` has `exp_name:`) or a mapping (a
-//! `/dmabuf:` line in `maps`), and buffers are keyed by inode. Processes exit while they are
-//! being read; ENOENT/ESRCH then mean "gone", which a scan records and moves past.
+//! The dma-bufs each process holds, found the way Android's libdmabufinfo finds them: through
+//! an fd (its `fdinfo/N` has `exp_name:`) or a mapping (a `/dmabuf:` line in `maps`), keyed by
+//! inode and merged across processes. The fdinfo and maps parsers live here with their one user
+//! (fd inspection in `dmabuf` reuses the fdinfo parser).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags, CWD};
 
-use super::dmabuf::parse_fdinfo;
-use super::error::{is_gone, KernelError};
-use super::parse::{byte_lines, number, Result};
+use super::{pid_err, read_fd, ProcFs};
+use crate::kernel::error::KernelError;
+use crate::kernel::parse::{byte_lines, number, Result};
 use crate::ledger::Inode;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcFs {
-    root: PathBuf,
-}
 
 /// One dma-buf as one process holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,72 +66,7 @@ impl DmaBufScan {
     }
 }
 
-/// Maps an I/O error on a /proc/PID file: a vanished process becomes `NoSuchProcess`.
-fn pid_err(pid: u32, path: impl FnOnce() -> PathBuf) -> impl FnOnce(io::Error) -> KernelError {
-    move |e| if is_gone(&e) { KernelError::NoSuchProcess(pid) } else { KernelError::io(&path(), e) }
-}
-
-fn read_fd(fd: OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    File::from(fd).read_to_end(buf).map(drop)
-}
-
 impl ProcFs {
-    pub fn new(root: impl Into<PathBuf>) -> ProcFs {
-        ProcFs { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Pids of all processes (numeric entries of the root), ascending.
-    pub fn pids(&self) -> Result<Vec<u32>> {
-        let entries = fs::read_dir(&self.root).map_err(|e| KernelError::io(&self.root, e))?;
-        let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-        pids.sort_unstable();
-        Ok(pids)
-    }
-
-    pub fn exists(&self, pid: u32) -> bool {
-        self.pid_dir(pid).is_dir()
-    }
-
-    /// The process's cgroup v2 path from the `0::/path` line of /proc/PID/cgroup. A removed
-    /// cgroup's " (deleted)" suffix is dropped.
-    pub fn cgroup_of(&self, pid: u32) -> Result<String> {
-        let (path, bytes) = self.read(pid, "cgroup")?;
-        parse_cgroup(&path, &bytes)
-    }
-
-    /// The real uid (first field of `Uid:` in /proc/PID/status).
-    pub fn uid_of(&self, pid: u32) -> Result<u32> {
-        let (path, bytes) = self.read(pid, "status")?;
-        parse_uid(&path, &bytes)
-    }
-
-    /// Start time in clock ticks after boot (field 22 of /proc/PID/stat): with the pid, it names
-    /// one process, so a recycled pid is told apart.
-    pub fn starttime(&self, pid: u32) -> Result<u64> {
-        let (path, bytes) = self.read(pid, "stat")?;
-        parse_starttime(&path, &bytes)
-    }
-
-    pub fn comm(&self, pid: u32) -> Result<String> {
-        let (_, bytes) = self.read(pid, "comm")?;
-        Ok(String::from_utf8_lossy(bytes.strip_suffix(b"\n").unwrap_or(&bytes)).into_owned())
-    }
-
-    /// Arguments (empty for kernel threads and zombies).
-    pub fn cmdline(&self, pid: u32) -> Result<Vec<String>> {
-        let (_, bytes) = self.read(pid, "cmdline")?;
-        let body = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
-        if body.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(body.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
-    }
-
     /// The dma-bufs one process holds, by inode. `NoSuchProcess` if it exited meanwhile.
     pub fn dmabufs(&self, pid: u32) -> Result<Vec<DmaBufRef>> {
         self.scan_pid(pid, &mut Vec::new())
@@ -176,16 +102,6 @@ impl ProcFs {
             }
         }
         Ok(scan)
-    }
-
-    fn pid_dir(&self, pid: u32) -> PathBuf {
-        self.root.join(pid.to_string())
-    }
-
-    fn read(&self, pid: u32, name: &str) -> Result<(PathBuf, Vec<u8>)> {
-        let path = self.pid_dir(pid).join(name);
-        let bytes = fs::read(&path).map_err(pid_err(pid, || path.clone()))?;
-        Ok((path, bytes))
     }
 
     /// Reads fdinfo entries and maps relative to an open /proc/PID directory, so a pid recycled
@@ -321,184 +237,73 @@ pub(crate) fn for_each_dmabuf_mapping<'a>(path: &Path, bytes: &'a [u8], mut f: i
     Ok(())
 }
 
-fn parse_cgroup(path: &Path, bytes: &[u8]) -> Result<String> {
+/// The dma-buf part of one fdinfo file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fdinfo {
+    /// `ino:` (procfs prints it on newer kernels); without it, stat /proc/PID/fd/N.
+    pub ino: Option<Inode>,
+    pub size: u64,
+    pub exporter: String,
+    pub name: Option<String>,
+}
+
+/// Parses fdinfo; `None` when it has no `exp_name:` (not a dma-buf). Fields of other files are
+/// not validated, so whatever an unrelated driver prints cannot fail a scan.
+///
+/// The kernel prints the generic lines, then `size`, `count`, `exp_name` and last the
+/// user-settable `name`. So the first occurrence of a key wins and every line after `name:`
+/// belongs to the name: a name containing "\nsize:\t1" cannot spoof the size.
+pub(crate) fn parse_fdinfo(path: &Path, bytes: &[u8]) -> Result<Option<Fdinfo>> {
+    let mut ino = None;
+    let mut size = None;
+    let mut exporter: Option<&[u8]> = None;
+    let mut name: Option<Vec<u8>> = None;
     for (n, line) in byte_lines(bytes) {
-        let Some(cgroup) = line.strip_prefix(b"0::") else { continue };
-        let cgroup =
-            std::str::from_utf8(cgroup).map_err(|_| KernelError::parse(path, n, "cgroup path is not UTF-8"))?;
-        let cgroup = cgroup.strip_suffix(" (deleted)").unwrap_or(cgroup);
-        if !cgroup.starts_with('/') {
-            return Err(KernelError::parse(path, n, format!("cgroup v2 path {cgroup:?} is not absolute")));
+        if let Some(name) = name.as_mut() {
+            name.push(b'\n');
+            name.extend_from_slice(line);
+            continue;
         }
-        return Ok(cgroup.to_string());
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
+        match key {
+            b"ino" if ino.is_none() => ino = Some((n, value.trim_ascii())),
+            b"size" if size.is_none() => size = Some((n, value.trim_ascii())),
+            b"exp_name" if exporter.is_none() => exporter = Some(value.trim_ascii()),
+            b"name" if exporter.is_some() => name = Some(value.strip_prefix(b"\t").unwrap_or(value).to_vec()),
+            _ => {}
+        }
     }
-    Err(KernelError::parse(path, 0, "no cgroup v2 line (\"0::/path\")"))
-}
-
-fn parse_uid(path: &Path, bytes: &[u8]) -> Result<u32> {
-    for (n, line) in byte_lines(bytes) {
-        let Some(ids) = line.strip_prefix(b"Uid:") else { continue };
-        let real = std::str::from_utf8(ids).ok().and_then(|s| s.split_whitespace().next()).unwrap_or_default();
-        return number(real)
-            .and_then(|u| u32::try_from(u).map_err(|_| format!("uid {u} out of range")))
-            .map_err(|reason| KernelError::parse(path, n, format!("Uid: {reason}")));
+    let Some(exporter) = exporter else { return Ok(None) };
+    let field = |what: &str, (n, raw): (usize, &[u8])| {
+        let text =
+            std::str::from_utf8(raw).map_err(|_| KernelError::parse(path, n, format!("{what}: invalid UTF-8")))?;
+        number(text).map_err(|reason| KernelError::parse(path, n, format!("{what}: {reason}")))
+    };
+    let size = match size {
+        Some(s) => field("size", s)?,
+        None => return Err(KernelError::parse(path, 0, "dma-buf fdinfo (has exp_name:) without size:")),
+    };
+    if exporter.is_empty() {
+        return Err(KernelError::parse(path, 0, "empty exp_name:"));
     }
-    Err(KernelError::parse(path, 0, "no Uid: line"))
-}
-
-/// Field 22 of stat. comm (field 2) is in parentheses and may itself contain spaces and
-/// parentheses, so the fields are counted after the last ')'.
-fn parse_starttime(path: &Path, bytes: &[u8]) -> Result<u64> {
-    let close =
-        bytes.iter().rposition(|&b| b == b')').ok_or_else(|| KernelError::parse(path, 1, "no ')' closing comm"))?;
-    let line = 1 + bytes[..close].iter().filter(|&&b| b == b'\n').count();
-    let rest = std::str::from_utf8(&bytes[close + 1..])
-        .map_err(|_| KernelError::parse(path, line, "invalid UTF-8 after comm"))?;
-    // After comm come field 3 (state) onwards: field 22 is the 20th.
-    let raw = rest.split_whitespace().nth(19).ok_or_else(|| KernelError::parse(path, line, "fewer than 22 fields"))?;
-    number(raw).map_err(|reason| KernelError::parse(path, line, format!("starttime (field 22): {reason}")))
-}
-
-/// Parsers over a whole fixture file, for the property tests.
-#[cfg(test)]
-fn parse_all(bytes: &[u8]) {
-    let p = Path::new("f");
-    let _ = parse_cgroup(p, bytes);
-    let _ = parse_uid(p, bytes);
-    let _ = parse_starttime(p, bytes);
-    let _ = for_each_dmabuf_mapping(p, bytes, |_| {});
-    let _ = super::parse::text(p, bytes);
+    Ok(Some(Fdinfo {
+        ino: ino.map(|i| field("ino", i)).transpose()?,
+        size,
+        exporter: String::from_utf8_lossy(exporter).into_owned(),
+        name: name.map(|n| String::from_utf8_lossy(&n).into_owned()),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
+
     use proptest::prelude::*;
-    use std::os::unix::fs::MetadataExt;
-    use tempfile::TempDir;
 
-    const STAT_TAIL: &str =
-        "S 1 100 100 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 4 0 987654 123456789 2000 18446744073709551615";
-
-    fn put(root: &Path, rel: &str, content: &str) {
-        let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
-
-    fn dmabuf_fdinfo(ino: Option<u64>, size: u64, exporter: &str, name: Option<&str>) -> String {
-        let mut s = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\n".to_string();
-        if let Some(ino) = ino {
-            s += &format!("ino:\t{ino}\n");
-        }
-        s += &format!("size:\t{size}\ncount:\t2\nexp_name:\t{exporter}\n");
-        if let Some(name) = name {
-            s += &format!("name:\t{name}\n");
-        }
-        s
-    }
-
-    /// /proc with three processes:
-    /// - 100: fds 3 and 4 on dma-buf 5001 (fdinfo with ino:), fd 5 a pipe, fd 6 a dma-buf whose
-    ///   fdinfo has no ino: (inode from stat of fd/6); maps 5001 twice and 7777 (mapped only).
-    ///   Its comm contains ") (".
-    /// - 200: no cgroup v2 line; holds 7777 by fd (exporter known) and maps 5001.
-    /// - 300: has exited: its directory has no fdinfo.
-    fn fixture() -> (TempDir, ProcFs, u64) {
-        let tmp = TempDir::new().unwrap();
-        let root = tmp.path();
-        put(root, "self/status", "Uid:\t0\t0\t0\t0\n");
-        put(root, "meminfo", "MemTotal: 1 kB\n");
-        put(root, "100/cgroup", "0::/uid_10001/pid_100\n");
-        put(
-            root,
-            "100/status",
-            "Name:\tsurface flinger\nUmask:\t0077\nState:\tS (sleeping)\nUid:\t10001\t10002\t10001\t10001\nGid:\t1\t1\t1\t1\n",
-        );
-        put(root, "100/stat", &format!("100 (a) (b) c) {STAT_TAIL}\n"));
-        put(root, "100/comm", "a) (b) c\n");
-        put(root, "100/cmdline", "/system/bin/app\0--flag\0");
-        put(root, "100/fdinfo/0", "pos:\t0\nflags:\t02\nmnt_id:\t25\nino:\t3\n");
-        put(root, "100/fdinfo/3", &dmabuf_fdinfo(Some(5001), 8192, "system", Some("gralloc")));
-        put(root, "100/fdinfo/4", &dmabuf_fdinfo(Some(5001), 8192, "system", Some("gralloc")));
-        put(root, "100/fdinfo/5", "pos:\t0\nflags:\t00\nmnt_id:\t14\nino:\t424242\n");
-        put(root, "100/fdinfo/6", &dmabuf_fdinfo(None, 4096, "cma", None));
-        put(root, "100/fd/6", "stand-in for the dma-buf fd");
-        let fd6_inode = fs::metadata(root.join("100/fd/6")).unwrap().ino();
-        put(
-            root,
-            "100/maps",
-            "55d0c0a00000-55d0c0a21000 r--p 00000000 fe:01 1234                       /system/bin/app\n\
-             7f0000000000-7f0000002000 rw-s 00000000 00:0f 5001                       /dmabuf:gralloc\n\
-             7f0000010000-7f0000011000 rw-s 00001000 00:0f 5001                       /dmabuf:gralloc\n\
-             7f0000020000-7f0000024000 rw-s 00000000 00:0f 7777                       /dmabuf:\n\
-             7f0000030000-7f0000031000 rw-p 00000000 00:00 0 \n\
-             7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n",
-        );
-        put(root, "200/cgroup", "12:memory:/apps\n1:name=systemd:/user.slice\n");
-        put(root, "200/status", "Name:\tapp\nUid:\t10002\t10002\t10002\t10002\n");
-        put(root, "200/stat", &format!("200 (app) {STAT_TAIL}\n"));
-        put(root, "200/fdinfo/7", &dmabuf_fdinfo(Some(7777), 16384, "system", Some("camera")));
-        put(root, "200/maps", "7f0000000000-7f0000002000 rw-s 00000000 00:0f 5001 /dmabuf:gralloc\n");
-        put(root, "300/status", "Name:\tgone\n");
-        let proc = ProcFs::new(root);
-        (tmp, proc, fd6_inode)
-    }
-
-    fn parse_error(e: KernelError) -> (PathBuf, usize, String) {
-        match e {
-            KernelError::Parse { path, line, reason } => (path, line, reason),
-            other => panic!("expected a parse error, got {other}"),
-        }
-    }
-
-    #[test]
-    fn lists_numeric_entries_as_pids() {
-        let (_tmp, proc, _) = fixture();
-        assert_eq!(proc.pids().unwrap(), [100, 200, 300]);
-        assert!(proc.exists(100) && !proc.exists(101));
-    }
-
-    #[test]
-    fn reads_identity_of_a_process() {
-        let (_tmp, proc, _) = fixture();
-        assert_eq!(proc.cgroup_of(100).unwrap(), "/uid_10001/pid_100");
-        assert_eq!(proc.uid_of(100).unwrap(), 10001, "the real uid, not the effective 10002");
-        assert_eq!(proc.starttime(100).unwrap(), 987654, "comm with \") (\" inside is skipped");
-        assert_eq!(proc.starttime(200).unwrap(), 987654);
-        assert_eq!(proc.comm(100).unwrap(), "a) (b) c");
-        assert_eq!(proc.cmdline(100).unwrap(), ["/system/bin/app", "--flag"]);
-        assert!(matches!(proc.uid_of(999), Err(KernelError::NoSuchProcess(999))));
-        assert!(matches!(proc.starttime(300), Err(KernelError::NoSuchProcess(300))));
-    }
-
-    #[test]
-    fn a_process_without_a_cgroup_v2_line_is_a_parse_error() {
-        let (tmp, proc, _) = fixture();
-        let (path, line, reason) = parse_error(proc.cgroup_of(200).unwrap_err());
-        assert_eq!((path, line), (tmp.path().join("200/cgroup"), 0));
-        assert!(reason.contains("no cgroup v2 line"), "{reason}");
-    }
-
-    #[test]
-    fn cgroup_lines_are_read_like_the_kernel_writes_them() {
-        let p = Path::new("cgroup");
-        assert_eq!(parse_cgroup(p, b"1:name=systemd:/x\n0::/\n").unwrap(), "/");
-        assert_eq!(parse_cgroup(p, b"0::/uid_1/pid_2 (deleted)\n").unwrap(), "/uid_1/pid_2");
-        assert_eq!(parse_cgroup(p, b"0::/a:b\n").unwrap(), "/a:b");
-        assert_eq!(parse_error(parse_cgroup(p, b"3:cpu:/\n0::relative\n").unwrap_err()).1, 2);
-    }
-
-    #[test]
-    fn malformed_stat_and_status_name_the_line() {
-        let p = Path::new("stat");
-        assert_eq!(parse_error(parse_starttime(p, b"1 (x S 1 2\n").unwrap_err()).1, 1);
-        assert!(parse_error(parse_starttime(p, b"1 (x) S 1 2\n").unwrap_err()).2.contains("fewer than 22"));
-        let bad = format!("1 (x) {}\n", STAT_TAIL.replace("987654", "98x"));
-        assert!(parse_error(parse_starttime(p, bad.as_bytes()).unwrap_err()).2.contains("\"98x\""));
-        assert_eq!(parse_error(parse_uid(p, b"Name:\tx\nUid:\tabc\t0\n").unwrap_err()).1, 2);
-        assert_eq!(parse_error(parse_uid(p, b"Name:\tx\n").unwrap_err()).1, 0);
-    }
+    use super::super::testing::{fixture, parse_error};
+    use super::*;
+    use crate::kernel::fake_proc::FakeProc;
 
     #[test]
     fn finds_a_processs_dmabufs_by_fd_and_by_mapping() {
@@ -567,7 +372,9 @@ mod tests {
     #[test]
     fn a_malformed_dmabuf_file_fails_that_process_only() {
         let (tmp, proc, _) = fixture();
-        put(tmp.path(), "200/fdinfo/8", "size:\tlots\ncount:\t1\nexp_name:\tsystem\n");
+        let fake = FakeProc::new(tmp.path());
+        let put = |rel: &str, content: &str| fake.write(rel, content).unwrap();
+        put("200/fdinfo/8", "size:\tlots\ncount:\t1\nexp_name:\tsystem\n");
         let scan = proc.scan_all().unwrap();
         assert_eq!(scan.processes, 1);
         assert!(!scan.is_complete());
@@ -578,8 +385,8 @@ mod tests {
                 .starts_with(&format!("{}:1: size: invalid number", tmp.path().join("200/fdinfo/8").display())),
             "{err}"
         );
-        put(tmp.path(), "200/fdinfo/8", "pos:\t0\n");
-        put(tmp.path(), "200/maps", "zzzz 0 0 0 1 /dmabuf:\n");
+        put("200/fdinfo/8", "pos:\t0\n");
+        put("200/maps", "zzzz 0 0 0 1 /dmabuf:\n");
         let (path, line, _) = parse_error(proc.dmabufs(200).unwrap_err());
         assert_eq!((path, line), (tmp.path().join("200/maps"), 1));
     }
@@ -601,29 +408,47 @@ mod tests {
     }
 
     #[test]
-    fn scans_this_hosts_proc_without_failing() {
-        let proc = ProcFs::new("/proc");
-        let me = std::process::id();
-        assert!(proc.exists(me));
-        assert!(proc.cgroup_of(me).is_ok() || !Path::new("/sys/fs/cgroup/cgroup.controllers").exists());
-        assert!(proc.starttime(me).unwrap() > 0);
-        let scan = proc.scan_all().unwrap();
-        assert!(scan.processes >= 1);
-        assert!(proc.dmabufs(me).unwrap().is_empty(), "no dma-bufs on this host");
+    fn fdinfo_parsing_follows_the_kernels_order() {
+        let p = Path::new("fdinfo/3");
+        let parse = |s: &str| parse_fdinfo(p, s.as_bytes());
+        assert_eq!(parse("pos:\t0\nflags:\t02\nmnt_id:\t9\nino:\t123\n").unwrap(), None, "a pipe");
+        assert_eq!(parse("").unwrap(), None);
+        let no_ino = parse("pos:\t0\nsize:\t4096\ncount:\t2\nexp_name:\tcma\n").unwrap().unwrap();
+        assert_eq!(no_ino, Fdinfo { ino: None, size: 4096, exporter: "cma".into(), name: None });
+        let spoof = parse("ino:\t7\nsize:\t4096\ncount:\t1\nexp_name:\tsystem\nname:\tx\nsize:\t1\n").unwrap().unwrap();
+        assert_eq!((spoof.ino, spoof.size, spoof.name.as_deref()), (Some(7), 4096, Some("x\nsize:\t1")));
+        assert!(matches!(parse("exp_name:\tsystem\n"), Err(KernelError::Parse { line: 0, .. })));
+        assert!(matches!(parse("ino:\tx\nsize:\t1\nexp_name:\ts\n"), Err(KernelError::Parse { line: 1, .. })));
+        assert!(matches!(parse("size:\t1\nexp_name:\n"), Err(KernelError::Parse { line: 0, .. })));
     }
 
     proptest! {
         #[test]
-        fn proc_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            parse_all(&bytes);
+        fn maps_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = for_each_dmabuf_mapping(Path::new("f"), &bytes, |_| {});
         }
 
         #[test]
-        fn proc_lines_never_panic(lines in proptest::collection::vec(
-            prop_oneof!["0::[ -~]{0,10}", "Uid:[ -~\t]{0,12}", "[0-9a-f-]{0,12} [rwxsp-]{4} 0 00:0f [0-9x]{0,4} +/dmabuf:[ -~]{0,4}", "[ -~()]{0,40}"],
+        fn maps_lines_never_panic(lines in proptest::collection::vec(
+            prop_oneof!["[0-9a-f-]{0,12} [rwxsp-]{4} 0 00:0f [0-9x]{0,4} +/dmabuf:[ -~]{0,4}", "[ -~()]{0,40}"],
             0..6)
         ) {
-            parse_all(lines.join("\n").as_bytes());
+            let _ = for_each_dmabuf_mapping(Path::new("f"), lines.join("\n").as_bytes(), |_| {});
+        }
+
+        #[test]
+        fn fdinfo_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_fdinfo(Path::new("f"), &bytes);
+        }
+
+        #[test]
+        fn fdinfo_lines_never_panic(lines in proptest::collection::vec(
+            (prop_oneof!["ino", "size", "count", "exp_name", "name", "pos", "[a-z]{1,4}"], "[ -~\t]{0,12}"), 0..10)
+        ) {
+            let text: String = lines.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+            if let Ok(Some(info)) = parse_fdinfo(Path::new("f"), text.as_bytes()) {
+                prop_assert!(!info.exporter.is_empty());
+            }
         }
     }
 }
