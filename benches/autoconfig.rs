@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chargetransfer::autoconfig::{self, ProbeRoots};
+use chargetransfer::autoconfig::{self, Autoconfig, ProbeRoots, Scope};
 use chargetransfer::ledger::Ledger;
 use chargetransfer::policy::Policy;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -62,17 +62,17 @@ fn ten_region_device(root: &Path) -> ProbeRoots {
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let roots = ten_region_device(dir.path());
-    let policy = Policy::embedded_default();
-    let report = autoconfig::run(&roots, &policy, &mut Ledger::new(), true);
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let report = autoconfig::run(&ac, &mut Ledger::new(), Scope::All, true);
     let regions = report.topology.regions.len();
     assert!(regions >= 10, "the device should show 10 regions, got {regions}");
     c.bench_function("autoconfig_10_regions_200_owners_dry_run", |b| {
-        b.iter(|| autoconfig::run(&roots, &policy, &mut Ledger::new(), true))
+        b.iter(|| autoconfig::run(&ac, &mut Ledger::new(), Scope::All, true))
     });
     let mut times: Vec<Duration> = (0..50)
         .map(|_| {
             let t = Instant::now();
-            autoconfig::run(&roots, &policy, &mut Ledger::new(), true);
+            autoconfig::run(&ac, &mut Ledger::new(), Scope::All, true);
             t.elapsed()
         })
         .collect();

@@ -69,10 +69,15 @@ impl Client {
     /// Over the kernel binder driver. `device` defaults to the service manager's usual device;
     /// waits up to `wait` for the service to register.
     pub fn connect_binder(device: Option<&str>, wait: Duration) -> Result<Client> {
+        Client::connect_instance(device, INSTANCE, wait)
+    }
+
+    /// [`Client::connect_binder`] to the registered service `instance` (a full service name).
+    pub fn connect_instance(device: Option<&str>, instance: &str, wait: Duration) -> Result<Client> {
         binder::open_driver(device, 0).map_err(ClientError::Connect)?;
         let deadline = std::time::Instant::now() + wait;
         loop {
-            match binder::check_interface::<dyn IChargeTransfer>(INSTANCE) {
+            match binder::check_interface::<dyn IChargeTransfer>(instance) {
                 Ok(service) => return Ok(Client { service, _session: None }),
                 Err(e) if std::time::Instant::now() >= deadline => return Err(ClientError::Connect(e)),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),

@@ -11,7 +11,7 @@ use clap::Parser;
 use log::{error, info, warn};
 
 use crate::accountant::{Accountant, Config};
-use crate::autoconfig::ProbeRoots;
+use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
 use crate::binder::{self, Interface};
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
@@ -88,7 +88,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         durability: durability(&opts.durability),
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
     };
-    let accountant = Arc::new(Accountant::open(config, policy).map_err(|e| e.to_string())?);
+    let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
     let trust = TrustRule::with_selinux(crate::autoconfig::probe::selinux(&opts.sys_root).is_ok());
     accountant.set_trust_rule(trust);
     info!("trust: {}", trust.describe());
@@ -98,18 +98,15 @@ pub fn run(opts: Options) -> Result<(), String> {
         sys: opts.sys_root.clone(),
         dev: opts.dev_root.clone(),
     };
+    let autoconfig = Arc::new(Autoconfig::new(roots, policy, opts.state_dir.clone()));
     if !opts.no_autoconfig {
-        match autoconfigure(&accountant, &roots, false, false) {
+        match autoconfigure(&accountant, &autoconfig, false, false) {
             Ok(report) => info!("autoconfig:\n{report}"),
             Err(e) => warn!("autoconfig failed, limits unchanged: {e}"),
         }
-        // An app that appears after boot gets its class limits before its first charge.
-        let hook_roots = roots.clone();
-        accountant.set_new_owner_hook(Box::new(move |a| {
-            if let Err(e) = crate::autoconfig::run_for(a, &hook_roots, false) {
-                warn!("autoconfig for a new owner: {e}");
-            }
-        }));
+        // An app that appears after boot gets its class limits before its first charge: its own
+        // cgroup only, nobody else's.
+        accountant.set_autoconfig(Arc::clone(&autoconfig));
     }
     match accountant.reconcile() {
         Ok(r) => info!(
@@ -123,9 +120,9 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_lifecycle(&accountant, &deaths, &stop, &opts);
+    spawn_lifecycle(&accountant, &autoconfig, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
-        Box::new(move |a, dry_run, json| autoconfigure(a, &roots, dry_run, json));
+        Box::new(move |a, dry_run, json| autoconfigure(a, &autoconfig, dry_run, json));
     let service =
         ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
     let service = binder::new_service(service, crate::service::features());
@@ -147,19 +144,26 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
 }
 
-/// Probes the device, computes limits from the policy and applies them: cgroup files where the
-/// kernel enforces, ledger limits where the service does. Returns the report, as text or JSON.
+/// Probes the device, computes limits from the policy and applies them to every owner: cgroup
+/// files where the kernel enforces, ledger limits where the service does. Returns the report, as
+/// text or JSON.
 pub fn autoconfigure(
     accountant: &Accountant,
-    roots: &ProbeRoots,
+    autoconfig: &Autoconfig,
     dry_run: bool,
     json: bool,
 ) -> crate::error::Result<String> {
-    let report = crate::autoconfig::run_for(accountant, roots, dry_run)?;
+    let report = accountant.autoconfigure(autoconfig, Scope::All, dry_run)?;
     Ok(if json { report.to_json() } else { report.to_string() })
 }
 
-fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop: &Arc<AtomicBool>, opts: &Options) {
+fn spawn_lifecycle(
+    accountant: &Arc<Accountant>,
+    autoconfig: &Arc<Autoconfig>,
+    deaths: &Arc<DeathWatch>,
+    stop: &Arc<AtomicBool>,
+    opts: &Options,
+) {
     let (d, s) = (Arc::clone(deaths), Arc::clone(stop));
     let interval = Duration::from_millis(opts.pidfd_poll_ms.max(10));
     std::thread::Builder::new()
@@ -180,6 +184,7 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
         .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
         let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let ac = (!opts.no_autoconfig).then(|| Arc::clone(autoconfig));
         let every = Duration::from_secs(opts.reconcile_secs);
         std::thread::Builder::new()
             .name("reconcile".into())
@@ -188,6 +193,16 @@ fn spawn_lifecycle(accountant: &Arc<Accountant>, deaths: &Arc<DeathWatch>, stop:
                     std::thread::sleep(every);
                     if let Err(e) = a.reconcile() {
                         warn!("periodic reconcile: {e}");
+                    }
+                    // An owner whose processes changed state (background signal) gets its new
+                    // class's limits.
+                    if let Some(ac) = &ac {
+                        let changed = ac.reclassified();
+                        if !changed.is_empty() {
+                            if let Err(e) = a.autoconfigure(ac, Scope::Owners(changed), false) {
+                                warn!("autoconfig for reclassified owners: {e}");
+                            }
+                        }
                     }
                 }
             })

@@ -52,6 +52,9 @@ pub fn render(accountant: &Accountant) -> String {
         accountant.open_offers()
     );
     let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
+    if let Some(why) = accountant.journal_broken() {
+        let _ = writeln!(out, "JOURNAL BROKEN: changes are refused until the service restarts: {why}");
+    }
     let _ = writeln!(out, "\nRegions:");
     let _ = writeln!(out, "  {:<26} {:<8} {:>9} {:>9} {:<8} heaps", "pool", "class", "capacity", "usage", "enforced");
     let root = accountant.cgroup_usage("/").map(|u| u.pools).unwrap_or_default();
@@ -118,6 +121,30 @@ pub fn render(accountant: &Accountant) -> String {
         for g in gaps {
             let _ = writeln!(out, "{g}");
         }
+    }
+    out
+}
+
+/// The dump for a caller that may not see other apps: its own uid's usage and charges only.
+pub fn render_for_uid(accountant: &Accountant, uid: u32) -> String {
+    let mut out = String::new();
+    let charges = accountant.charges_of_uid(uid);
+    let _ = writeln!(
+        out,
+        "chargetransfer: uid {uid} pays for {} buffers (the full dump is for trusted callers)",
+        charges.len()
+    );
+    if let Some(why) = accountant.journal_broken() {
+        let _ = writeln!(out, "JOURNAL BROKEN: changes are refused until the service restarts: {why}");
+    }
+    let usage = accountant.uid_usage(uid);
+    let _ = writeln!(out, "\n{} (usage/max per pool):", usage.cgroup);
+    for p in &usage.pools {
+        let _ = writeln!(out, "  {:<26} {}", p.pool, cell(&p.counter));
+    }
+    let _ = writeln!(out, "\nBuffers:");
+    for b in &charges {
+        let _ = writeln!(out, "  {:>12} {:>9} {:<20} {:>7} {}", b.inode, format_bytes(b.size), b.heap, b.pid, b.cgroup);
     }
     out
 }

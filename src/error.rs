@@ -15,8 +15,12 @@ pub enum Error {
     UnknownHeap(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("pid {caller} does not own the charge of buffer {inode} (owner pid {owner})")]
-    NotOwner { caller: u32, inode: Inode, owner: u32 },
+    /// The message names the caller only: who owns the charge is not the caller's business.
+    #[error("pid {caller} does not own the charge of buffer {inode}")]
+    NotOwner { caller: u32, inode: Inode },
+    /// An owner asked to release a buffer it still holds (an fd or a mapping).
+    #[error("pid {pid} still holds buffer {inode}: close and unmap it before releasing its charge")]
+    StillHeld { pid: u32, inode: Inode },
     #[error("uid {uid} (pid {pid}) is not a trusted allocator: {what}")]
     NotTrusted { uid: u32, pid: u32, what: &'static str },
     #[error("no such process: pid {0}")]
@@ -27,6 +31,8 @@ pub enum Error {
     BadTicket { ticket: u64, reason: &'static str },
     #[error("pid {pid} does not hold buffer {inode}")]
     NotHolder { pid: u32, inode: Inode },
+    #[error("buffer {0} is already charged to another process")]
+    ChargedElsewhere(Inode),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -91,7 +97,19 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::INVALID_ARGUMENT,
             Error::BadTicket { .. } => ErrorCode::BAD_TICKET,
             Error::NotHolder { .. } => ErrorCode::NOT_HOLDER,
+            // "The operation does not fit the buffer's state": it is still held by the caller.
+            Error::StillHeld { .. } => ErrorCode::INVALID_STATE,
+            Error::ChargedElsewhere(_) => ErrorCode::ALREADY_CHARGED,
             Error::Internal(_) => ErrorCode::INTERNAL,
+        }
+    }
+
+    /// The same refusal without the other process or cgroup it names, for a caller that may not
+    /// see other apps.
+    pub fn without_others(self) -> Error {
+        match self {
+            Error::Ledger(LedgerError::AlreadyCharged { inode, .. }) => Error::ChargedElsewhere(inode),
+            other => other,
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Who a caller is. Identity comes from the binder driver (calling pid and uid), never from
-//! arguments; the pid is pinned with a pidfd at once so a recycled pid cannot inherit it, and its
-//! uid is checked against what the driver reported.
+//! Who a caller or an owner is: (pid, start time, uid, security context where the kernel has one).
+//! The pid and uid come from the binder driver, never from arguments; the pid is pinned with a
+//! pidfd at once and its start time read, so a recycled pid is a different identity: every
+//! ownership check compares all of it ([`Process::is`]).
 //!
 //! Resolved processes are cached with their pidfd: while the pidfd does not report an exit, the
 //! pid still names the same process, so a repeat caller costs one poll instead of four /proc
-//! reads. A cached cgroup can be stale after a migration; reconcile refreshes it.
+//! reads. A cached cgroup can be stale after a migration; reconcile refreshes it. An exited entry
+//! that a new process with the same pid replaces is kept for [`Processes::reap_exited`], so its
+//! death is still seen.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -23,6 +26,13 @@ pub struct Caller {
     pub context: Option<String>,
 }
 
+impl Caller {
+    /// A caller on a kernel without a security context (tests, the demo, the RPC transport).
+    pub fn new(pid: u32, uid: u32) -> Caller {
+        Caller { pid, uid, context: None }
+    }
+}
+
 /// A live process as the service knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
@@ -32,7 +42,26 @@ pub struct Process {
     pub cgroup: String,
     /// Start time in clock ticks since boot: tells a recycled pid from the original.
     pub start_time: u64,
+    /// Its security context, where it called us and the kernel told binder one.
+    pub context: Option<String>,
 }
+
+impl Process {
+    /// Whether `other` is the same process: pid, start time and uid equal, and the security
+    /// contexts too where both are known. The cgroup is not identity (a process may move).
+    pub fn is(&self, other: &Process) -> bool {
+        self.pid == other.pid
+            && self.start_time == other.start_time
+            && self.uid == other.uid
+            && match (&self.context, &other.context) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
+const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// Resolves pids against a procfs root. With `pidfds` on (production), a pidfd is opened before
 /// /proc is read, so the process cannot be swapped under us between the two.
@@ -40,6 +69,9 @@ pub struct Processes {
     procfs: ProcFs,
     pidfds: bool,
     live: Mutex<HashMap<u32, (Process, OwnedFd)>>,
+    /// Cached processes found exited when their pid was resolved again: reported once by
+    /// [`Processes::reap_exited`].
+    exited: Mutex<Vec<Process>>,
 }
 
 fn exited(pidfd: &OwnedFd) -> bool {
@@ -50,7 +82,7 @@ fn exited(pidfd: &OwnedFd) -> bool {
 
 impl Processes {
     pub fn new(procfs: ProcFs, pidfds: bool) -> Processes {
-        Processes { procfs, pidfds, live: Mutex::new(HashMap::new()) }
+        Processes { procfs, pidfds, live: Mutex::new(HashMap::new()), exited: Mutex::new(Vec::new()) }
     }
 
     pub fn procfs(&self) -> &ProcFs {
@@ -94,6 +126,7 @@ impl Processes {
             uid: self.procfs.uid_of(pid).map_err(gone)?,
             cgroup: self.procfs.cgroup_of(pid).map_err(gone)?,
             start_time: self.procfs.starttime(pid).map_err(gone)?,
+            context: None,
         })
     }
 
@@ -113,28 +146,42 @@ impl Processes {
         };
         let process = self.read(pid)?;
         if let Some(fd) = pidfd {
-            self.live().insert(pid, (process.clone(), fd));
+            if let Some((old, old_fd)) = self.live().insert(pid, (process.clone(), fd)) {
+                if !old.is(&process) || exited(&old_fd) {
+                    self.exited.lock().unwrap_or_else(|p| p.into_inner()).push(old);
+                }
+            }
         }
         Ok(process)
     }
 
     /// Resolves the binder caller and checks the driver's uid against /proc: a mismatch means the
-    /// pid was recycled after the call was sent.
+    /// pid was recycled after the call was sent. The caller's context joins its identity.
     pub fn resolve_caller(&self, caller: &Caller) -> Result<Process> {
         let process = self.resolve(caller.pid)?;
         if process.uid != caller.uid {
             return Err(Error::NoSuchProcess(caller.pid));
         }
-        Ok(process)
+        Ok(Process { context: caller.context.clone(), ..process })
     }
 
-    /// Pids whose pidfd reports an exit, dropped from the cache.
-    pub fn reap_exited(&self) -> Vec<u32> {
+    /// Whether `pid` is a kernel thread (it has no memory of its own to charge).
+    pub fn is_kernel_thread(&self, pid: u32) -> bool {
+        // The flags are the 9th field of stat, counted after the command name's closing paren.
+        std::fs::read_to_string(self.procfs.root().join(pid.to_string()).join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+                .is_some_and(|flags| flags & PF_KTHREAD != 0)
+        })
+    }
+
+    /// Processes whose pidfd reports an exit (and those found exited when their pid came back),
+    /// dropped from the cache.
+    pub fn reap_exited(&self) -> Vec<Process> {
+        let mut dead = std::mem::take(&mut *self.exited.lock().unwrap_or_else(|p| p.into_inner()));
         let mut live = self.live();
-        let dead: Vec<u32> = live.iter().filter(|(_, (_, fd))| exited(fd)).map(|(pid, _)| *pid).collect();
-        for pid in &dead {
-            live.remove(pid);
-        }
+        let pids: Vec<u32> = live.iter().filter(|(_, (_, fd))| exited(fd)).map(|(pid, _)| *pid).collect();
+        dead.extend(pids.iter().filter_map(|pid| live.remove(pid)).map(|(p, _)| p));
         dead
     }
 

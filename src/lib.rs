@@ -10,6 +10,7 @@ pub mod autoconfig;
 pub mod binder;
 pub mod client;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dump;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod logging;
 pub mod offers;
+pub mod permission;
 pub mod policy;
 pub mod service;
 

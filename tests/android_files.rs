@@ -584,6 +584,7 @@ fn aidl_interface_lists_exactly_the_frozen_versions() {
 #[test]
 fn aidl_interface_is_vintf_stable_with_rust_and_ndk_backends() {
     let (_, iface) = module(PACKAGE);
+    assert!(iface.str("owner").is_some_and(|o| !o.is_empty()), "aidl_interface needs `owner` inside a soong_namespace");
     assert_eq!(iface.str("stability"), Some("vintf"));
     assert_eq!(iface.bool("vendor_available"), Some(true));
     assert_eq!(iface.strs("srcs"), vec![format!("{}/*.aidl", PACKAGE.replace('.', "/"))]);
@@ -616,18 +617,76 @@ fn every_aidl_parcelable_and_interface_is_vintf_stability() {
     }
 }
 
+/// What aidl/dumpapi.py (the `aidl --dumpapi` form) writes for the sources in aidl/vendor.
+fn generated_dump() -> BTreeMap<String, Vec<u8>> {
+    // One directory per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("aidl-dump-{}-{call}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    let files: Vec<PathBuf> = sources().keys().map(|rel| root().join("aidl").join(rel)).collect();
+    let status = Command::new("python3")
+        .arg(root().join("aidl/dumpapi.py"))
+        .arg(&out)
+        .args(&files)
+        .status()
+        .expect("python3 must be installed to run aidl/dumpapi.py");
+    assert!(status.success(), "aidl/dumpapi.py failed");
+    let dump = aidl_files(&out);
+    fs::remove_dir_all(&out).unwrap();
+    dump
+}
+
 #[test]
-fn latest_frozen_dump_equals_the_aidl_sources() {
+fn latest_frozen_dump_is_the_generated_dump_of_the_sources() {
+    // `frozen: true` means the sources equal the latest version; Soong checks that by dumping the
+    // sources and comparing with aidl_api/<name>/<N>.
     let frozen = aidl_files(&api_dir().join(latest_frozen().to_string()));
-    let current = sources();
+    let generated = generated_dump();
     assert_eq!(
         frozen.keys().collect::<Vec<_>>(),
-        current.keys().collect::<Vec<_>>(),
-        "frozen version {} and aidl/vendor/ hold different files (unfrozen change; `frozen: true` forbids it)",
+        generated.keys().collect::<Vec<_>>(),
+        "frozen version {} and the dump of aidl/vendor hold different files (unfrozen change?)",
         latest_frozen()
     );
-    for (file, text) in &current {
-        assert!(frozen[file] == *text, "{file} differs from frozen version {} (unfrozen change)", latest_frozen());
+    for (file, text) in &generated {
+        assert!(
+            frozen[file] == *text,
+            "{file}: frozen version {} is not the dump of the sources (unfrozen change, or a hand edit; \
+             re-run aidl/freeze.sh only for a new version)",
+            latest_frozen()
+        );
+    }
+}
+
+#[test]
+fn api_dumps_are_in_the_form_aidl_dumpapi_writes() {
+    // Byte-level shape of every dump, independent of the generator: the banner, the package line
+    // right after it, no comments or imports, two-space members, type names of this package
+    // fully qualified.
+    for version in frozen_versions().iter().map(u32::to_string).chain(["current".to_string()]) {
+        for (file, text) in aidl_files(&api_dir().join(&version)) {
+            let text = String::from_utf8(text).unwrap();
+            let where_ = format!("aidl_api/{PACKAGE}/{version}/{file}");
+            assert!(
+                text.starts_with("///////////////////////////////////////////////////////////////////////////////\n// THIS FILE IS IMMUTABLE. DO NOT EDIT IN ANY CASE."),
+                "{where_}: no dumpapi banner"
+            );
+            let body = text.split_once("Mainline modules.\n\n").unwrap_or_else(|| panic!("{where_}: banner")).1;
+            assert!(body.starts_with(&format!("package {PACKAGE};\n")), "{where_}: package line after the banner");
+            for line in body.lines().skip(1) {
+                assert!(!line.contains("//") && !line.contains("/**"), "{where_}: comments are dropped: {line}");
+                assert!(!line.starts_with("import "), "{where_}: imports are dropped");
+                let indent = line.len() - line.trim_start().len();
+                assert!(indent % 2 == 0 && !line.starts_with('\t'), "{where_}: two-space indentation: {line:?}");
+            }
+            for name in sources().keys().filter_map(|k| k.rsplit('/').next()?.strip_suffix(".aidl")) {
+                for line in body.lines().skip(1).filter(|l| l.starts_with("  ")) {
+                    let bare = line.split(|c: char| !c.is_alphanumeric() && c != '.').any(|w| w == name);
+                    assert!(!bare, "{where_}: `{name}` must be written {PACKAGE}.{name}: {line}");
+                }
+            }
+        }
     }
 }
 
@@ -675,18 +734,17 @@ fn build_rs_serves_the_hash_soong_would_serve() {
 }
 
 #[test]
-fn current_api_dump_exists_and_equals_the_sources() {
+fn current_api_dump_is_the_generated_dump_of_the_sources() {
     // Every backend's source generation depends on the interface's API checks, and with no
     // aidl_api/<name>/current the check is a rule that always fails ("API dump for the current
     // version of AIDL interface ... does not exist", aidl_api.go). `m <name>-update-api` writes it.
     let current_dir = api_dir().join("current");
-    assert!(
-        current_dir.is_dir(),
-        "{} is missing: Soong fails the build without the `current` dump (copy aidl/vendor into it, no .hash)",
-        current_dir.display()
+    assert!(current_dir.is_dir(), "{} is missing: Soong fails the build without it", current_dir.display());
+    assert_eq!(
+        aidl_files(&current_dir),
+        generated_dump(),
+        "aidl_api/{PACKAGE}/current vs aidl/dumpapi.py (aidl/freeze.sh)"
     );
-    let dump = aidl_files(&current_dir);
-    assert_eq!(dump, sources(), "aidl_api/{PACKAGE}/current differs from aidl/vendor");
 }
 
 #[test]
@@ -867,12 +925,13 @@ fn rust_modules_use_the_latest_frozen_rust_backend() {
 }
 
 #[test]
-fn vts_module_is_a_root_vts_test_of_the_vts_crate() {
+fn vts_module_is_a_root_general_test_of_the_vts_crate() {
     let (dir, vts) = module(VTS_MODULE);
     assert_eq!(dir, Path::new("vts"));
     assert_eq!(vts.kind, "rust_test");
     assert_eq!(vts.strs("srcs"), vec!["src/main.rs"]);
-    assert_eq!(vts.strs("test_suites"), vec!["general-tests", "vts"]);
+    // `vts` carries AOSP interfaces; a vendor HAL's suite is general-tests (or a vendor suite).
+    assert_eq!(vts.strs("test_suites"), vec!["general-tests"]);
     assert_eq!(vts.bool("require_root"), Some(true));
     assert!(vts.bool("auto_gen_config") == Some(true) || vts.str("test_config_template").is_some());
     // vts/src/main.rs is a Cargo bin with its own main (libtest-mimic): no libtest harness.
@@ -1033,4 +1092,197 @@ fn binder_seam_compiles_against_libbinder_rs_under_cfg_soong() {
         &generated,
         &src("src/binder.rs"),
     ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Android.bp vs Cargo.toml
+// ---------------------------------------------------------------------------------------------
+
+/// The Soong modules for the dependencies Cargo.toml (`manifest`) builds on Android: the
+/// `[dependencies]` that are not optional (optional ones belong to Cargo features, which Soong
+/// does not enable) plus the android-only target dependencies, named as AOSP names crates
+/// (`lib` + crate name; `log` is liblog_rust). rsbinder stands for libbinder_rs and the
+/// generated `vendor.chargetransfer-V1-rust` (src/binder.rs).
+fn soong_modules_for_cargo_dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut modules = BTreeSet::new();
+    let mut section = String::new();
+    for line in read(manifest).lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let on_android = section == "[dependencies]"
+            || (section.contains("'cfg(target_os = \"android\")'") && section.ends_with(".dependencies]"));
+        let Some((name, spec)) = line.split_once('=') else { continue };
+        if !on_android || line.starts_with('#') || spec.contains("optional = true") {
+            continue;
+        }
+        match name.trim() {
+            "rsbinder" => modules.extend(["libbinder_rs".to_string(), format!("{PACKAGE}-V{}-rust", latest_frozen())]),
+            "chargetransfer" => {
+                modules.insert(LIB_MODULE.to_string());
+            }
+            "log" => {
+                modules.insert("liblog_rust".to_string());
+            }
+            crate_name => {
+                modules.insert(format!("lib{}", crate_name.replace('-', "_")));
+            }
+        }
+    }
+    modules
+}
+
+#[test]
+fn android_bp_rustlibs_are_the_cargo_dependencies() {
+    let defaults = module("chargetransfer_defaults").1;
+    let (_, lib) = module(LIB_MODULE);
+    let bp: BTreeSet<String> = defaults.strs("rustlibs").into_iter().chain(lib.strs("rustlibs")).collect();
+    assert_eq!(bp, soong_modules_for_cargo_dependencies("Cargo.toml"), "Android.bp rustlibs vs Cargo.toml");
+    // The generated crate is in the top-level list (for the VTS it is the client it tests through).
+    let (_, vts) = module(VTS_MODULE);
+    let mut vts_libs: BTreeSet<String> = vts.strs("rustlibs").into_iter().collect();
+    assert!(
+        vts_libs.remove(&format!("{PACKAGE}-V{}-rust", latest_frozen())),
+        "the VTS tests through the -V1-rust client"
+    );
+    assert_eq!(
+        vts_libs,
+        soong_modules_for_cargo_dependencies("vts/Cargo.toml"),
+        "vts/Android.bp rustlibs vs vts/Cargo.toml"
+    );
+    for (_, m) in all_modules() {
+        assert!(
+            m.get("features").is_none(),
+            "{}: the Soong build enables no Cargo features (demo stays out)",
+            m.name()
+        );
+    }
+}
+
+#[test]
+fn demo_and_plotters_are_behind_the_default_demo_feature() {
+    let cargo = read("Cargo.toml");
+    assert!(cargo.contains("default = [\"demo\"]") && cargo.contains("demo = [\"dep:plotters\"]"));
+    let plotters = cargo.lines().find(|l| l.starts_with("plotters")).expect("plotters dependency");
+    assert!(plotters.contains("optional = true"), "plotters only with the demo feature");
+    assert!(read("src/lib.rs").contains("#[cfg(feature = \"demo\")]\npub mod demo;"));
+}
+
+#[test]
+fn every_include_str_is_in_compile_data() {
+    let (_, lib) = module(LIB_MODULE);
+    let data: BTreeSet<String> = lib.strs("compile_data").into_iter().collect();
+    let mut included = BTreeSet::new();
+    for file in rust_files("src") {
+        let text = read(&file);
+        for (i, _) in text.match_indices("include_str!(\"").chain(text.match_indices("include_bytes!(\"")) {
+            let arg = text[i..].split('"').nth(1).unwrap();
+            let mut path = Path::new(&file).parent().unwrap().to_path_buf();
+            for part in Path::new(arg).components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        path.pop();
+                    }
+                    other => path.push(other),
+                }
+            }
+            included.insert(path.to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(included, data, "{LIB_MODULE} compile_data vs the include_str!/include_bytes! of src/");
+    for f in &data {
+        assert!(root().join(f).is_file(), "compile_data {f} does not exist");
+    }
+}
+
+#[test]
+fn android_bp_files_are_bpfmt_clean() {
+    let files = ["Android.bp", "aidl/Android.bp", "vts/Android.bp"];
+    let out = Command::new("bpfmt").arg("-l").args(files).current_dir(root()).output().unwrap_or_else(|e| {
+        panic!("bpfmt: {e} (Debian package blueprint-tools: vts/lane/host-deps.sh blueprint-tools installs it)")
+    });
+    assert!(out.status.success(), "bpfmt failed: {}", String::from_utf8_lossy(&out.stderr));
+    let unformatted = String::from_utf8_lossy(&out.stdout);
+    assert!(unformatted.trim().is_empty(), "not bpfmt-formatted (run `bpfmt -w`): {unformatted}");
+}
+
+const MATRIX: &str = "vendor.chargetransfer-compatibility-matrix.xml";
+
+#[test]
+fn compatibility_matrix_declares_what_the_manifest_fragment_serves() {
+    let matrix = read(MATRIX);
+    assert!(matrix.contains("<compatibility-matrix version=\"1.0\" type=\"framework\">"), "{MATRIX}: framework matrix");
+    assert!(matrix.contains("<hal format=\"aidl\">"), "{MATRIX}: an AIDL HAL");
+    // <name> holds the HAL's package first, then the interface's name inside <interface>.
+    let names = xml_tags(&matrix, "name");
+    assert_eq!(names.first().map(String::as_str), Some(PACKAGE), "{MATRIX}: HAL name vs {VINTF}");
+    let manifest = vintf();
+    assert_eq!(xml_tags(&matrix, "version"), xml_tags(&manifest, "version"), "{MATRIX} version vs {VINTF}");
+    let declared: Vec<String> = xml_tags(&matrix, "instance")
+        .iter()
+        .map(|instance| format!("{}/{instance}", names.get(1).expect("<interface><name>")))
+        .collect();
+    assert_eq!(declared, xml_tags(&manifest, "fqname"), "{MATRIX} interface/instance vs {VINTF} fqname");
+}
+
+#[test]
+fn genfs_contexts_label_what_autoconfig_reads_with_declared_vendor_types() {
+    let types = declared_types();
+    let te = te_text();
+    let mut labelled = Vec::new();
+    for line in read("sepolicy/genfs_contexts").lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[..2], ["genfscon", "sysfs"], "genfs_contexts: {line}");
+        let ty = words[3].split(':').nth(2).unwrap_or_else(|| panic!("genfs_contexts: bad label in {line}"));
+        assert!(ty.starts_with("vendor_"), "genfs_contexts: {ty} is not vendor-prefixed");
+        let attrs = types.get(ty).unwrap_or_else(|| panic!("genfs_contexts: {ty} is not declared"));
+        assert!(attrs.contains("sysfs_type") && attrs.contains("fs_type"), "{ty} needs fs_type, sysfs_type");
+        assert!(
+            te.contains(&format!("hal_vendor_chargetransfer_default, {ty}"))
+                || te.contains(&format!("hal_vendor_chargetransfer_default {ty}:")),
+            "the service is granted no read of {ty}"
+        );
+        labelled.push(format!("/sys{}", words[2]));
+    }
+    // The paths src/autoconfig/probe.rs reads under /sys (the device tree through /proc/device-tree).
+    for path in [
+        "/sys/module/dma_heap/parameters/mem_accounting",
+        "/sys/kernel/mm/cma",
+        "/sys/class/drm",
+        "/sys/firmware/devicetree/base/reserved-memory",
+    ] {
+        assert!(labelled.iter().any(|l| l == path), "genfs_contexts does not label {path}");
+    }
+    assert!(
+        te.contains("hal_vendor_chargetransfer_default proc_cmdline:file"),
+        "/proc/cmdline (proc_cmdline) is read by autoconfig"
+    );
+}
+
+#[test]
+fn shipped_policy_trusts_only_domains_the_sepolicy_lets_call() {
+    // A trusted context that vendor policy cannot make a client (SurfaceFlinger, cameraserver:
+    // platform domains) is trust the device can never exercise.
+    let policy: serde_json::Value = serde_json::from_str(&read("config/policy.json")).unwrap();
+    let compact: String = te_text().split_whitespace().collect();
+    for context in policy["trusted"]["contexts"].as_array().expect("trusted.contexts") {
+        let domain = context.as_str().unwrap();
+        assert!(
+            compact.contains(&format!("hal_client_domain({domain},hal_vendor_chargetransfer)")),
+            "config/policy.json trusts {domain}, which sepolicy/ does not make a hal_vendor_chargetransfer client"
+        );
+    }
+}
+
+#[test]
+fn su_fds_are_accepted_only_on_debug_builds() {
+    let te = read("sepolicy/hal_vendor_chargetransfer.te");
+    let compact: String =
+        te.lines().map(|l| l.split('#').next().unwrap()).collect::<Vec<_>>().join("\n").split_whitespace().collect();
+    assert!(
+        compact.contains("userdebug_or_eng(`allowhal_vendor_chargetransfer_serversu:fduse;')"),
+        "the VTS test (su) must be able to pass fds on debug builds"
+    );
 }

@@ -99,12 +99,14 @@ fn bad_arguments_are_refused_not_panicked() {
     assert_eq!(code(client.charge_for(&memfd, -1)), ErrorCode::INVALID_ARGUMENT);
     assert_eq!(code(client.accept(-1, &memfd)), ErrorCode::BAD_TICKET);
     assert_eq!(code(s.getCgroupUsage("relative/path").map_err(ClientError::from)), ErrorCode::INVALID_ARGUMENT);
-    assert_eq!(code(s.evictionAdvice("no-such-region", 1).map_err(ClientError::from)), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(s.evictionAdvice("no-such-region", 1).map_err(ClientError::from)), ErrorCode::NOT_TRUSTED);
     assert_eq!(code(s.getProcessUsage(0).map_err(ClientError::from)), ErrorCode::INVALID_ARGUMENT);
     // The service is still there after all of that.
     s.ping().unwrap();
 }
 
+/// The shipped policy trusts no uid this test runs as: the caller reads its own usage and the
+/// regions, and its dump shows its own uid only.
 #[test]
 fn queries_answer_for_the_caller_and_the_tree() {
     let svc = start(&[]);
@@ -116,5 +118,22 @@ fn queries_answer_for_the_caller_and_the_tree() {
     let regions = s.getRegions().unwrap();
     assert!(regions.iter().any(|r| r.name == "memcg"), "{regions:?}");
     let dump = s.dumpState().unwrap();
+    assert!(dump.contains("the full dump is for trusted callers") && !dump.contains("Owners"), "{dump}");
+}
+
+/// A policy that trusts the test's uid (no security context over RPC: the uid rule applies)
+/// opens the diagnostics.
+#[test]
+fn a_trusted_uid_reads_the_dump_and_eviction_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = dir.path().join("trust-me.json");
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::write(&overlay, format!(r#"{{"trusted": {{"uids": [{uid}]}}}}"#)).unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.json");
+    let svc = start(&["--policy", shipped, "--policy", overlay.to_str().unwrap()]);
+    let client = connect(&svc.socket);
+    let s = client.service();
+    let dump = s.dumpState().unwrap();
     assert!(dump.contains("Regions:") && dump.contains("Owners"), "{dump}");
+    assert_eq!(code(s.evictionAdvice("no-such-region", 1).map_err(ClientError::from)), ErrorCode::INVALID_ARGUMENT);
 }

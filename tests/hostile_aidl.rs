@@ -856,7 +856,10 @@ impl AidlWorld {
                 if *uid < 0 {
                     only(r, &[ErrorCode::INVALID_ARGUMENT], "usage of a negative uid")?;
                 } else if let Err(code) = r {
-                    return Err(format!("usage of uid {uid} refused: {}", chargetransfer::error::code_name(code)));
+                    // Another app's usage is for trusted callers only.
+                    if lane == 1 || code != ErrorCode::NOT_TRUSTED {
+                        return Err(format!("usage of uid {uid} refused: {}", chargetransfer::error::code_name(code)));
+                    }
                 }
             }
             Call::CgroupUsage { path } => {
@@ -1172,7 +1175,8 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         }
         w.fixture.restore_me(&w.pool);
         w.check_health(lane).map_err(TestCaseError::fail)?;
-        if lane != 0 {
+        // Only a trusted caller sees the device-wide totals; the untrusted one sees its own uid.
+        if lane == 1 {
             w.check_totals(lane, &mut t).map_err(|e| TestCaseError::fail(format!("{}: {e}", SERVICE_NAMES[lane])))?;
         }
         Ok(())
@@ -1196,8 +1200,9 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
     }
     w.fixture.restore_me(&w.pool);
     let mut journaled = Vec::new();
-    // The fixture services (the host one never charges anything).
-    for (lane, name) in SERVICE_NAMES.iter().enumerate().skip(1) {
+    // The fixture service whose caller sees every charge (the host one never charges anything;
+    // the untrusted one's listCharges shows its own uid only, so it cannot be compared whole).
+    for (lane, name) in SERVICE_NAMES.iter().enumerate().skip(1).take(1) {
         let n = w.check_journal(lane).unwrap_or_else(|e| panic!("{e}\n(replay with HOSTILE_SEED={})", base_seed()));
         journaled.push(format!("{name} {n}"));
     }
@@ -1264,7 +1269,7 @@ fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
         pidfds: false,
     };
     let a = Accountant::open(config, policy).unwrap();
-    let caller = Caller { pid: 100, uid: 10001, context: None };
+    let caller = Caller::new(100, 10001);
     for inode in [1, 2] {
         let buffer = kernel::DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None };
         a.charge(&caller, &buffer, None).unwrap();

@@ -287,7 +287,7 @@ fn exercise(p: &Policy) -> Result<(), String> {
     for uid in [0, 1000, 10001, 99_999, 1_010_001, u32::MAX] {
         let _ = p.is_trusted_uid(uid);
         for cg in ["/", "/uid_10001/pid_5", "/background/uid_1/pid_2/x/y/z", "/system/surfaceflinger"] {
-            let _ = p.owner_class(uid, cg);
+            let _ = p.owner_class(uid, cg, None);
         }
     }
     for ctx in ["u:r:surfaceflinger:s0", "", ":::", "surfaceflinger\0"] {

@@ -10,7 +10,8 @@ start=$(date +%s)
 log_dir="$root/target/test-logs"
 mkdir -p "$log_dir"
 
-echo "== gates: cargo fmt --check, clippy -D warnings"
+echo "== gates: cargo fmt --check, clippy -D warnings (bpfmt -l: in tests/android_files.rs)"
+vts/lane/host-deps.sh blueprint-tools
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -1,5 +1,7 @@
 //! The kernel budget: where the kernel charges a heap to memcg (mem_accounting), it charges the
 //! *allocating* process, so the service enforces the app's memory.max for those bytes itself.
+//! The cgroup files are read before the ledger is locked ([`Accountant::kernel_budget`]); the
+//! check itself is pure.
 
 use super::cgroup_path::{in_subtree, owner_level};
 use super::state::State;
@@ -8,57 +10,73 @@ use crate::error::Result;
 use crate::identity::Process;
 use crate::ledger::{Inode, LedgerError, LimitKind, UNLIMITED};
 
+/// An owner level's memory.max and memory.current as read from cgroupfs.
+pub(super) struct KernelBudget {
+    level: String,
+    max: u64,
+    current: u64,
+}
+
 impl Accountant {
-    /// Where the kernel charges a heap to memcg (mem_accounting), it charges the *allocating*
-    /// process: a buffer made on an app's behalf, or pushed to it, sits in another cgroup's
-    /// memory.current and the app's memory.max cannot see it. The service enforces that limit for
-    /// those bytes: the app's kernel usage, plus what it pays for but the kernel counts
-    /// elsewhere, plus `size`, must fit its owner-level memory.max.
-    pub(super) fn check_kernel_budget(&self, state: &State, owner: &Process, size: u64) -> Result<()> {
-        let Some(fs) = &self.cgroupfs else { return Ok(()) };
+    /// Reads the owner level's memory limit and usage (file I/O: call it before locking). `None`
+    /// where there is no cgroupfs or no limit.
+    pub(super) fn kernel_budget(&self, owner: &Process) -> Option<KernelBudget> {
+        let fs = self.cgroupfs.as_ref()?;
         let level = owner_level(&owner.cgroup);
         let max = fs.read_memory_limit(level, LimitKind::Max).unwrap_or(UNLIMITED);
         if max == UNLIMITED {
-            return Ok(());
+            return None;
         }
-        let current = fs.memory_current(level).unwrap_or(0);
-        let elsewhere: u64 = state
-            .kernel_payer
-            .iter()
-            .filter(|(_, payer)| !in_subtree(payer, level))
-            .filter_map(|(inode, _)| state.ledger.buffer(*inode))
-            .filter(|b| in_subtree(&b.cgroup, level))
-            .fold(0u64, |sum, b| sum.saturating_add(b.size));
-        let usage = current.saturating_add(elsewhere);
-        if usage.saturating_add(size) > max {
-            return Err(LedgerError::OverLimit {
-                cgroup: owner.cgroup.clone(),
-                limit_cgroup: level.to_string(),
-                pool: "memory (kernel-charged to the allocator)".into(),
-                size,
-                usage,
-                max,
-            }
-            .into());
-        }
-        Ok(())
+        Some(KernelBudget { level: level.to_string(), max, current: fs.memory_current(level).unwrap_or(0) })
     }
+}
 
-    /// [`Self::check_kernel_budget`] for a buffer changing hands: needed when the kernel counts
-    /// it outside the receiver's owner-level cgroup and the ledger did not already count it there.
-    pub(super) fn check_kernel_budget_on_move(
-        &self,
-        state: &State,
-        inode: Inode,
-        from: &str,
-        to: &Process,
-    ) -> Result<()> {
-        let level = owner_level(&to.cgroup);
-        let misattributed = state.kernel_payer.get(&inode).is_some_and(|payer| !in_subtree(payer, level));
-        if misattributed && !in_subtree(from, level) {
-            let size = state.ledger.buffer(inode).map_or(0, |b| b.size);
-            self.check_kernel_budget(state, to, size)?;
+/// A buffer made on an app's behalf, or pushed to it, sits in another cgroup's memory.current
+/// and the app's memory.max cannot see it: the app's kernel usage, plus what it pays for but the
+/// kernel counts elsewhere, plus `size`, must fit its owner-level memory.max.
+pub(super) fn check_kernel_budget(
+    state: &State,
+    budget: Option<&KernelBudget>,
+    owner: &Process,
+    size: u64,
+) -> Result<()> {
+    let Some(KernelBudget { level, max, current }) = budget else { return Ok(()) };
+    let elsewhere: u64 = state
+        .kernel_payer
+        .iter()
+        .filter(|(_, payer)| !in_subtree(payer, level))
+        .filter_map(|(inode, _)| state.ledger.buffer(*inode))
+        .filter(|b| in_subtree(&b.cgroup, level))
+        .fold(0u64, |sum, b| sum.saturating_add(b.size));
+    let usage = current.saturating_add(elsewhere);
+    if usage.saturating_add(size) > *max {
+        return Err(LedgerError::OverLimit {
+            cgroup: owner.cgroup.clone(),
+            limit_cgroup: level.clone(),
+            pool: "memory (kernel-charged to the allocator)".into(),
+            size,
+            usage,
+            max: *max,
         }
-        Ok(())
+        .into());
     }
+    Ok(())
+}
+
+/// [`check_kernel_budget`] for a buffer changing hands: needed when the kernel counts it outside
+/// the receiver's owner-level cgroup and the ledger did not already count it there.
+pub(super) fn check_kernel_budget_on_move(
+    state: &State,
+    budget: Option<&KernelBudget>,
+    inode: Inode,
+    from: &str,
+    to: &Process,
+) -> Result<()> {
+    let level = owner_level(&to.cgroup);
+    let misattributed = state.kernel_payer.get(&inode).is_some_and(|payer| !in_subtree(payer, level));
+    if misattributed && !in_subtree(from, level) {
+        let size = state.ledger.buffer(inode).map_or(0, |b| b.size);
+        check_kernel_budget(state, budget, to, size)?;
+    }
+    Ok(())
 }

@@ -1,13 +1,19 @@
 //! Charging a buffer to its owner (the caller, or on a trusted allocator's word another process),
-//! releasing it, and the trusted push of a charge to another process.
+//! releasing it, and the trusted push of a charge to another process, with the holder rule: a
+//! push or an on-behalf charge is a receipt until the receiver is seen holding the buffer, and
+//! an owner cannot release a buffer it still holds.
 
+use std::time::Instant;
+
+use super::budget::{check_kernel_budget, check_kernel_budget_on_move};
 use super::cgroup_path::{in_subtree, owner_level};
-use super::state::State;
+use super::state::{Receipt, State};
 use super::Accountant;
 use crate::error::{Error, Result};
-use crate::identity::Caller;
+use crate::identity::{Caller, Process};
 use crate::kernel::dmabuf::DmaBufInfo;
-use crate::ledger::{BufferInfo, Inode, LedgerError};
+use crate::ledger::{BufferInfo, Event, Inode, LedgerError};
+use crate::permission::Op;
 
 impl Accountant {
     fn heap_of(&self, state: &State, buffer: &DmaBufInfo) -> Result<String> {
@@ -17,74 +23,126 @@ impl Accountant {
         }
     }
 
+    /// The receiver of a push or an on-behalf charge: a live process with memory of its own,
+    /// other than init and the service itself.
+    fn receiver(&self, pid: u32) -> Result<Process> {
+        if pid == 1 || pid == std::process::id() || self.processes.is_kernel_thread(pid) {
+            return Err(Error::InvalidArgument(format!(
+                "pid {pid} (init, a kernel thread or the service) cannot be charged for a buffer"
+            )));
+        }
+        self.processes.resolve(pid)
+    }
+
     /// Charges `buffer` to the caller, or with `on_behalf` to another live process (trusted
-    /// callers only). Charging the same owner twice is a no-op.
+    /// callers only; the receiver must come to hold the buffer, see [`Receipt`]). Charging the
+    /// same owner twice is a no-op.
     pub fn charge(&self, caller: &Caller, buffer: &DmaBufInfo, on_behalf: Option<u32>) -> Result<BufferInfo> {
         let caller_proc = self.processes.resolve_caller(caller)?;
         let owner = match on_behalf {
             Some(pid) if pid != caller.pid => {
-                self.require_trusted(caller, "charge on behalf of another process")?;
-                self.processes.resolve(pid)?
+                self.permit(caller, Op::ChargeOnBehalf)?;
+                self.receiver(pid)?
             }
-            _ => caller_proc.clone(),
+            _ => {
+                self.permit(caller, Op::Charge)?;
+                caller_proc.clone()
+            }
         };
         if buffer.size == 0 {
             return Err(Error::InvalidArgument(format!("buffer {} has size 0", buffer.inode)));
         }
         self.prepare_owner(&owner);
-        self.change(|state, events| {
+        let kernel_charged = self.kernel_charges_heap(&buffer.exporter);
+        let budget = (kernel_charged && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup)))
+            .then(|| self.kernel_budget(&owner))
+            .flatten();
+        self.change(|state| {
             let heap = self.heap_of(state, buffer)?;
-            state.follow_migration(&owner, events)?;
-            let kernel_charged = self.policy.kernel_charges_heap(&heap);
-            if kernel_charged
-                && !in_subtree(&caller_proc.cgroup, owner_level(&owner.cgroup))
-                && state.ledger.buffer(buffer.inode).is_none()
-            {
-                self.check_kernel_budget(state, &owner, buffer.size)?;
+            state.follow_migration(&owner)?;
+            let current = state.ledger.buffer(buffer.inode);
+            match current {
+                Some(b) if state.owned_by(&b, &owner) => return Ok(b),
+                Some(b) => {
+                    return Err(LedgerError::AlreadyCharged { inode: b.inode, pid: b.pid, cgroup: b.cgroup }.into())
+                }
+                None => check_kernel_budget(state, budget.as_ref(), &owner, buffer.size)?,
             }
-            match state.ledger.charge(buffer.inode, buffer.size, &heap, owner.pid, &owner.cgroup) {
-                Ok(e) => events.push(e),
-                Err(LedgerError::AlreadyCharged { pid, .. }) if pid == owner.pid => {}
-                Err(e) => return Err(e.into()),
-            }
+            state.track(owner.clone())?;
+            state.apply(Event::Charged {
+                inode: buffer.inode,
+                size: buffer.size,
+                heap: heap.clone(),
+                pid: owner.pid,
+                cgroup: owner.cgroup.clone(),
+            })?;
+            state.commit()?;
             if kernel_charged {
                 state.kernel_payer.entry(buffer.inode).or_insert_with(|| caller_proc.cgroup.clone());
             }
-            state.track(owner);
+            if owner.pid != caller_proc.pid {
+                self.expect_receipt(state, buffer.inode, caller_proc.clone(), owner.clone());
+            }
             Ok(state.ledger.buffer(buffer.inode).expect("just charged"))
         })
     }
 
-    /// Releases a charge: its owner, or a trusted caller.
+    /// Records that `receiver` must come to hold `inode` within the grace period, or the charge
+    /// goes back to `giver` at the next reconcile.
+    fn expect_receipt(&self, state: &mut State, inode: Inode, giver: Process, receiver: Process) {
+        let due = Instant::now() + self.receipt_grace();
+        state.receipts.insert(inode, Receipt { giver, receiver, due });
+    }
+
+    /// Releases a charge: its owner, once it no longer holds the buffer, or a trusted caller.
+    /// An owner that still holds the buffer is refused (INVALID_STATE): releasing would let it
+    /// keep the memory while nobody pays for it.
     pub fn release(&self, caller: &Caller, inode: Inode) -> Result<()> {
-        self.change(|state, events| {
+        let me = self.processes.resolve_caller(caller)?;
+        // Read before locking: the caller's fds and mappings.
+        let holds = self.processes.procfs().dmabufs(me.pid).map(|refs| refs.iter().any(|r| r.inode == inode));
+        self.change(|state| {
             let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
-            if b.pid != caller.pid && !self.is_trusted(caller) {
-                return Err(Error::NotOwner { caller: caller.pid, inode, owner: b.pid });
+            if state.owned_by(&b, &me) {
+                self.permit(caller, Op::ReleaseOwn)?;
+                if holds.unwrap_or(true) {
+                    return Err(Error::StillHeld { pid: me.pid, inode });
+                }
+            } else {
+                self.permit(caller, Op::ReleaseOthers).map_err(|_| Error::NotOwner { caller: caller.pid, inode })?;
             }
-            events.push(state.ledger.release(inode)?);
+            state.apply(Event::Released { inode })?;
+            state.commit()?;
             state.tickets.forget_buffer(inode);
             state.kernel_payer.remove(&inode);
+            state.receipts.remove(&inode);
             Ok(())
         })
     }
 
     /// Trusted push: the caller presented the buffer (so it holds it) and is a trusted
-    /// allocator or compositor; the charge moves to `to_pid`, which must be alive.
+    /// allocator or compositor; the charge moves to `to_pid`, which must be alive and must come
+    /// to hold the buffer (see [`Receipt`]).
     pub fn transfer(&self, caller: &Caller, buffer: &DmaBufInfo, to_pid: u32) -> Result<BufferInfo> {
-        self.require_trusted(caller, "push a charge to another process")?;
-        self.processes.resolve_caller(caller)?;
-        let to = self.processes.resolve(to_pid)?;
+        self.permit(caller, Op::Push)?;
+        let giver = self.processes.resolve_caller(caller)?;
+        let to = self.receiver(to_pid)?;
         self.prepare_owner(&to);
-        self.change(|state, events| {
-            state.follow_migration(&to, events)?;
+        let budget = self.kernel_charges_heap(&buffer.exporter).then(|| self.kernel_budget(&to)).flatten();
+        self.change(|state| {
+            state.follow_migration(&to)?;
             let current = state.ledger.buffer(buffer.inode).ok_or(LedgerError::UnknownBuffer(buffer.inode))?;
-            if current.pid != to.pid || current.cgroup != to.cgroup {
-                self.check_kernel_budget_on_move(state, buffer.inode, &current.cgroup, &to)?;
-                events.push(state.ledger.transfer(buffer.inode, to.pid, &to.cgroup)?);
+            let moves = !state.owned_by(&current, &to) || current.cgroup != to.cgroup;
+            if moves {
+                check_kernel_budget_on_move(state, budget.as_ref(), buffer.inode, &current.cgroup, &to)?;
+                state.track(to.clone())?;
+                state.apply(Event::Transferred { inode: buffer.inode, pid: to.pid, cgroup: to.cgroup.clone() })?;
             }
+            state.commit()?;
             state.tickets.forget_buffer(buffer.inode);
-            state.track(to);
+            if moves {
+                self.expect_receipt(state, buffer.inode, giver, to);
+            }
             Ok(state.ledger.buffer(buffer.inode).expect("charged"))
         })
     }

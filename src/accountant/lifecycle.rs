@@ -1,21 +1,25 @@
 //! Lifecycle of charges: an owner's death, the hand-over rule for a buffer that outlives its
-//! owner, and reconcile against the procfs truth.
+//! owner, the holder rule's receipts, and reconcile against the procfs truth. Every /proc and
+//! cgroupfs read happens before the state is locked.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use log::{info, warn};
 
 use super::cgroup_path::uid_of_cgroup;
-use super::state::State;
+use super::state::{parent_of, State};
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
+use crate::kernel::procfs::DmaBufScan;
 use crate::ledger::{BufferInfo, Event, Inode, LedgerError};
 
 /// What a reconcile pass found and repaired.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReconcileReport {
     pub released: Vec<Inode>,
+    /// Handed over after a death, or given back because the receiver of a push never held it.
     pub moved: Vec<Inode>,
     pub unaccounted: Vec<Inode>,
     pub unaccounted_bytes: u64,
@@ -23,6 +27,11 @@ pub struct ReconcileReport {
     pub reparented: Vec<String>,
     pub processes_scanned: usize,
     pub buffers_seen: usize,
+}
+
+/// The processes holding `inode` in `scan`, other than `except`.
+fn holders_of(scan: &DmaBufScan, inode: Inode, except: u32) -> BTreeSet<u32> {
+    scan.buffers.get(&inode).map(|b| b.holders.keys().copied().filter(|p| *p != except).collect()).unwrap_or_default()
 }
 
 impl Accountant {
@@ -33,29 +42,30 @@ impl Accountant {
     ///    as the kernel reparents, with no owning process: the app's family keeps paying and no
     ///    other app is charged without consent; it stays there until a process of that uid
     ///    holds the buffer again (rule 1);
-    /// 3. once no process holds the buffer, it is released (by reconcile).
+    /// 3. once no process holds the buffer, it is released (at the death of its last holder, or
+    ///    by reconcile).
+    ///
+    /// `live` holds the holders, resolved before locking.
     fn hand_over(
-        &self,
         state: &mut State,
         inode: Inode,
         dead_uid: Option<u32>,
         holders: &BTreeSet<u32>,
-    ) -> Result<Option<Event>> {
+        live: &HashMap<u32, Process>,
+    ) -> Result<bool> {
         let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
         for &pid in holders {
             if pid == b.pid {
                 continue;
             }
-            let Ok(p) = self.processes.resolve(pid) else { continue };
+            let Some(p) = live.get(&pid) else { continue };
             if Some(p.uid) == dead_uid {
                 // Same app: it pays even over its limit (the excess shows in max_events). A
                 // holder in a cgroup the ledger cannot represent (a name with a space) cannot
                 // pay: the next holder, or the parent rule, does.
-                match state.ledger.reassign(inode, p.pid, &p.cgroup) {
-                    Ok(event) => {
-                        state.track(p);
-                        return Ok(Some(event));
-                    }
+                state.track(p.clone())?;
+                match state.apply(Event::Reassigned { inode, pid: p.pid, cgroup: p.cgroup.clone() }) {
+                    Ok(()) => return Ok(true),
                     Err(e) => warn!("buffer {inode}: holder pid {pid} cannot take the charge: {e}"),
                 }
             }
@@ -63,58 +73,107 @@ impl Accountant {
         // Already parked on the dead owner's parent cgroup: it stays there. Moving it again would
         // climb one level per reconcile pass until the root paid for the app's buffer.
         if b.pid == 0 {
-            return Ok(None);
+            return Ok(false);
         }
-        let parent = match b.cgroup.rfind('/') {
-            Some(0) | None => "/".to_string(),
-            Some(i) => b.cgroup[..i].to_string(),
-        };
-        Ok(Some(state.ledger.reassign(inode, 0, &parent)?))
+        state.apply(Event::Reassigned { inode, pid: 0, cgroup: parent_of(&b.cgroup) })?;
+        Ok(true)
     }
 
-    /// A process died (binder death notification or pidfd): each of its charges is released when
-    /// no other process holds the buffer, or handed over by the rule in [`Self::hand_over`]. When
-    /// the scan could not read every process, nothing is released on its word: the charge is
-    /// handed over instead and the next complete reconcile settles it.
+    /// Forgets what lived beside the ledger for buffers no longer charged.
+    fn forget_released(state: &mut State, inodes: &[Inode]) {
+        for inode in inodes {
+            state.tickets.forget_buffer(*inode);
+            state.kernel_payer.remove(inode);
+            state.receipts.remove(inode);
+        }
+    }
+
+    /// A process died (binder death notification or pidfd). If it owned charges, each is released
+    /// when no other process holds the buffer, or handed over by the rule in
+    /// [`Self::hand_over`]; charges parked on a dead app's cgroup that nobody holds any more are
+    /// released too (this may have been their last holder). When the scan could not read every
+    /// process, nothing is released on its word: the charge is handed over instead and the next
+    /// complete reconcile settles it.
     pub fn process_died(&self, pid: u32) -> Result<usize> {
-        self.processes.forget(pid);
-        let (inodes, uid) = {
-            let mut state = self.lock();
-            let Some(dead) = state.owners.remove(&pid) else { return Ok(0) };
-            (state.ledger.buffers_of_pid(pid), dead.uid)
+        self.handle_death(pid, None)
+    }
+
+    /// [`Self::process_died`] for a death known by identity (a death token, a pidfd): a notice
+    /// about a process that is not the recorded owner of that pid (the pid was recycled since)
+    /// leaves the owner's charges alone.
+    pub fn process_exited(&self, dead: &Process) -> Result<usize> {
+        self.handle_death(dead.pid, Some(dead))
+    }
+
+    fn handle_death(&self, pid: u32, expected: Option<&Process>) -> Result<usize> {
+        let (dead, inodes, parked) = {
+            let state = self.lock();
+            let dead = state.owners.get(&pid).filter(|o| expected.is_none_or(|e| o.is(e))).cloned();
+            let inodes = if dead.is_some() { state.ledger.buffers_of_pid(pid) } else { Vec::new() };
+            (dead, inodes, state.ledger.buffers_of_pid(0))
         };
-        if inodes.is_empty() {
+        // A stale notice must not unpin the process that has the pid now.
+        if expected.is_none() || dead.is_some() {
+            self.processes.forget(pid);
+        }
+        if inodes.is_empty() && parked.is_empty() {
+            if let Some(d) = dead {
+                self.lock().owners.retain(|_, o| !o.is(&d));
+            }
             return Ok(0);
         }
         let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
-        let n = inodes.len();
-        self.change(|state, events| {
-            for inode in inodes {
-                // The lock was dropped for the scan: skip charges that changed hands meanwhile.
-                if state.ledger.buffer(inode).is_none_or(|b| b.pid != pid) {
-                    continue;
+        let live: HashMap<u32, Process> = inodes
+            .iter()
+            .flat_map(|i| holders_of(&scan, *i, pid))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .filter_map(|p| self.processes.resolve(p).ok().map(|x| (p, x)))
+            .collect();
+        self.change(|state| {
+            let mut released = Vec::new();
+            let mut handled = 0;
+            let still_recorded = dead.as_ref().filter(|d| state.owners.get(&pid).is_some_and(|o| o.is(d)));
+            if let Some(d) = still_recorded.cloned() {
+                for &inode in &inodes {
+                    // The lock was dropped for the scan: skip charges that changed hands meanwhile.
+                    if state.ledger.buffer(inode).is_none_or(|b| b.pid != pid) {
+                        continue;
+                    }
+                    let holders = holders_of(&scan, inode, pid);
+                    if holders.is_empty() && scan.is_complete() {
+                        state.apply(Event::Released { inode })?;
+                        released.push(inode);
+                    } else {
+                        Self::hand_over(state, inode, Some(d.uid), &holders, &live)?;
+                    }
+                    handled += 1;
                 }
-                let holders: BTreeSet<u32> = scan
-                    .buffers
-                    .get(&inode)
-                    .map(|b| b.holders.keys().copied().filter(|p| *p != pid).collect())
-                    .unwrap_or_default();
-                if holders.is_empty() && scan.is_complete() {
-                    events.push(state.ledger.release(inode)?);
-                    state.kernel_payer.remove(&inode);
-                } else if let Some(e) = self.hand_over(state, inode, Some(uid), &holders)? {
-                    events.push(e);
-                }
-                state.tickets.forget_buffer(inode);
+                state.owners.remove(&pid);
             }
-            info!("pid {pid} died: {n} charges handled");
-            Ok(n)
+            if scan.is_complete() {
+                for &inode in &parked {
+                    let still_parked = state.ledger.buffer(inode).is_some_and(|b| b.pid == 0);
+                    if still_parked && holders_of(&scan, inode, pid).is_empty() {
+                        state.apply(Event::Released { inode })?;
+                        released.push(inode);
+                        handled += 1;
+                    }
+                }
+            }
+            state.commit()?;
+            Self::forget_released(state, &released);
+            if handled > 0 {
+                info!("pid {pid} died: {handled} charges handled");
+            }
+            Ok(handled)
         })
     }
 
     /// Compares the ledger with the procfs truth and repairs it: releases buffers no process
-    /// holds, hands over charges of dead owners, follows cgroup moves, reparents removed cgroups,
-    /// and reports dma-bufs nobody charged.
+    /// holds, hands over charges of dead owners, gives back pushes whose receiver never held the
+    /// buffer, follows cgroup moves, reparents removed cgroups, and reports dma-bufs nobody
+    /// charged.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
         let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
         let mut report = ReconcileReport {
@@ -122,16 +181,28 @@ impl Accountant {
             buffers_seen: scan.buffers.len(),
             ..ReconcileReport::default()
         };
+        let (owner_pids, cgroups, givers) = {
+            let state = self.lock();
+            let givers: Vec<u32> = state.receipts.values().map(|r| r.giver.pid).collect();
+            (state.owners.keys().copied().collect::<Vec<_>>(), state.ledger.cgroups(), givers)
+        };
         let live: HashMap<u32, Process> = scan
             .buffers
             .values()
             .flat_map(|b| b.holders.keys().copied())
-            .chain(self.lock().owners.keys().copied())
+            .chain(owner_pids)
+            .chain(givers)
             .collect::<BTreeSet<u32>>()
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
-        self.change(|state, events| {
+        let removed_cgroups: Vec<String> = match &self.cgroupfs {
+            Some(fs) => cgroups.into_iter().rev().filter(|p| p != "/" && !fs.exists(p)).collect(),
+            None => Vec::new(),
+        };
+        let now = Instant::now();
+        self.change(|state| {
+            let mut released = Vec::new();
             let known: Vec<BufferInfo> = state.ledger.buffers().collect();
             for b in &known {
                 let Some(seen) = scan.buffers.get(&b.inode) else {
@@ -139,37 +210,31 @@ impl Accountant {
                     if !scan.is_complete() {
                         continue;
                     }
-                    events.push(state.ledger.release(b.inode)?);
-                    state.tickets.forget_buffer(b.inode);
-                    state.kernel_payer.remove(&b.inode);
-                    report.released.push(b.inode);
+                    state.apply(Event::Released { inode: b.inode })?;
+                    released.push(b.inode);
                     continue;
                 };
-                let owner_alive = state
-                    .owners
-                    .get(&b.pid)
-                    .is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.start_time == o.start_time));
+                let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
                 if !owner_alive {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
                     let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
-                    if let Some(e) = self.hand_over(state, b.inode, dead_uid, &holders)? {
-                        events.push(e);
+                    if Self::hand_over(state, b.inode, dead_uid, &holders, &live)? {
                         report.moved.push(b.inode);
                     }
                 }
             }
+            Self::settle_receipts(state, &scan, &live, now, &mut report)?;
             for (pid, process) in &live {
                 let was = state.owners.get(pid).cloned();
                 if let Some(known) = was {
-                    if known.start_time == process.start_time
+                    if known.is(process)
                         && known.cgroup != process.cgroup
                         && !state.ledger.buffers_of_pid(*pid).is_empty()
                     {
                         // One process in a cgroup the ledger cannot represent must not stop the
                         // pass for everyone else: its charges stay where they are.
-                        match state.ledger.migrate(*pid, &process.cgroup) {
-                            Ok(e) => {
-                                events.push(e);
+                        match state.apply(Event::Migrated { pid: *pid, cgroup: process.cgroup.clone() }) {
+                            Ok(()) => {
                                 report.migrated.push(*pid);
                                 state.owners.insert(*pid, process.clone());
                             }
@@ -183,16 +248,9 @@ impl Accountant {
                 state.owners.remove(&pid);
                 self.processes.forget(pid);
             }
-            if let Some(cgroupfs) = &self.cgroupfs {
-                let mut paths = state.ledger.cgroups();
-                paths.reverse();
-                for path in paths {
-                    if path != "/"
-                        && !cgroupfs.exists(&path)
-                        && state.ledger.reparent(&path).map(|e| events.push(e)).is_ok()
-                    {
-                        report.reparented.push(path);
-                    }
+            for path in &removed_cgroups {
+                if state.ledger.has_cgroup(path) && state.apply(Event::Reparented { cgroup: path.clone() }).is_ok() {
+                    report.reparented.push(path.clone());
                 }
             }
             for (inode, seen) in &scan.buffers {
@@ -204,15 +262,56 @@ impl Accountant {
                     report.unaccounted_bytes = report.unaccounted_bytes.saturating_add(seen.size);
                 }
             }
+            state.commit()?;
+            Self::forget_released(state, &released);
+            report.released = released;
             Ok(())
         })?;
         report.released.sort_unstable();
         report.moved.sort_unstable();
+        report.moved.dedup();
         report.unaccounted.sort_unstable();
         report.migrated.sort_unstable();
         if !report.released.is_empty() || !report.moved.is_empty() {
             info!("reconcile: released {:?}, moved {:?}", report.released, report.moved);
         }
         Ok(report)
+    }
+
+    /// The holder rule: a push or on-behalf charge whose receiver still pays but was not seen
+    /// holding the buffer once its grace period is over goes back to whoever made it, if that
+    /// process is alive; nobody pays for what they never received. Seen holding it: settled.
+    fn settle_receipts(
+        state: &mut State,
+        scan: &DmaBufScan,
+        live: &HashMap<u32, Process>,
+        now: Instant,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        let receipts: Vec<(Inode, super::state::Receipt)> =
+            state.receipts.iter().map(|(i, r)| (*i, r.clone())).collect();
+        for (inode, r) in receipts {
+            let Some(b) = state.ledger.buffer(inode) else {
+                state.receipts.remove(&inode);
+                continue;
+            };
+            let received = scan.buffers.get(&inode).is_some_and(|s| s.holders.contains_key(&r.receiver.pid));
+            if received || !state.owned_by(&b, &r.receiver) {
+                state.receipts.remove(&inode);
+                continue;
+            }
+            if now < r.due {
+                continue;
+            }
+            state.receipts.remove(&inode);
+            let giver_alive = live.get(&r.giver.pid).is_some_and(|p| p.is(&r.giver));
+            if giver_alive && scan.is_complete() {
+                let giver = live[&r.giver.pid].clone();
+                state.track(giver.clone())?;
+                state.apply(Event::Reassigned { inode, pid: giver.pid, cgroup: giver.cgroup.clone() })?;
+                report.moved.push(inode);
+            }
+        }
+        Ok(())
     }
 }

@@ -3,13 +3,13 @@
 //! holds, how it opens, and where each concept lives:
 //!
 //! - [`state`]: the locked ledger with its journal, offers and owners; every change goes through it;
-//! - [`charges`]: charge, release and the trusted push;
+//! - [`charges`]: charge, release and the trusted push, with the holder rule;
 //! - [`offers`]: consent-based hand-over (offer, accept);
 //! - [`lifecycle`]: death, hand-over to the next holder, reconcile;
 //! - [`budget`]: the memory.max check for bytes the kernel charged to someone else;
 //! - [`queries`]: usage and charge listings;
 //! - [`vram`]: eviction, restore and pins reported by the GPU driver's userspace;
-//! - [`regions`]: what autoconfig found, and its hook for owners it has not configured yet;
+//! - [`regions`]: autoconfig runs (all owners, and each new owner alone) and what it found;
 //! - [`cgroup_path`]: the owner-level and per-app cgroup names.
 
 mod budget;
@@ -24,9 +24,11 @@ mod state;
 mod tests;
 mod vram;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use log::info;
 
@@ -36,13 +38,13 @@ use crate::journal::{Durability, Journal};
 use crate::kernel::cgroupfs::CgroupFs;
 use crate::kernel::procfs::ProcFs;
 use crate::ledger::Ledger;
-use crate::offers::Tickets;
+use crate::permission::{self, Op};
 use crate::policy::{Policy, TrustRule};
 
 pub use cgroup_path::uid_cgroup;
 pub use lifecycle::ReconcileReport;
 pub use queries::{PoolUsage, Usage};
-pub use regions::{NewOwnerHook, RegionSummary};
+pub use regions::RegionSummary;
 use state::{journal, State};
 
 /// Where the accountant finds the system and keeps its state.
@@ -65,13 +67,22 @@ pub struct Accountant {
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
     regions: Mutex<Vec<RegionSummary>>,
-    /// Runs autoconfig when a charge meets an owner cgroup it has not configured yet.
-    new_owner_hook: std::sync::OnceLock<NewOwnerHook>,
-    /// Top-level owner cgroups (`/uid_<uid>`, `/system`) the hook has run for.
+    /// Runs when a charge meets an owner cgroup it has not configured yet.
+    autoconfig: std::sync::OnceLock<std::sync::Arc<crate::autoconfig::Autoconfig>>,
+    /// Top-level owner cgroups (`/uid_<uid>`, `/system`) autoconfig has run for.
     configured: Mutex<BTreeSet<String>>,
     /// Which trusted list decides; set once at start from the kernel (uids until then).
     trust_rule: std::sync::OnceLock<TrustRule>,
+    /// Heaps the kernel itself charges to memcg, as autoconfig last found them (runtime state,
+    /// kept here rather than in the policy, which holds only what was configured).
+    kernel_charged: std::sync::RwLock<BTreeSet<String>>,
+    /// How long the receiver of a push or an on-behalf charge has to come to hold the buffer, in
+    /// milliseconds.
+    receipt_grace_ms: AtomicU64,
 }
+
+/// The receipt grace unless the daemon sets another: ample for an allocator to hand the fd over.
+pub const RECEIPT_GRACE: Duration = Duration::from_secs(5);
 
 impl Accountant {
     /// Loads the journal (if any), then declares the policy's heaps.
@@ -89,21 +100,25 @@ impl Accountant {
             policy,
             processes: Processes::new(ProcFs::new(&config.proc_root), config.pidfds),
             cgroupfs: config.cgroup_root.as_ref().map(CgroupFs::new),
-            state: Mutex::new(State {
-                ledger,
-                journal,
-                tickets: Tickets::default(),
-                owners: HashMap::new(),
-                kernel_payer: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(ledger, journal)),
             regions: Mutex::new(Vec::new()),
-            new_owner_hook: std::sync::OnceLock::new(),
+            autoconfig: std::sync::OnceLock::new(),
             configured: Mutex::new(BTreeSet::new()),
             trust_rule: std::sync::OnceLock::new(),
+            kernel_charged: std::sync::RwLock::new(BTreeSet::new()),
+            receipt_grace_ms: AtomicU64::new(RECEIPT_GRACE.as_millis() as u64),
         };
         accountant.declare_heaps()?;
-        accountant.adopt_owners();
+        accountant.adopt_owners()?;
         Ok(accountant)
+    }
+
+    pub fn set_receipt_grace(&self, grace: Duration) {
+        self.receipt_grace_ms.store(grace.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn receipt_grace(&self) -> Duration {
+        Duration::from_millis(self.receipt_grace_ms.load(Ordering::Relaxed))
     }
 
     pub fn policy(&self) -> &Policy {
@@ -131,14 +146,29 @@ impl Accountant {
     }
 
     /// After a restart, owners recorded in the journal are looked up again; the dead ones are
-    /// handled by the next reconcile.
-    fn adopt_owners(&self) {
+    /// handled by the next reconcile. A pid now held by a process of another uid than the app
+    /// cgroup its charges sit in was recycled: those charges are parked on their parent cgroup
+    /// (the dead owner's app), never handed to the newcomer.
+    fn adopt_owners(&self) -> Result<()> {
         let pids = self.lock().ledger.owner_pids();
         for pid in pids.into_iter().filter(|p| *p != 0) {
-            if let Ok(process) = self.processes.resolve(pid) {
-                self.lock().owners.insert(pid, process);
-            }
+            let Ok(process) = self.processes.resolve(pid) else { continue };
+            self.change(|state| {
+                let recycled = state
+                    .ledger
+                    .buffers_of_pid(pid)
+                    .into_iter()
+                    .filter_map(|i| state.ledger.buffer(i))
+                    .any(|b| cgroup_path::uid_of_cgroup(&b.cgroup).is_some_and(|uid| uid != process.uid));
+                if recycled {
+                    state.park_charges_of(pid)
+                } else {
+                    state.owners.insert(pid, process.clone());
+                    Ok(())
+                }
+            })?;
         }
+        Ok(())
     }
 
     /// Sets the trust rule the kernel calls for ([`TrustRule::with_selinux`]); the first call
@@ -151,16 +181,14 @@ impl Accountant {
         self.trust_rule.get().copied().unwrap_or(TrustRule::Uids)
     }
 
-    /// Whether the caller may act for others: the policy's rule under the kernel's trust rule.
-    pub fn is_trusted(&self, caller: &Caller) -> bool {
-        self.policy.trusts(self.trust_rule(), caller.uid, caller.context.as_deref())
+    /// Asks the permission module whether `caller` may do `op` under the kernel's trust rule.
+    pub fn permit(&self, caller: &Caller, op: Op) -> Result<()> {
+        permission::check(&self.policy, self.trust_rule(), caller, op)
     }
 
-    fn require_trusted(&self, caller: &Caller, what: &'static str) -> Result<()> {
-        if self.is_trusted(caller) {
-            Ok(())
-        } else {
-            Err(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what })
-        }
+    /// Whether `caller` may see other apps' processes and cgroups (the permission module's
+    /// answer under the kernel's trust rule).
+    pub fn sees_others(&self, caller: &Caller) -> bool {
+        permission::sees_others(&self.policy, self.trust_rule(), caller)
     }
 }

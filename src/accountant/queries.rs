@@ -1,10 +1,11 @@
 //! Queries: usage of a process, uid or cgroup (the ledger's counters beside the kernel's), and
 //! charge listings.
 
-use super::cgroup_path::{in_subtree, uid_cgroup};
+use super::cgroup_path::{in_subtree, uid_cgroup, uid_of_cgroup};
 use super::state::State;
 use super::Accountant;
 use crate::error::{Error, Result};
+use crate::identity::Process;
 use crate::kernel::cgroupfs::DmemFile;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL};
 
@@ -25,67 +26,97 @@ pub struct PoolUsage {
     pub kernel_usage: Option<u64>,
 }
 
+/// What the kernel reports for one cgroup, read before the state is locked.
+struct KernelUsage {
+    memory: Option<u64>,
+    dmem: Option<std::collections::BTreeMap<String, u64>>,
+}
+
 impl Accountant {
-    fn pool_usages(&self, state: &State, cgroup: &str) -> Vec<PoolUsage> {
+    fn kernel_usage(&self, cgroup: &str) -> KernelUsage {
+        let fs = self.cgroupfs.as_ref();
+        KernelUsage {
+            memory: fs.and_then(|fs| fs.memory_current(cgroup).ok()),
+            dmem: fs.and_then(|fs| fs.dmem(cgroup, DmemFile::Current).ok()),
+        }
+    }
+
+    fn pool_usages(state: &State, cgroup: &str, kernel: &KernelUsage) -> Vec<PoolUsage> {
         let counters = state.ledger.counters(cgroup).unwrap_or_else(|_| {
             state.ledger.pools().map(|(_, name, _)| (name.to_string(), Counter::default())).collect()
         });
-        let fs = self.cgroupfs.as_ref();
-        let dmem = fs.and_then(|fs| fs.dmem(cgroup, DmemFile::Current).ok());
         counters
             .into_iter()
             .map(|(pool, counter)| {
                 let kernel_usage = if pool == MEMCG_POOL {
-                    fs.and_then(|fs| fs.memory_current(cgroup).ok())
+                    kernel.memory
                 } else {
-                    dmem.as_ref().and_then(|d| d.get(&pool).copied())
+                    kernel.dmem.as_ref().and_then(|d| d.get(&pool).copied())
                 };
                 PoolUsage { pool, counter, kernel_usage }
             })
             .collect()
     }
 
-    fn usage_where(&self, state: &State, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
+    fn usage_where(&self, cgroup: &str, keep: impl Fn(&BufferInfo) -> bool) -> Usage {
+        let kernel = self.kernel_usage(cgroup);
+        let state = self.lock();
         // Buffers in different pools may together exceed u64 (each pool alone cannot).
         let (count, bytes) =
             state.ledger.buffers().filter(|b| keep(b)).fold((0, 0u64), |(n, s), b| (n + 1, s.saturating_add(b.size)));
         Usage {
             cgroup: cgroup.to_string(),
-            pools: self.pool_usages(state, cgroup),
+            pools: Self::pool_usages(&state, cgroup, &kernel),
             buffer_count: count,
             buffer_bytes: bytes,
         }
     }
 
+    /// The process `pid` as the service knows it: its recorded identity if it owns charges, else
+    /// read from /proc.
+    pub fn process(&self, pid: u32) -> Result<Process> {
+        let known = self.lock().owners.get(&pid).cloned();
+        match known {
+            Some(p) => Ok(p),
+            None => self.processes.peek(pid),
+        }
+    }
+
     pub fn process_usage(&self, pid: u32) -> Result<Usage> {
-        let known = self.lock().owners.get(&pid).map(|p| p.cgroup.clone());
-        let cgroup = match known {
-            Some(c) => c,
-            None => self.processes.peek(pid)?.cgroup,
-        };
+        let cgroup = self.process(pid)?.cgroup;
+        let kernel = self.kernel_usage(&cgroup);
         let state = self.lock();
         let (buffer_count, buffer_bytes) = state.ledger.pid_totals(pid);
-        Ok(Usage { pools: self.pool_usages(&state, &cgroup), cgroup, buffer_count, buffer_bytes })
+        Ok(Usage { pools: Self::pool_usages(&state, &cgroup, &kernel), cgroup, buffer_count, buffer_bytes })
     }
 
     pub fn uid_usage(&self, uid: u32) -> Usage {
         let cgroup = uid_cgroup(uid);
-        let state = self.lock();
-        self.usage_where(&state, &cgroup, |b| in_subtree(&b.cgroup, &cgroup))
+        self.usage_where(&cgroup, |b| in_subtree(&b.cgroup, &cgroup))
     }
 
     pub fn cgroup_usage(&self, cgroup: &str) -> Result<Usage> {
         if !cgroup.starts_with('/') || cgroup.split('/').any(|c| c == "..") {
             return Err(Error::InvalidArgument(format!("cgroup path {cgroup:?} must be absolute")));
         }
-        let state = self.lock();
-        Ok(self.usage_where(&state, cgroup, |b| in_subtree(&b.cgroup, cgroup)))
+        Ok(self.usage_where(cgroup, |b| in_subtree(&b.cgroup, cgroup)))
     }
 
     /// Buffers of a process (pid > 0) or all, biggest first.
     pub fn charges(&self, pid: u32) -> Vec<BufferInfo> {
+        self.charges_where(|b| pid == 0 || b.pid == pid)
+    }
+
+    /// Buffers paid for by processes of `uid` or parked on its app cgroup, biggest first.
+    pub fn charges_of_uid(&self, uid: u32) -> Vec<BufferInfo> {
+        let owners: std::collections::HashMap<u32, u32> =
+            self.lock().owners.iter().map(|(pid, p)| (*pid, p.uid)).collect();
+        self.charges_where(|b| owners.get(&b.pid).copied().or_else(|| uid_of_cgroup(&b.cgroup)) == Some(uid))
+    }
+
+    fn charges_where(&self, keep: impl Fn(&BufferInfo) -> bool) -> Vec<BufferInfo> {
         let state = self.lock();
-        let mut v: Vec<BufferInfo> = state.ledger.buffers().filter(|b| pid == 0 || b.pid == pid).collect();
+        let mut v: Vec<BufferInfo> = state.ledger.buffers().filter(|b| keep(b)).collect();
         v.sort_by(|a, b| b.size.cmp(&a.size).then(a.inode.cmp(&b.inode)));
         v
     }

@@ -43,7 +43,7 @@ fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles()
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
     let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
-    accountant.charge(&Caller { pid: 100, uid: 10001, context: None }, &buffer, None).unwrap();
+    accountant.charge(&Caller::new(100, 10001), &buffer, None).unwrap();
     let payer = || accountant.charges(0).first().map(|b| (b.pid, b.cgroup.clone()));
     let parked = Some((0, "/uid_10001".to_string()));
 
@@ -91,7 +91,7 @@ fn with_selinux_the_callers_context_not_its_uid_decides_an_on_behalf_charge() {
     assert_eq!((b.pid, b.cgroup.as_str()), (100, "/uid_10001/pid_100"));
 }
 
-/// Eviction reported by the GPU driver's userspace (trusted, uid 1000): the *owner's* memcg
+/// Eviction reported by the GPU driver's userspace (trusted, uid 1003 in the shipped policy): the *owner's* memcg
 /// pays for the evicted bytes, never the reporter's; a restore over the owner's dmem max is
 /// refused and the buffer stays evicted; pins count against the pin limit; untrusted apps
 /// cannot report any of it.
@@ -102,7 +102,7 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
     let dir = tempfile::tempdir().unwrap();
     let proc_root = dir.path().join("proc");
     put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[]);
-    put_process(&proc_root, 500, 1000, "/system/gpu", &[]);
+    put_process(&proc_root, 500, 1003, "/system/gpu", &[]);
     let config = Config {
         proc_root: proc_root.clone(),
         cgroup_root: None,
@@ -111,7 +111,7 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
         pidfds: false,
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
-    let (app, driver) = (Caller { pid: 100, uid: 10001, context: None }, Caller { pid: 500, uid: 1000, context: None });
+    let (app, driver) = (Caller::new(100, 10001), Caller::new(500, 1003));
     accountant
         .apply_events(vec![
             Event::RegionAdded { region: vram.into(), capacity: 1 << 30 },

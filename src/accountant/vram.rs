@@ -4,31 +4,23 @@
 use super::Accountant;
 use crate::error::Result;
 use crate::identity::Caller;
-use crate::ledger::Inode;
+use crate::ledger::{Event, Inode};
+use crate::permission::Op;
 
 impl Accountant {
     pub fn evict(&self, caller: &Caller, inode: Inode) -> Result<()> {
-        self.require_trusted(caller, "report eviction")?;
-        self.change(|state, events| {
-            events.push(state.ledger.evict(inode)?);
-            Ok(())
-        })
+        self.permit(caller, Op::ReportVram)?;
+        self.change(|state| state.apply(Event::Evicted { inode }))
     }
 
     pub fn restore(&self, caller: &Caller, inode: Inode) -> Result<()> {
-        self.require_trusted(caller, "report restore")?;
-        self.change(|state, events| {
-            events.push(state.ledger.restore(inode)?);
-            Ok(())
-        })
+        self.permit(caller, Op::ReportVram)?;
+        self.change(|state| state.apply(Event::Restored { inode }))
     }
 
     pub fn pin(&self, caller: &Caller, inode: Inode, pin: bool) -> Result<()> {
-        self.require_trusted(caller, "pin or unpin")?;
-        self.change(|state, events| {
-            events.push(if pin { state.ledger.pin(inode)? } else { state.ledger.unpin(inode)? });
-            Ok(())
-        })
+        self.permit(caller, Op::ReportVram)?;
+        self.change(|state| state.apply(if pin { Event::Pinned { inode } } else { Event::Unpinned { inode } }))
     }
 
     pub fn eviction_advice(&self, region: &str, bytes: u64) -> Result<Vec<Inode>> {

@@ -1,20 +1,32 @@
 //! Apply: write the plan's kernel limits to cgroupfs and turn the rest into ledger events.
 //!
-//! Idempotent: every file is read first and written only when its value differs, so a second run
-//! changes nothing and a run after the kernel changed (dmem appeared) converges: limits move from
-//! the ledger to the kernel files and the ledger's copies are reset, so nothing is enforced twice.
+//! Kernel files and the ledger are applied in two steps so that no file is touched under the
+//! ledger lock: [`apply_kernel`] reads and writes cgroup files (no ledger), then
+//! [`ledger_events`] computes the ledger's share from its outcome (pure).
+//!
+//! Only autoconfig's own limits are written ([`super::written`]): a file at the kernel's default,
+//! or still holding what autoconfig last wrote, is changed to the plan's value; a value another
+//! component set is left alone and reported. A limit the policy does not set (`max` for max, 0 for
+//! low and min: the kernel's defaults) is never written, except to undo autoconfig's own earlier
+//! write.
+//!
+//! Idempotent: every file is read first and written only when its value differs (a value the
+//! kernel rounded from autoconfig's write counts as equal), so a second run changes nothing.
+//! When a pool becomes kernel-enforced, the ledger's copies of its limits are reset only where the
+//! kernel now holds a limit; a write that failed leaves that limit with the ledger, which keeps
+//! enforcing it, and the failure is reported with who enforces it instead.
 //! A dry run reads, compares and reports, and writes nothing (not even the ledger).
-//! Failures (a refused write, a ledger refusal) are collected; the rest still applies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::limits::{Plan, MEMORY_POOL};
+use super::limits::{LimitEntry, MEMORY_POOL};
 use super::topology::{Enforcer, Topology};
+use super::written::{Write, Writes};
 use crate::kernel::cgroupfs::{CgroupFs, DmemFile};
 use crate::kernel::error::KernelError;
-use crate::ledger::{Counter, Event, HeapSpec, Ledger, LimitKind, MEMCG_POOL};
+use crate::ledger::{Counter, Event, HeapSpec, Ledger, LimitKind, MEMCG_POOL, UNLIMITED};
 use crate::policy::{format_bytes, Mode};
 
 /// One cgroup file that was (or in a dry run would be) written.
@@ -28,17 +40,58 @@ pub struct FileChange {
     pub to: String,
 }
 
+/// A kernel write that failed, and who enforces that limit instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedWrite {
+    pub file: String,
+    pub to: String,
+    pub error: String,
+    /// `service` for dmem limits (the ledger keeps them), `nobody` for memory.* (the ledger has no
+    /// copy of an owner's own memory).
+    pub enforced_by: Enforcer,
+}
+
+/// A limit another component set: autoconfig did not write it and leaves it as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftAlone {
+    pub file: String,
+    /// What the file holds.
+    pub holds: String,
+    /// What the policy would have written.
+    pub policy: String,
+    pub why: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub dry_run: bool,
     pub changes: Vec<FileChange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<LeftAlone>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_writes: Vec<FailedWrite>,
     /// Ledger events applied (in a dry run: that would be applied).
     pub events: Vec<Event>,
+    /// Refused ledger events and other failures.
     pub failures: Vec<String>,
 }
 
+/// A limit of one owner cgroup: (cgroup, pool, kind as its index in `LimitKind::ALL`).
+pub type LimitId = (String, String, usize);
+
+/// What [`apply_kernel`] found and did: the input of [`ledger_events`].
+#[derive(Clone, Debug, Default)]
+pub struct KernelOutcome {
+    pub applied: Applied,
+    /// Kernel-enforced limits the kernel holds now (written, already equal, or another
+    /// component's value): the ledger's copies go back to the defaults.
+    pub held: BTreeSet<LimitId>,
+    /// Kernel-enforced limits whose write failed: the ledger keeps enforcing them.
+    pub failed: BTreeMap<LimitId, FailedWrite>,
+}
+
 fn limit_text(v: u64) -> String {
-    if v == crate::ledger::UNLIMITED {
+    if v == UNLIMITED {
         "max".into()
     } else {
         v.to_string()
@@ -68,82 +121,141 @@ fn kind_key(kind: LimitKind) -> usize {
     LimitKind::ALL.iter().position(|k| *k == kind).unwrap_or(usize::MAX)
 }
 
-/// Reads each kernel file once per run.
-#[derive(Default)]
-struct Current {
-    memory: BTreeMap<(String, usize), Option<u64>>,
-    dmem: BTreeMap<(String, usize), Option<BTreeMap<String, u64>>>,
-}
-
-impl Current {
-    fn memory(&mut self, fs: &CgroupFs, cgroup: &str, kind: LimitKind) -> Option<u64> {
-        *self
-            .memory
-            .entry((cgroup.to_string(), kind_key(kind)))
-            .or_insert_with(|| fs.read_memory_limit(cgroup, kind).ok())
-    }
-
-    fn dmem(&mut self, fs: &CgroupFs, cgroup: &str, kind: LimitKind, region: &str) -> Option<u64> {
-        let file = dmem_file(kind)?;
-        self.dmem
-            .entry((cgroup.to_string(), kind_key(kind)))
-            .or_insert_with(|| fs.dmem(cgroup, file).ok())
-            .as_ref()?
-            .get(region)
-            .copied()
+/// What a limit file holds when nobody set it: no limit, no protection.
+fn kernel_default(kind: LimitKind) -> u64 {
+    match kind {
+        LimitKind::Max | LimitKind::PinMax => UNLIMITED,
+        LimitKind::Low | LimitKind::Min => 0,
     }
 }
 
-/// Writes the kernel's share of the plan; returns what changed.
-fn apply_kernel(fs: &CgroupFs, topology: &Topology, plan: &Plan, dry_run: bool, out: &mut Applied) {
+/// The file of a plan entry and its key among autoconfig's writes.
+fn file_of(e: &LimitEntry) -> (String, String) {
+    let base = e.cgroup.trim_end_matches('/');
+    if e.pool == MEMORY_POOL {
+        let file = format!("{base}/memory.{}", kind_file(e.kind));
+        (file.clone(), file)
+    } else {
+        let file = format!("{base}/dmem.{}", kind_file(e.kind));
+        (file.clone(), format!("{file} {}", e.pool))
+    }
+}
+
+fn read_limit(fs: &CgroupFs, e: &LimitEntry) -> Result<u64, KernelError> {
+    if e.pool == MEMORY_POOL {
+        fs.read_memory_limit(&e.cgroup, e.kind)
+    } else {
+        let file = dmem_file(e.kind).ok_or(KernelError::NoKernelFile(e.kind.name()))?;
+        // A region missing from the file reads as its default (the kernel lists every region).
+        Ok(fs.dmem(&e.cgroup, file)?.get(&e.pool).copied().unwrap_or(kernel_default(e.kind)))
+    }
+}
+
+fn write_limit(fs: &CgroupFs, e: &LimitEntry, value: u64) -> Result<(), KernelError> {
+    if e.pool == MEMORY_POOL {
+        fs.write_memory_limit(&e.cgroup, e.kind, value)
+    } else {
+        fs.write_dmem_limit(&e.cgroup, &e.pool, e.kind, value)
+    }
+}
+
+/// Writes the kernel's share of the plan for `entries` (the owners in scope); remembers what it
+/// wrote in `writes`. No ledger access.
+pub fn apply_kernel<'a>(
+    fs: &CgroupFs,
+    topology: &Topology,
+    entries: impl Iterator<Item = &'a LimitEntry>,
+    writes: &mut Writes,
+    dry_run: bool,
+) -> KernelOutcome {
+    let mut out = KernelOutcome { applied: Applied { dry_run, ..Applied::default() }, ..KernelOutcome::default() };
     if !topology.controllers_to_enable.is_empty() {
         let names: Vec<&str> = topology.controllers_to_enable.iter().map(String::as_str).collect();
         let from = fs.subtree_control("/").ok().map(|v| v.join(" "));
         let to = names.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
-        record(out, dry_run, FileChange { file: "/cgroup.subtree_control".into(), from, to }, || {
-            fs.enable_controllers("/", &names)
-        });
-    }
-    let mut current = Current::default();
-    for e in plan.entries.iter().filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMCG_POOL) {
-        let (now, file, line) = if e.pool == MEMORY_POOL {
-            (current.memory(fs, &e.cgroup, e.kind), format!("memory.{}", kind_file(e.kind)), limit_text(e.value))
+        let change = FileChange { file: "/cgroup.subtree_control".into(), from, to };
+        if dry_run {
+            out.applied.changes.push(change);
         } else {
-            (
-                current.dmem(fs, &e.cgroup, e.kind, &e.pool),
-                format!("dmem.{}", kind_file(e.kind)),
-                format!("{} {}", e.pool, limit_text(e.value)),
-            )
-        };
-        if now == Some(e.value) {
+            match fs.enable_controllers("/", &names) {
+                Ok(()) => out.applied.changes.push(change),
+                Err(e) => out.applied.failures.push(e.to_string()),
+            }
+        }
+    }
+    for e in entries.filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMCG_POOL) {
+        let (file, key) = file_of(e);
+        let id = (e.cgroup.clone(), e.pool.clone(), kind_key(e.kind));
+        let default = kernel_default(e.kind);
+        let show = |v: u64| if e.pool == MEMORY_POOL { limit_text(v) } else { format!("{} {}", e.pool, limit_text(v)) };
+        let mine = writes.get(&key);
+        let now = read_limit(fs, e).ok();
+        let ours_now = |now: u64| now == default || mine.is_some_and(|m| m.reads == now);
+        match now {
+            Some(now) if now == e.value || mine.is_some_and(|m| m.wrote == e.value && m.reads == now) => {
+                out.held.insert(id);
+                continue;
+            }
+            // The policy sets nothing here and autoconfig never wrote it: not its business.
+            _ if e.value == default && mine.is_none() => {
+                out.held.insert(id);
+                continue;
+            }
+            Some(now) if !ours_now(now) => {
+                let why = match mine {
+                    Some(m) => format!("changed by another component since autoconfig wrote {}", format_bytes(m.wrote)),
+                    None => "set by another component; autoconfig never wrote it".to_string(),
+                };
+                out.applied.left_alone.push(LeftAlone {
+                    file: key.clone(),
+                    holds: show(now),
+                    policy: show(e.value),
+                    why,
+                });
+                if !dry_run {
+                    writes.forget(&key);
+                }
+                out.held.insert(id);
+                continue;
+            }
+            _ => {}
+        }
+        let change = FileChange { file, from: now.map(show), to: show(e.value) };
+        if dry_run {
+            out.applied.changes.push(change);
+            out.held.insert(id);
             continue;
         }
-        let from =
-            now.map(|v| if e.pool == MEMORY_POOL { limit_text(v) } else { format!("{} {}", e.pool, limit_text(v)) });
-        let change = FileChange { file: format!("{}/{file}", e.cgroup.trim_end_matches('/')), from, to: line };
-        record(out, dry_run, change, || {
-            if e.pool == MEMORY_POOL {
-                fs.write_memory_limit(&e.cgroup, e.kind, e.value)
-            } else {
-                fs.write_dmem_limit(&e.cgroup, &e.pool, e.kind, e.value)
+        match write_limit(fs, e, e.value) {
+            Ok(()) => {
+                let reads = read_limit(fs, e).unwrap_or(e.value);
+                if e.value == default {
+                    writes.forget(&key);
+                } else {
+                    writes.record(key, Write { wrote: e.value, reads });
+                }
+                out.applied.changes.push(change);
+                out.held.insert(id);
             }
-        });
+            Err(err) => {
+                let enforced_by = if e.pool == MEMORY_POOL { Enforcer::Nobody } else { Enforcer::Service };
+                let failed = FailedWrite { file: change.file, to: change.to, error: err.to_string(), enforced_by };
+                out.applied.failed_writes.push(failed.clone());
+                out.failed.insert(id, failed);
+            }
+        }
     }
+    out
 }
 
-fn record(out: &mut Applied, dry_run: bool, change: FileChange, write: impl FnOnce() -> Result<(), KernelError>) {
-    if dry_run {
-        out.changes.push(change);
-        return;
-    }
-    match write() {
-        Ok(()) => out.changes.push(change),
-        Err(e) => out.failures.push(e.to_string()),
-    }
-}
-
-/// The ledger events that bring the ledger in line with the topology and plan.
-fn ledger_events(topology: &Topology, plan: &Plan, ledger: &Ledger) -> Vec<Event> {
+/// The ledger events that bring the ledger in line with the topology and the plan's `entries`
+/// (the owners in scope), given what the kernel holds. Pure: no file I/O.
+pub fn ledger_events<'a>(
+    topology: &Topology,
+    entries: impl Iterator<Item = &'a LimitEntry> + Clone,
+    kernel: &KernelOutcome,
+    ledger: &Ledger,
+) -> Vec<Event> {
     let mut events = Vec::new();
     let mut pools: BTreeSet<String> = ledger.pools().map(|(_, name, _)| name.to_string()).collect();
     let capacity = |name: &str| ledger.pools().find(|(_, n, _)| *n == name).map(|(_, _, c)| c);
@@ -173,77 +285,26 @@ fn ledger_events(topology: &Topology, plan: &Plan, ledger: &Ledger) -> Vec<Event
         }
     }
 
-    // Limits the ledger keeps: service-enforced, and observed ones (counted in max_events).
-    let mut kept: BTreeSet<(&str, &str, usize)> = BTreeSet::new();
     let ledger_limit =
         |cgroup: &str, pool: &str, kind: LimitKind| ledger.counter(cgroup, pool).unwrap_or_default().limit(kind);
-    for e in plan
-        .entries
-        .iter()
-        .filter(|e| e.enforced_by != Enforcer::Kernel && e.pool != MEMORY_POOL && pools.contains(&e.pool))
-    {
-        kept.insert((&e.cgroup, &e.pool, kind_key(e.kind)));
-        if ledger_limit(&e.cgroup, &e.pool, e.kind) != e.value {
-            events.push(Event::LimitSet {
-                cgroup: e.cgroup.clone(),
-                pool: e.pool.clone(),
-                kind: e.kind,
-                value: e.value,
-            });
-        }
-    }
-    // Pools the kernel now enforces: the ledger's copies go back to the defaults.
-    let kernel: BTreeSet<(&str, usize)> = plan
-        .defaults
-        .iter()
-        .filter(|e| e.enforced_by == Enforcer::Kernel && e.pool != MEMORY_POOL)
-        .map(|e| (e.pool.as_str(), kind_key(e.kind)))
-        .collect();
-    if !kernel.is_empty() {
-        let default = Counter::default();
-        for cgroup in ledger.cgroups() {
-            for &(pool, k) in &kernel {
-                let kind = LimitKind::ALL[k];
-                if !kept.contains(&(cgroup.as_str(), pool, k))
-                    && ledger_limit(&cgroup, pool, kind) != default.limit(kind)
-                {
-                    events.push(Event::LimitSet {
-                        cgroup: cgroup.clone(),
-                        pool: pool.into(),
-                        kind,
-                        value: default.limit(kind),
-                    });
-                }
-            }
+    let default = Counter::default();
+    for e in entries.filter(|e| e.pool != MEMORY_POOL && pools.contains(&e.pool)) {
+        let id = (e.cgroup.clone(), e.pool.clone(), kind_key(e.kind));
+        // The ledger enforces what the kernel does not: service- and nobody-enforced limits,
+        // pins, and kernel limits whose write failed.
+        let want =
+            if e.enforced_by != Enforcer::Kernel || e.kind == LimitKind::PinMax || kernel.failed.contains_key(&id) {
+                e.value
+            } else if kernel.held.contains(&id) {
+                default.limit(e.kind)
+            } else {
+                continue;
+            };
+        if ledger_limit(&e.cgroup, &e.pool, e.kind) != want {
+            events.push(Event::LimitSet { cgroup: e.cgroup.clone(), pool: e.pool.clone(), kind: e.kind, value: want });
         }
     }
     events
-}
-
-/// Applies `plan`: kernel files through `cgroupfs` (none without a cgroup v2 root), the rest as
-/// ledger events. With `dry_run`, nothing is written and the ledger is left untouched.
-pub fn apply(
-    cgroupfs: Option<&CgroupFs>,
-    topology: &Topology,
-    plan: &Plan,
-    ledger: &mut Ledger,
-    dry_run: bool,
-) -> Applied {
-    let mut out = Applied { dry_run, ..Applied::default() };
-    if let Some(fs) = cgroupfs {
-        apply_kernel(fs, topology, plan, dry_run, &mut out);
-    }
-    for event in ledger_events(topology, plan, ledger) {
-        if dry_run {
-            out.events.push(event);
-            continue;
-        }
-        match ledger.apply(&event) {
-            Ok(()) => out.events.push(event),
-            Err(e) => out.failures.push(format!("ledger refused {}: {e}", describe(&event))),
-        }
-    }
-    out
 }
 
 /// An event in words, for failures and the report.

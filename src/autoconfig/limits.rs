@@ -19,13 +19,16 @@
 //! - vram: evicted buffers land in the owner's memcg, so a vram max is capped at the owner's
 //!   dma-buf budget (or RAM + swap when the budget is unlimited): evicting everything an owner
 //!   holds always fits — this is what keeps a 24 GiB GPU on a 16 GiB machine bounded;
-//! - low, min and pin.max are clamped to max.
+//! - low, min and pin.max are clamped to max;
+//! - shares are rounded down to whole pages of the kernel's page size (the probe's), and memory.*
+//!   values always: the kernel keeps memory limits in pages and reads them back rounded down, so
+//!   a value rounded with another page size would be rewritten on every run.
 
 use serde::{Deserialize, Serialize};
 
 use super::topology::{Enforcer, Owner, Region, Topology, OWNER_TEMPLATE};
 use crate::ledger::{HeapClass, LimitKind, MEMCG_POOL, UNLIMITED};
-use crate::policy::{format_bytes, Amount, OwnerClass, Policy, PAGE_SIZE};
+use crate::policy::{format_bytes, Amount, OwnerClass, Policy};
 
 /// The plan's name for the kernel's memory.* files of an owner.
 pub const MEMORY_POOL: &str = "memory";
@@ -100,12 +103,29 @@ fn explain(amount: Amount, base: Option<u64>, of: &str) -> String {
 
 /// The kernel keeps memory.* limits in whole pages and reads them back rounded down; writing
 /// them rounded keeps a second run from rewriting them.
-fn page_floor(v: u64) -> u64 {
-    if v == UNLIMITED {
+fn page_floor(v: u64, page: u64) -> u64 {
+    if v == UNLIMITED || page == 0 {
         v
     } else {
-        v / PAGE_SIZE * PAGE_SIZE
+        v / page * page
     }
+}
+
+/// An amount in bytes: a share (below 100%) rounded down to whole pages, bytes as written.
+fn resolve(amount: Amount, capacity: Option<u64>, page: u64) -> Option<u64> {
+    let v = amount.resolve(capacity)?;
+    Some(match amount {
+        Amount::Ppm(_) if Some(v) != capacity => page_floor(v, page),
+        _ => v,
+    })
+}
+
+/// An owner class's dma-buf budget in RAM, which bounds its vram limits (evicted vram lands there).
+struct Budget {
+    bytes: Option<u64>,
+    amount: Amount,
+    /// RAM + swap: the bound when the budget is unlimited.
+    ram_swap: Option<u64>,
 }
 
 /// A protection or pin limit above max means nothing more than max.
@@ -175,10 +195,11 @@ impl Plan {
 
     fn class_defaults(&mut self, topology: &Topology, policy: &Policy, class: OwnerClass) {
         let memcg = &topology.memcg;
+        let page = topology.page_size;
         let m = policy.memcg_limits(class);
         let ram = memcg.mem_total;
-        let dmabuf = m.dmabuf_max.resolve(ram);
-        let own = m.max.resolve(ram);
+        let dmabuf = resolve(m.dmabuf_max, ram, page);
+        let own = resolve(m.max, ram, page);
         let kernel_sys = !memcg.kernel_charged_heaps.is_empty();
 
         // memory.max/low/min: the kernel's files.
@@ -201,7 +222,7 @@ impl Plan {
                 } else {
                     (own, m.max.to_string(), None)
                 };
-                let value = page_floor(value);
+                let value = page_floor(value, page);
                 mem_max = Some(value);
                 let why = format!("own memory {}; {mem_why}", explain(m.max, ram, "RAM"));
                 self.push(class, MEMORY_POOL, LimitKind::Max, value, mem_by, policy_text, adjusted, why);
@@ -209,8 +230,8 @@ impl Plan {
             _ => self.notes.push(format!("{class}: memory.max needs MemTotal (policy {} + {})", m.max, m.dmabuf_max)),
         }
         for (kind, amount) in [(LimitKind::Low, m.low), (LimitKind::Min, m.min)] {
-            if let Some(v) = amount.resolve(ram) {
-                let (v, adjusted) = clamp(page_floor(v), mem_max);
+            if let Some(v) = resolve(amount, ram, page) {
+                let (v, adjusted) = clamp(page_floor(v, page), mem_max);
                 self.push(
                     class,
                     MEMORY_POOL,
@@ -236,23 +257,17 @@ impl Plan {
             if !r.present || (r.heaps.is_empty() && r.enforced_by == Enforcer::Nobody) {
                 continue;
             }
-            self.region_defaults(r, policy, class, dmabuf, ram.map(|t| saturating(t, swap)), m.dmabuf_max);
+            let budget = Budget { bytes: dmabuf, amount: m.dmabuf_max, ram_swap: ram.map(|t| saturating(t, swap)) };
+            self.region_defaults(r, policy, class, &budget, page);
         }
     }
 
-    fn region_defaults(
-        &mut self,
-        r: &Region,
-        policy: &Policy,
-        class: OwnerClass,
-        dmabuf: Option<u64>,
-        ram_swap: Option<u64>,
-        dmabuf_amount: Amount,
-    ) {
+    fn region_defaults(&mut self, r: &Region, policy: &Policy, class: OwnerClass, budget: &Budget, page: u64) {
+        let Budget { bytes: dmabuf, amount: dmabuf_amount, ram_swap } = *budget;
         let l = policy.dmem_limits(r.class, class);
         let cap = r.capacity;
         let of = format!("{} region", r.class);
-        let Some(mut max) = l.max.resolve(cap) else { return };
+        let Some(mut max) = resolve(l.max, cap, page) else { return };
         let mut adjusted = None;
         if r.kind == HeapClass::Vram {
             let bound = match dmabuf {
@@ -273,14 +288,14 @@ impl Plan {
         let why = |amount: Amount, enforcement: &str| format!("{}; {enforcement}", explain(amount, cap, &of));
         self.push(class, &r.name, LimitKind::Max, max, by, l.max.to_string(), adjusted, why(l.max, &r.why));
         for (kind, amount) in [(LimitKind::Low, l.low), (LimitKind::Min, l.min)] {
-            if let Some(v) = amount.resolve(cap) {
+            if let Some(v) = resolve(amount, cap, page) {
                 let (v, adjusted) = clamp(v, Some(max));
                 self.push(class, &r.name, kind, v, by, amount.to_string(), adjusted, why(amount, &r.why));
             }
         }
         // Pins: CMA buffers are pinned for life, vram ones on request; no kernel file exists.
         if matches!(r.kind, HeapClass::Cma | HeapClass::Vram) {
-            if let Some(v) = l.pin_max.resolve(cap) {
+            if let Some(v) = resolve(l.pin_max, cap, page) {
                 // `max` means no pin limit of its own; anything else above max is clamped.
                 let (v, adjusted) = if v == UNLIMITED { (v, None) } else { clamp(v, Some(max)) };
                 let pin_why = if pin_by == Enforcer::Nobody {

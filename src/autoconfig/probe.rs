@@ -4,7 +4,11 @@
 //! the probe itself never fails.
 //!
 //! The result is plain serde data, so a device's probe can be saved as a fixture and replayed.
+//! It carries the kernel's page size (CMA areas count pages; memory limits are kept in pages) and
+//! each owner cgroup's background signal (the lowest `oom_score_adj` of its processes), so a
+//! saved probe replays to the same classes and limits.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,9 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::cgroupfs::CgroupFs;
 use crate::policy::parse_bytes;
-
-/// Page size used for `/sys/kernel/mm/cma/*/total_pages`.
-pub const PAGE_SIZE: u64 = 4096;
 
 /// Where the probe looks; production uses [`ProbeRoots::system`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct CgroupProbe {
     pub subtree_control: Vec<String>,
     /// Child cgroups of the root (`/uid_10001`, ...), sorted.
     pub children: Vec<String>,
+    /// Per owner cgroup (`/uid_<uid>`), the lowest `oom_score_adj` among the processes in its
+    /// subtree; owners without a readable process are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oom_score_adj: BTreeMap<String, i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +174,9 @@ pub struct DrmDevice {
 /// Everything the probe found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
+    /// The running kernel's page size (`sysconf(_SC_PAGESIZE)`): 4 KiB on most x86 and older
+    /// arm64 kernels, 16 KiB on newer Android devices.
+    pub page_size: u64,
     pub cgroup: Found<CgroupProbe>,
     pub dmem_capacity: Found<Vec<DmemRegion>>,
     /// `/sys/module/dma_heap/parameters/mem_accounting`.
@@ -193,13 +201,21 @@ fn not_probed<T>() -> Found<T> {
 impl Probe {
     /// Reads every source under `roots`.
     pub fn run(roots: &ProbeRoots) -> Probe {
+        let page_size = rustix::param::page_size() as u64;
         let cgroupfs = CgroupFs::new(&roots.cgroup);
         let cgroup: Found<CgroupProbe> = (|| -> Result<CgroupProbe, String> {
             let controllers = cgroupfs.controllers("/").map_err(|e| format!("no cgroup v2 hierarchy: {e}"))?;
+            let children = cgroupfs.children("/").unwrap_or_default();
+            let oom_score_adj = children
+                .iter()
+                .filter(|c| c.starts_with(super::topology::OWNER_PREFIX))
+                .filter_map(|c| Some((c.clone(), lowest_oom_score_adj(&cgroupfs, &roots.proc, c)?)))
+                .collect();
             Ok(CgroupProbe {
                 controllers,
                 subtree_control: cgroupfs.subtree_control("/").unwrap_or_default(),
-                children: cgroupfs.children("/").unwrap_or_default(),
+                children,
+                oom_score_adj,
             })
         })()
         .into();
@@ -213,11 +229,12 @@ impl Probe {
                 .into(),
         };
         Probe {
+            page_size,
             cgroup,
             dmem_capacity,
             mem_accounting: mem_accounting(&roots.sys.join("module/dma_heap/parameters/mem_accounting")).into(),
             dma_heaps: dma_heaps(&roots.dev.join("dma_heap")).into(),
-            cma_areas: cma_areas(&roots.sys.join("kernel/mm/cma")).into(),
+            cma_areas: cma_areas(&roots.sys.join("kernel/mm/cma"), page_size).into(),
             meminfo: meminfo(&roots.proc.join("meminfo")).into(),
             cmdline: cmdline(&roots.proc.join("cmdline")).into(),
             reserved_memory: reserved_memory(&roots.proc.join("device-tree/reserved-memory")).into(),
@@ -290,14 +307,33 @@ fn dma_heaps(dir: &Path) -> Result<Vec<String>, String> {
     list(dir)
 }
 
-fn cma_areas(dir: &Path) -> Result<Vec<CmaArea>, String> {
+/// The background signal of an owner: the lowest `oom_score_adj` among the processes of `cgroup`
+/// and its descendants (`/uid_<uid>/pid_<pid>`). `None` when it has no process whose value could be
+/// read (it exited meanwhile, or the cgroup is gone). A few small reads per process, outside any
+/// lock; the owner's class changes when the framework moves its processes between states.
+pub fn lowest_oom_score_adj(cgroupfs: &CgroupFs, proc: &Path, cgroup: &str) -> Option<i32> {
+    let mut lowest: Option<i32> = None;
+    let mut pending = vec![cgroup.to_string()];
+    while let Some(c) = pending.pop() {
+        for pid in cgroupfs.procs(&c).unwrap_or_default() {
+            let adj = read_text(&proc.join(pid.to_string()).join("oom_score_adj")).ok();
+            if let Some(adj) = adj.and_then(|t| t.trim().parse::<i32>().ok()) {
+                lowest = Some(lowest.map_or(adj, |l| l.min(adj)));
+            }
+        }
+        pending.extend(cgroupfs.children(&c).unwrap_or_default());
+    }
+    lowest
+}
+
+fn cma_areas(dir: &Path, page_size: u64) -> Result<Vec<CmaArea>, String> {
     let mut out = Vec::new();
     for name in list(dir)? {
         let area = dir.join(&name);
         // An area whose size cannot be read is useless for limits; skip it rather than guess.
         let Ok(total_pages) = read_u64(&area.join("total_pages")) else { continue };
-        let available = read_u64(&area.join("available_pages")).ok().map(|p| p * PAGE_SIZE);
-        out.push(CmaArea { name, total: total_pages * PAGE_SIZE, available });
+        let available = read_u64(&area.join("available_pages")).ok().map(|p| p.saturating_mul(page_size));
+        out.push(CmaArea { name, total: total_pages.saturating_mul(page_size), available });
     }
     Ok(out)
 }
@@ -455,7 +491,11 @@ mod tests {
         write(r, "sys/fs/cgroup/cgroup.controllers", "cpu memory dmem\n");
         write(r, "sys/fs/cgroup/cgroup.subtree_control", "memory\n");
         write(r, "sys/fs/cgroup/dmem.capacity", "cma/display 268435456\ndrm/0000:03:00.0/vram0 8589934592\n");
-        fs::create_dir_all(r.join("sys/fs/cgroup/uid_10001")).unwrap();
+        write(r, "sys/fs/cgroup/uid_10001/cgroup.procs", "");
+        write(r, "sys/fs/cgroup/uid_10001/pid_40/cgroup.procs", "40\n41\n");
+        write(r, "sys/fs/cgroup/uid_10001/pid_42/cgroup.procs", "42\n");
+        write(r, "proc/40/oom_score_adj", "999\n");
+        write(r, "proc/41/oom_score_adj", "905\n");
         write(r, "sys/module/dma_heap/parameters/mem_accounting", "Y\n");
         for h in ["system", "display"] {
             write(r, &format!("dev/dma_heap/{h}"), "");
@@ -491,15 +531,19 @@ mod tests {
             (cg.controllers.len(), cg.subtree_control.as_slice(), cg.children.as_slice()),
             (3, &["memory".to_string()][..], &["/uid_10001".to_string()][..])
         );
+        assert_eq!(p.page_size, rustix::param::page_size() as u64);
+        assert_eq!(cg.oom_score_adj.get("/uid_10001"), Some(&905), "the lowest of the owner's processes");
         assert_eq!(
             p.dmem_capacity.get().unwrap()[1],
             DmemRegion { name: "drm/0000:03:00.0/vram0".into(), capacity: 8 << 30 }
         );
         assert_eq!(p.mem_accounting, Found::Present(true));
         assert_eq!(p.dma_heaps, Found::Present(vec!["display".into(), "system".into()]));
+        let page = p.page_size;
         assert_eq!(
             p.cma_areas,
-            Found::Present(vec![CmaArea { name: "display".into(), total: 256 << 20, available: Some(4 << 20) }])
+            Found::Present(vec![CmaArea { name: "display".into(), total: 65536 * page, available: Some(1024 * page) }]),
+            "CMA areas count pages of the kernel's size"
         );
         assert_eq!(
             p.meminfo,

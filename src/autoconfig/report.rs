@@ -6,7 +6,7 @@ use std::fmt::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{describe, Applied};
+use super::apply::{describe, Applied, FailedWrite};
 use super::limits::{LimitEntry, Plan, MEMORY_POOL};
 use super::topology::{Enforcer, Topology, OWNER_TEMPLATE};
 use crate::ledger::{LimitKind, MEMCG_POOL};
@@ -28,8 +28,61 @@ impl Report {
 
     /// True when apply ran without any refused write or ledger event.
     pub fn is_clean(&self) -> bool {
-        self.applied.as_ref().is_none_or(|a| a.failures.is_empty())
+        self.applied.as_ref().is_none_or(|a| a.failures.is_empty() && a.failed_writes.is_empty())
     }
+
+    /// Each pool as `regions` queries show it: memcg first, then regions by name. A pool with
+    /// kernel writes that failed (this run's) says so in `why`, with who enforces them instead.
+    pub fn pools(&self) -> Vec<PoolSummary> {
+        self.pools_with(self.applied.as_ref().map(|a| a.failed_writes.as_slice()).unwrap_or_default())
+    }
+
+    /// [`Report::pools`] naming the given failed writes.
+    pub fn pools_with(&self, failed_writes: &[FailedWrite]) -> Vec<PoolSummary> {
+        let t = &self.topology;
+        let failed = |pool: &str| -> String {
+            let of_pool: Vec<String> = failed_writes
+                .iter()
+                .filter(|f| f.to.split(' ').next() == Some(pool) && f.to.contains(' '))
+                .map(|f| format!("{} failed ({})", f.file, f.error))
+                .collect();
+            if of_pool.is_empty() {
+                String::new()
+            } else {
+                format!("; kernel write {}: the service enforces it instead", of_pool.join(", "))
+            }
+        };
+        let memcg = &t.memcg;
+        let mut out = vec![PoolSummary {
+            name: MEMCG_POOL.into(),
+            class: "system".into(),
+            capacity: memcg.mem_total.unwrap_or(0),
+            heaps: memcg.heaps.clone(),
+            enforced_by: memcg.enforced_by.name().into(),
+            why: memcg.why.clone(),
+        }];
+        out.extend(t.regions.iter().map(|r| PoolSummary {
+            name: r.name.clone(),
+            class: r.class.name().into(),
+            capacity: r.capacity.unwrap_or(0),
+            heaps: r.heaps.clone(),
+            enforced_by: r.enforced_by.name().into(),
+            why: format!("{}{}", r.why, failed(&r.name)),
+        }));
+        out
+    }
+}
+
+/// One pool as autoconfig found it: what feeds it and who enforces its limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolSummary {
+    pub name: String,
+    pub class: String,
+    pub capacity: u64,
+    pub heaps: Vec<String>,
+    /// "kernel", "service" or "nobody".
+    pub enforced_by: String,
+    pub why: String,
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.
@@ -122,6 +175,7 @@ impl fmt::Display for Report {
         };
         let _ = writeln!(out, "  dma_heap.mem_accounting: {accounting}");
         let _ = writeln!(out, "  trust: {}", t.trust.describe());
+        let _ = writeln!(out, "  page size: {} (memory limits in whole pages)", format_bytes(t.page_size));
         let _ = writeln!(
             out,
             "  memory: MemTotal {}, SwapTotal {}",
@@ -202,7 +256,15 @@ impl fmt::Display for Report {
 
         let _ = writeln!(out, "\nowners ({})", t.owners.len());
         for class in OwnerClass::ALL {
-            let of: Vec<&str> = t.owners.iter().filter(|o| o.class == class).map(|o| o.cgroup.as_str()).collect();
+            let of: Vec<String> = t
+                .owners
+                .iter()
+                .filter(|o| o.class == class)
+                .map(|o| match o.oom_score_adj {
+                    Some(adj) => format!("{} (oom_score_adj {adj})", o.cgroup),
+                    None => o.cgroup.clone(),
+                })
+                .collect();
             if !of.is_empty() {
                 let _ = writeln!(out, "  {class}: {}", of.join(" "));
             }
@@ -224,6 +286,22 @@ impl fmt::Display for Report {
             }
             for e in &a.events {
                 let _ = writeln!(out, "  ledger: {}", describe(e));
+            }
+            if !a.left_alone.is_empty() {
+                let _ = writeln!(out, "\nleft alone ({}): limits autoconfig did not write", a.left_alone.len());
+                for l in &a.left_alone {
+                    let _ = writeln!(out, "  {}: holds {}, policy {}: {}", l.file, l.holds, l.policy, l.why);
+                }
+            }
+            if !a.failed_writes.is_empty() {
+                let _ = writeln!(out, "\nfailed writes ({})", a.failed_writes.len());
+                for f in &a.failed_writes {
+                    let instead = match f.enforced_by {
+                        Enforcer::Service => "the service enforces this limit instead",
+                        _ => "nobody enforces this limit (the service keeps no copy of memory.*)",
+                    };
+                    let _ = writeln!(out, "  - {} -> {}: {}; {instead}", f.file, f.to, f.error);
+                }
             }
             if !a.failures.is_empty() {
                 let _ = writeln!(out, "\nfailures ({})", a.failures.len());

@@ -111,7 +111,7 @@ fn phone_cma_regions_are_kernel_enforced_and_the_carveout_by_the_service() {
     let gpu = t.heaps.iter().find(|h| h.name == "gpu").unwrap();
     assert!(gpu.region.is_none() && !gpu.declarable(), "the vram pattern matched nothing on a phone");
     let owners: Vec<(&str, OwnerClass)> = t.owners.iter().map(|o| (o.cgroup.as_str(), o.class)).collect();
-    assert!(owners.contains(&("/uid_1047", OwnerClass::System)) && owners.contains(&("/uid_1010100", OwnerClass::App)));
+    assert!(owners.contains(&("/uid_1047", OwnerClass::System)) && owners.contains(&("/uid_10100", OwnerClass::App)));
 }
 
 #[test]
@@ -201,10 +201,12 @@ fn ten_regions_plan_quickly() {
     let regions: Vec<DmemRegion> =
         (0..10).map(|i| DmemRegion { name: format!("cma/area{i}"), capacity: (64 + i) * MIB }).collect();
     let probe = Probe {
+        page_size: 4096,
         cgroup: Found::Present(CgroupProbe {
             controllers: vec!["memory".into(), "dmem".into()],
             subtree_control: vec!["memory".into(), "dmem".into()],
             children: (0..200).map(|i| format!("/uid_{}", 10000 + i)).collect(),
+            oom_score_adj: Default::default(),
         }),
         dmem_capacity: Found::Present(regions.clone()),
         mem_accounting: Found::Present(true),
@@ -276,22 +278,21 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let roots = fake_device(root);
-    let policy = Policy::embedded_default();
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
     let mut ledger = Ledger::new();
 
     // Dry run: reports the change, writes nothing, leaves the ledger alone.
-    let dry = run(&roots, &policy, &mut ledger, true);
+    let dry = run(&ac, &mut ledger, Scope::All, true);
     let applied = dry.applied.as_ref().unwrap();
     assert!(applied.dry_run && applied.failures.is_empty());
     assert_eq!(applied.changes.iter().map(|c| c.file.as_str()).collect::<Vec<_>>(), ["/uid_10001/memory.max"]);
     assert!(!applied.events.is_empty());
     assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), "max\n");
     assert!(ledger.to_events().is_empty(), "a dry run leaves the ledger untouched");
-    assert!(!policy.kernel_charges_heap("system"));
 
     // First run: the app's memory.max (50% of 4 GiB; the kernel does not charge dma-bufs), and
     // the ledger gets the heaps, regions and the limits it enforces.
-    let first = run(&roots, &policy, &mut ledger, false);
+    let first = run(&ac, &mut ledger, Scope::All, false);
     let applied = first.applied.as_ref().unwrap();
     assert!(first.is_clean(), "{:?}", applied.failures);
     assert_eq!(
@@ -312,7 +313,7 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
     assert!(ledger.check_invariants().is_ok());
 
     // Second run: nothing to do.
-    let second = run(&roots, &policy, &mut ledger, false);
+    let second = run(&ac, &mut ledger, Scope::All, false);
     let applied = second.applied.as_ref().unwrap();
     assert!(applied.changes.is_empty() && applied.events.is_empty(), "{applied:#?}");
 
@@ -325,7 +326,7 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
         write(root, &format!("sys/fs/cgroup/{uid}/dmem.low"), "cma/display 0\n");
         write(root, &format!("sys/fs/cgroup/{uid}/dmem.min"), "cma/display 0\n");
     }
-    let third = run(&roots, &policy, &mut ledger, false);
+    let third = run(&ac, &mut ledger, Scope::All, false);
     let applied = third.applied.as_ref().unwrap();
     assert!(third.is_clean(), "{:?}", applied.failures);
     let files: Vec<&str> = applied.changes.iter().map(|c| c.file.as_str()).collect();
@@ -348,7 +349,7 @@ fn apply_writes_once_then_converges_when_dmem_appears() {
 
     // What the kernel shows once +dmem took effect; then the fourth run changes nothing.
     write(root, "sys/fs/cgroup/cgroup.subtree_control", "cpu memory dmem\n");
-    let fourth = run(&roots, &policy, &mut ledger, false);
+    let fourth = run(&ac, &mut ledger, Scope::All, false);
     let applied = fourth.applied.as_ref().unwrap();
     assert!(applied.changes.is_empty() && applied.events.is_empty(), "{applied:#?}");
     assert!(fourth.to_string().contains("changed: 0 files, 0 ledger events"));
@@ -359,11 +360,11 @@ fn kernel_charged_system_heap_is_recorded_in_the_policy_and_not_limited_twice() 
     let dir = tempfile::tempdir().unwrap();
     let roots = fake_device(dir.path());
     write(dir.path(), "sys/module/dma_heap/parameters/mem_accounting", "Y\n");
-    let policy = Policy::embedded_default();
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
     let mut ledger = Ledger::new();
-    let report = run(&roots, &policy, &mut ledger, false);
+    let report = run(&ac, &mut ledger, Scope::All, false);
     assert!(report.is_clean());
-    assert!(policy.kernel_charges_heap("system"));
+    assert_eq!(report.topology.memcg.kernel_charged_heaps, ["system"]);
     assert_eq!(read(dir.path(), "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 3 * GIB), "50% + 25% of 4 GiB");
     let sys = report.topology.heaps.iter().find(|h| h.name == "system").unwrap();
     assert_eq!(sys.pools[0].enforced_by, Enforcer::Kernel);
@@ -377,10 +378,10 @@ fn a_device_without_cgroups_leaves_everything_to_the_ledger() {
     let root = dir.path();
     write(root, "proc/meminfo", "MemTotal: 2097152 kB\n");
     write(root, "dev/dma_heap/system", "");
-    let policy = Policy::embedded_default();
+    let ac = Autoconfig::new(ProbeRoots::under(root), Policy::embedded_default(), None);
     let mut ledger = Ledger::new();
     ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap_err();
-    let report = run(&ProbeRoots::under(root), &policy, &mut ledger, false);
+    let report = run(&ac, &mut ledger, Scope::All, false);
     let applied = report.applied.as_ref().unwrap();
     assert!(report.is_clean(), "{:?}", applied.failures);
     assert!(applied.changes.is_empty());
@@ -388,45 +389,10 @@ fn a_device_without_cgroups_leaves_everything_to_the_ledger() {
     assert!(report.topology.notes.iter().any(|n| n.contains("no cgroup v2")));
     // The heap is declared, so a later charge works and owner cgroups the ledger learns get limits.
     ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap();
-    let again = run(&ProbeRoots::under(root), &policy, &mut ledger, false);
+    let again = run(&ac, &mut ledger, Scope::All, false);
     assert_eq!(again.topology.owners.len(), 1, "owners come from the ledger too");
     assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), GIB / 2);
     assert_ne!(ledger.counter("/uid_10001", MEMCG_POOL).unwrap(), Counter::default());
-}
-
-#[test]
-fn run_for_the_service_records_pools_and_journals_through_the_accountant() {
-    use crate::accountant::{Accountant, Config};
-    use crate::journal::Durability;
-    let dir = tempfile::tempdir().unwrap();
-    let roots = fake_device(dir.path());
-    let config = Config {
-        proc_root: roots.proc.clone(),
-        cgroup_root: Some(roots.cgroup.clone()),
-        state_dir: Some(dir.path().join("state")),
-        durability: Durability::None,
-        pidfds: false,
-    };
-    let accountant = Accountant::open(config.clone(), Policy::embedded_default()).unwrap();
-    let dry = run_for(&accountant, &roots, true).unwrap();
-    assert!(dry.applied.as_ref().unwrap().dry_run);
-    assert!(accountant.regions().iter().all(|r| r.why == "autoconfig has not run"), "a dry run records nothing");
-
-    let report = run_for(&accountant, &roots, false).unwrap();
-    assert!(report.is_clean());
-    let regions = accountant.regions();
-    let display = regions.iter().find(|r| r.name == "cma/display").unwrap();
-    assert_eq!(
-        (display.capacity, display.enforced_by.as_str(), display.heaps.as_slice()),
-        (256 * MIB, "service", &["display".to_string()][..])
-    );
-    assert_eq!(regions[0].name, MEMCG_POOL);
-    drop(accountant);
-
-    // The limits were journaled: a restarted service has them before autoconfig runs again.
-    let reopened = Accountant::open(config, Policy::embedded_default()).unwrap();
-    let max = reopened.with_ledger(|l| l.counter("/uid_10001", "cma/display").map(|c| c.max));
-    assert_eq!(max, Some(64 * MIB));
 }
 
 #[test]
@@ -451,4 +417,228 @@ fn a_kernel_with_selinux_is_reported_as_trusting_by_context() {
     assert_eq!(topology.trust, TrustRule::Contexts, "permissive SELinux still delivers contexts");
     let text = Report { topology, plan, applied: None }.to_string();
     assert!(text.contains("trust: SELinux contexts (trusted.contexts)"), "{text}");
+}
+
+// ---- issue 21: background signal, page size, owners that are gone, only autoconfig's own limits ----
+
+#[test]
+fn owners_whose_processes_are_all_cached_get_the_background_class() {
+    let r = fixture_report("phone-soc");
+    let class = |cgroup: &str| r.topology.owners.iter().find(|o| o.cgroup == cgroup).map(|o| o.class);
+    assert_eq!(class("/uid_10101"), Some(OwnerClass::Background), "oom_score_adj 905: cached");
+    assert_eq!(class("/uid_1010100"), Some(OwnerClass::Background), "a secondary user's cached app");
+    assert_eq!(class("/uid_10100"), Some(OwnerClass::App), "oom_score_adj 0: foreground");
+    assert_eq!(class("/uid_1000"), Some(OwnerClass::System));
+    let max = |cgroup: &str| {
+        r.plan
+            .entries
+            .iter()
+            .find(|e| e.cgroup == cgroup && e.pool == MEMORY_POOL && e.kind == LimitKind::Max)
+            .unwrap()
+            .value
+    };
+    assert!(max("/uid_10101") < max("/uid_10100"), "background apps get the smaller budget");
+}
+
+#[test]
+fn limits_on_a_16k_page_kernel_are_whole_16k_pages() {
+    let r = fixture_report("phone-16k-pages");
+    assert_eq!(r.topology.page_size, 16384);
+    let ram = r.topology.memcg.mem_total.unwrap();
+    let app_max = entry(&r.plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max).value;
+    let pages = |v: u64| v / 16384 * 16384;
+    assert_eq!(app_max, pages(ram / 2) + pages(ram / 4), "50% + 25% of RAM, each in whole 16 KiB pages");
+    assert_ne!(app_max % 16384, 4096, "not 4 KiB pages");
+    for e in r.plan.defaults.iter().filter(|e| e.pool == MEMORY_POOL && e.value != UNLIMITED) {
+        assert_eq!(e.value % 16384, 0, "{e:?}");
+    }
+    assert!(r.to_string().contains("page size: 16 KiB"));
+}
+
+/// Writes a process of `uid` with `oom_score_adj` into the fake device's `/uid_<uid>/pid_<pid>`.
+fn put_owner_process(root: &Path, uid: u32, pid: u32, adj: i32) {
+    write(root, &format!("sys/fs/cgroup/uid_{uid}/pid_{pid}/cgroup.procs"), &format!("{pid}\n"));
+    write(root, &format!("proc/{pid}/oom_score_adj"), &format!("{adj}\n"));
+}
+
+#[test]
+fn an_owner_that_goes_to_the_background_gets_background_limits_at_the_next_reclassification() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = fake_device(root);
+    put_owner_process(root, 10001, 4000, 0);
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let mut ledger = Ledger::new();
+    assert!(run(&ac, &mut ledger, Scope::All, false).is_clean());
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 2 * GIB), "app: 50% of 4 GiB");
+    assert!(ac.reclassified().is_empty(), "nothing changed");
+
+    write(root, "proc/4000/oom_score_adj", "950\n");
+    let changed = ac.reclassified();
+    assert_eq!(changed, ["/uid_10001"]);
+    let report = run(&ac, &mut ledger, Scope::Owners(changed), false);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", GIB), "background: 25% of 4 GiB");
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), 4 * GIB / 20 / 4096 * 4096);
+    assert!(ac.reclassified().is_empty());
+}
+
+#[test]
+fn owners_the_ledger_remembers_whose_cgroup_is_gone_are_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = fake_device(dir.path());
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let mut ledger = Ledger::new();
+    assert!(run(&ac, &mut ledger, Scope::All, false).is_clean());
+    ledger.charge(1, 4096, "system", 42, "/uid_10050/pid_42").unwrap();
+    let report = run(&ac, &mut ledger, Scope::All, false);
+    assert!(report.is_clean(), "a gone cgroup is no write failure: {report}");
+    assert_eq!(report.topology.skipped_owners, ["/uid_10050"]);
+    assert!(report.topology.owners.iter().all(|o| o.cgroup != "/uid_10050"));
+    assert!(report.to_string().contains("no longer exist, skipped: /uid_10050"));
+}
+
+#[test]
+fn limits_the_policy_does_not_set_are_never_written_over_another_components_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = fake_device(root);
+    // The system class sets no memory limit (max = max, no low or min); someone else did.
+    write(root, "sys/fs/cgroup/uid_1000/memory.min", &format!("{}\n", 100 * MIB));
+    write(root, "sys/fs/cgroup/uid_1000/memory.max", &format!("{}\n", 2 * GIB));
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let report = run(&ac, &mut Ledger::new(), Scope::All, false);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(read(root, "sys/fs/cgroup/uid_1000/memory.min"), format!("{}\n", 100 * MIB));
+    assert_eq!(read(root, "sys/fs/cgroup/uid_1000/memory.max"), format!("{}\n", 2 * GIB));
+    let applied = report.applied.as_ref().unwrap();
+    assert!(applied.changes.iter().all(|c| !c.file.starts_with("/uid_1000/")), "{:?}", applied.changes);
+    assert!(applied.left_alone.is_empty(), "the policy wants nothing there, so there is no conflict");
+}
+
+#[test]
+fn a_limit_another_component_set_is_left_alone_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = dir.path().join("state");
+    let roots = fake_device(root);
+    write(root, "sys/fs/cgroup/uid_10001/memory.max", &format!("{}\n", 300 * MIB));
+    let ac = Autoconfig::new(roots.clone(), Policy::embedded_default(), Some(state.clone()));
+    let mut ledger = Ledger::new();
+    let report = run(&ac, &mut ledger, Scope::All, false);
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 300 * MIB), "not overwritten");
+    let left = &report.applied.as_ref().unwrap().left_alone;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((left[0].file.as_str(), left[0].holds.as_str()), ("/uid_10001/memory.max", "314572800"));
+    assert!(report
+        .to_string()
+        .contains("/uid_10001/memory.max: holds 314572800, policy 2147483648: set by another component"));
+
+    // Once the other component resets it, it is autoconfig's to write; a later change by someone
+    // else is theirs again, also after a restart (the writes live in the state dir).
+    write(root, "sys/fs/cgroup/uid_10001/memory.max", "max\n");
+    run(&ac, &mut ledger, Scope::All, false);
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 2 * GIB));
+    write(root, "sys/fs/cgroup/uid_10001/memory.max", &format!("{}\n", 3 * GIB));
+    let restarted = Autoconfig::new(roots, Policy::embedded_default(), Some(state));
+    let report = run(&restarted, &mut ledger, Scope::All, false);
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 3 * GIB));
+    let left = &report.applied.as_ref().unwrap().left_alone;
+    assert!(left[0].why.contains("changed by another component since autoconfig wrote 2 GiB"), "{left:?}");
+}
+
+#[test]
+fn a_value_the_kernel_rounded_from_autoconfigs_write_is_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = dir.path().join("state");
+    let roots = fake_device(root);
+    // A kernel that keeps limits in 16 KiB pages read back 2 GiB - 4 KiB written as 2 GiB - 20 KiB.
+    let (wrote, reads) = (2 * GIB - 4096, 2 * GIB - 20480);
+    let mut writes = written::Writes::default();
+    writes.record("/uid_10001/memory.max".into(), written::Write { wrote, reads });
+    writes.save(&state).unwrap();
+    write(root, "sys/fs/cgroup/uid_10001/memory.max", &format!("{reads}\n"));
+    let policy =
+        Policy::default_with(&[&format!(r#"{{"limits": {{"memcg": {{"app": {{"max": {wrote}}}}}}}}}"#)]).unwrap();
+    let ac = Autoconfig::new(roots, policy, Some(state));
+    let report = run(&ac, &mut Ledger::new(), Scope::All, false);
+    let applied = report.applied.as_ref().unwrap();
+    assert!(applied.changes.is_empty() && applied.left_alone.is_empty(), "{report}");
+}
+
+#[test]
+fn a_failed_kernel_write_leaves_the_limit_with_the_ledger_and_says_who_enforces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = fake_device(root);
+    write(root, "sys/fs/cgroup/cgroup.controllers", "cpu memory dmem\n");
+    write(root, "sys/fs/cgroup/cgroup.subtree_control", "cpu memory dmem\n");
+    write(root, "sys/fs/cgroup/dmem.capacity", "cma/display 268435456\n");
+    // /uid_1000 has its dmem files; /uid_10001's are missing (ENOENT).
+    for f in ["max", "low", "min"] {
+        let v = if f == "max" { "max" } else { "0" };
+        write(root, &format!("sys/fs/cgroup/uid_1000/dmem.{f}"), &format!("cma/display {v}\n"));
+    }
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let mut ledger = Ledger::new();
+    let report = run(&ac, &mut ledger, Scope::All, false);
+    assert!(!report.is_clean());
+    let failed = &report.applied.as_ref().unwrap().failed_writes;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].file.as_str(), failed[0].enforced_by), ("/uid_10001/dmem.max", Enforcer::Service));
+    assert_eq!(
+        ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max),
+        64 * MIB,
+        "the ledger keeps enforcing the limit the kernel could not take"
+    );
+    assert_eq!(ledger_limit(&ledger, "/uid_1000", "cma/display", LimitKind::Min), 0, "held by the kernel");
+    let text = report.to_string();
+    assert!(text.contains("/uid_10001/dmem.max -> cma/display 67108864: "), "{text}");
+    assert!(text.contains("the service enforces this limit instead"), "{text}");
+    let pools = ac.pools(&report);
+    let display = pools.iter().find(|p| p.name == "cma/display").unwrap();
+    assert!(
+        display.why.contains("kernel write /uid_10001/dmem.max failed")
+            && display.why.contains("the service enforces it instead"),
+        "{}",
+        display.why
+    );
+
+    // The files appear (the controller was delegated): the kernel takes the limit, the ledger's
+    // copy goes back to the default, and regions no longer name a failure.
+    for f in ["max", "low", "min"] {
+        let v = if f == "max" { "max" } else { "0" };
+        write(root, &format!("sys/fs/cgroup/uid_10001/dmem.{f}"), &format!("cma/display {v}\n"));
+    }
+    let report = run(&ac, &mut ledger, Scope::All, false);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(ledger_limit(&ledger, "/uid_10001", "cma/display", LimitKind::Max), UNLIMITED);
+    assert!(!ac.pools(&report).iter().any(|p| p.why.contains("failed")));
+}
+
+#[test]
+fn a_new_owner_gets_limits_on_its_own_cgroup_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = fake_device(root);
+    let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
+    let mut ledger = Ledger::new();
+    run(&ac, &mut ledger, Scope::All, false);
+    // Another component lowers the running app's limit, then a new app appears.
+    write(root, "sys/fs/cgroup/uid_10001/memory.max", &format!("{}\n", 300 * MIB));
+    for f in ["max", "low", "min"] {
+        let v = if f == "max" { "max" } else { "0" };
+        write(root, &format!("sys/fs/cgroup/uid_10002/memory.{f}"), &format!("{v}\n"));
+    }
+    let report = run(&ac, &mut ledger, Scope::Owners(vec!["/uid_10002".into()]), false);
+    let applied = report.applied.as_ref().unwrap();
+    assert_eq!(applied.changes.iter().map(|c| c.file.as_str()).collect::<Vec<_>>(), ["/uid_10002/memory.max"]);
+    assert!(applied.left_alone.is_empty(), "other owners are not even looked at: {:?}", applied.left_alone);
+    assert_eq!(read(root, "sys/fs/cgroup/uid_10001/memory.max"), format!("{}\n", 300 * MIB));
+    assert!(
+        applied.events.iter().all(|e| !matches!(e, Event::LimitSet { cgroup, .. } if cgroup != "/uid_10002")),
+        "ledger limits of other owners untouched: {:?}",
+        applied.events
+    );
 }

@@ -120,10 +120,15 @@ pub struct Owner {
     pub cgroup: String,
     pub uid: u32,
     pub class: OwnerClass,
+    /// The background signal: the lowest `oom_score_adj` of its processes, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {
+    /// The kernel's page size, from the probe: memory limits are kept in whole pages.
+    pub page_size: u64,
     pub controllers: Vec<String>,
     /// Controllers the root offers but does not enable for its children; apply enables them.
     pub controllers_to_enable: Vec<String>,
@@ -133,6 +138,9 @@ pub struct Topology {
     pub regions: Vec<Region>,
     pub heaps: Vec<Heap>,
     pub owners: Vec<Owner>,
+    /// Owner cgroups the ledger remembers that no longer exist: no limits are written for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_owners: Vec<String>,
     pub drm: Vec<super::probe::DrmDevice>,
     /// Which trusted list decides, from whether the probe found SELinux active.
     pub trust: TrustRule,
@@ -153,17 +161,19 @@ impl Topology {
         }
     }
 
-    /// Owner cgroups of a uid-per-cgroup layout among `paths` (`/uid_10001`), classified.
-    pub fn owners_from<'a>(policy: &Policy, paths: impl IntoIterator<Item = &'a str>) -> Vec<Owner> {
+    /// Owner cgroups of a uid-per-cgroup layout among `paths` (`/uid_10001`), classified by the
+    /// policy with each owner's background signal from `oom_score_adj`.
+    pub fn owners_from<'a>(
+        policy: &Policy,
+        paths: impl IntoIterator<Item = &'a str>,
+        oom_score_adj: &BTreeMap<String, i32>,
+    ) -> Vec<Owner> {
         let mut out: Vec<Owner> = paths
             .into_iter()
             .filter_map(|p| {
-                let uid = p.strip_prefix(OWNER_PREFIX)?;
-                if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                let uid: u32 = uid.parse().ok()?;
-                Some(Owner { cgroup: p.to_string(), uid, class: policy.owner_class(uid, p) })
+                let uid = owner_uid(p)?;
+                let adj = oom_score_adj.get(p).copied();
+                Some(Owner { cgroup: p.to_string(), uid, class: policy.owner_class(uid, p, adj), oom_score_adj: adj })
             })
             .collect();
         out.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
@@ -174,6 +184,15 @@ impl Topology {
     pub fn build(probe: &Probe, policy: &Policy) -> Topology {
         Builder::new(probe).build(policy)
     }
+}
+
+/// The uid of an owner cgroup path (`/uid_10001` → 10001); `None` for any other path.
+pub fn owner_uid(cgroup: &str) -> Option<u32> {
+    let uid = cgroup.strip_prefix(OWNER_PREFIX)?;
+    if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    uid.parse().ok()
 }
 
 /// Lookup tables over the probe, built once so the topology is linear in what was probed.
@@ -525,8 +544,14 @@ impl<'a> Builder<'a> {
                 .push(format!("dmem.capacity unreadable: {}", self.probe.dmem_capacity.reason().unwrap_or_default()));
         }
 
-        let children = self.probe.cgroup.get().map(|c| c.children.as_slice()).unwrap_or_default();
+        let (children, adj) = match self.probe.cgroup.get() {
+            Some(c) => (c.children.as_slice(), Some(&c.oom_score_adj)),
+            None => (&[][..], None),
+        };
+        let owners =
+            Topology::owners_from(policy, children.iter().map(String::as_str), adj.unwrap_or(&BTreeMap::new()));
         Topology {
+            page_size: self.probe.page_size,
             controllers: self.controllers.clone(),
             controllers_to_enable,
             dmem_controller: self.dmem_controller,
@@ -534,7 +559,8 @@ impl<'a> Builder<'a> {
             memcg,
             regions: regions.into_values().collect(),
             heaps,
-            owners: Topology::owners_from(policy, children.iter().map(String::as_str)),
+            owners,
+            skipped_owners: Vec::new(),
             drm: self.probe.drm.get().cloned().unwrap_or_default(),
             trust: TrustRule::with_selinux(self.probe.selinux.get().is_some()),
             notes: self.notes,

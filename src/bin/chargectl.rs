@@ -31,6 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Play a scripted day on a simulated phone (no service needed) and write an SVG plot.
+    #[cfg(feature = "demo")]
     Demo {
         /// Where to write the plot and the simulated tree (default: ./demo-out).
         #[arg(long, default_value = "demo-out")]
@@ -183,6 +184,7 @@ fn heap_path(heap: &str) -> PathBuf {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    #[cfg(feature = "demo")]
     if let Command::Demo { out } = &cli.command {
         // The transcript is the output; the accountant's info logs would interleave with it.
         if std::env::var_os("RUST_LOG").is_none() {
@@ -199,7 +201,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let svc = client.service();
     let e = |err: chargetransfer::binder::Status| ClientError::from(err).to_string();
     match cli.command {
-        Command::Demo { .. } | Command::Probe { .. } => unreachable!("handled above"),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Probe { .. } => unreachable!("handled above"),
         Command::Usage { pid, uid, cgroup } => {
             let report = match (pid, uid, cgroup) {
                 (Some(pid), _, _) => svc.getProcessUsage(pid),

@@ -14,6 +14,7 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
+use crate::autoconfig::{probe, Autoconfig};
 use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::owner_table;
@@ -22,8 +23,9 @@ use crate::error::Error;
 use crate::identity::Caller;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
+use crate::permission::Op;
 use crate::policy::format_bytes;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 
 /// Short names of the steps, for the plot's axis and the summary.
 pub const STEPS: [&str; 7] = ["boot", "maps tiles", "double hop", "over limit", "camera", "game dies", "reconcile"];
@@ -43,8 +45,23 @@ const FRAME: u64 = page_round(4000 * 3000 * 3 / 2);
 /// The game never gets this many texture packs: the budget refuses one long before.
 const MAX_TEXTURE_PACKS: usize = 64;
 
+/// The demo phone's platform makes SurfaceFlinger a client of the HAL (the system_ext policy and
+/// SurfaceFlinger change the README's Android section describes), so its domain is trusted on top
+/// of the shipped policy, which trusts only what vendor policy can make a client.
+const PLATFORM_CLIENTS: &str =
+    r#"{"trusted": {"contexts": ["hal_graphics_allocator_default", "hal_camera_default", "surfaceflinger"]}}"#;
+
+/// A caller as binder reports it on the demo phone, which has SELinux: the domains decide trust
+/// (SurfaceFlinger runs as uid 1000, which the policy never trusts by uid alone).
 fn caller(p: &Proc) -> Caller {
-    Caller { pid: p.pid, uid: p.uid, context: None }
+    let domain = match p.pid {
+        pid if pid == GRALLOC.pid => "hal_graphics_allocator_default",
+        pid if pid == SURFACEFLINGER.pid => "surfaceflinger",
+        pid if pid == CAMERA_HAL.pid => "hal_camera_default",
+        pid if pid == CODEC.pid => "mediacodec",
+        _ => "untrusted_app",
+    };
+    Caller { pid: p.pid, uid: p.uid, context: Some(format!("u:r:{domain}:s0")) }
 }
 
 /// A service refusal as a client sees it: the AIDL code and the message.
@@ -86,8 +103,10 @@ pub fn play(dir: &Path, out: &mut Transcript) -> Result<(), String> {
         durability: Durability::None,
         pidfds: false,
     };
-    let acc =
-        Accountant::open(config, Policy::embedded_default()).map_err(|e| format!("opening the accountant: {e}"))?;
+    let policy = Policy::default_with(&[PLATFORM_CLIENTS]).map_err(|e| format!("the demo policy: {e}"))?;
+    let acc = Accountant::open(config, policy).map_err(|e| format!("opening the accountant: {e}"))?;
+    // The phone has SELinux, so its domains decide trust: the daemon's rule, from the same probe.
+    acc.set_trust_rule(TrustRule::with_selinux(probe::selinux(&roots.sys).is_ok()));
     let mut day = Day { phone, acc, out, step: 0, samples: Vec::new(), tiles: Vec::new(), window: 0 };
     day.boot(dir)?;
     day.maps_tiles()?;
@@ -176,13 +195,14 @@ impl Day<'_> {
             dir.join("tree").display()
         ));
         for p in PROCESSES {
-            let trusted = if self.acc.policy().is_trusted_uid(p.uid) { "trusted" } else { "" };
+            let trusted = if self.acc.permit(&caller(&p), Op::Push).is_ok() { "trusted" } else { "" };
             self.say(
                 format!("  pid {:<5} uid {:<6} {:<20} {:<15} {trusted}", p.pid, p.uid, p.cgroup(), p.label).trim_end(),
             );
         }
-        let roots = self.phone.roots();
-        let report = autoconfigure(&self.acc, &roots, false, false).map_err(|e| format!("step 1: autoconfig: {e}"))?;
+        let autoconfig = Autoconfig::new(self.phone.roots(), self.acc.policy().clone(), None);
+        let report =
+            autoconfigure(&self.acc, &autoconfig, false, false).map_err(|e| format!("step 1: autoconfig: {e}"))?;
         self.say("autoconfig report:");
         self.out.block("    ", &report);
         let missing: Vec<String> = self

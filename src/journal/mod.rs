@@ -52,11 +52,12 @@ const REFUSALS_LOGGED: u64 = 10;
 /// When an append counts as recorded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// Each append is fdatasync'ed before it returns: survives power loss. The service default.
-    #[default]
+    /// Each append is fdatasync'ed before it returns: survives power loss (`--durability fsync`).
     Fsync,
     /// Appends reach the kernel at once (they survive the service being killed) and the disk on
-    /// [`Journal::flush`]: for bulk loads and benchmarks.
+    /// [`Journal::flush`]. The service default (`--durability batch`): after a power loss no
+    /// dma-buf survives either, so a synced record would add nothing.
+    #[default]
     Batch,
     /// Never synced, not even snapshots: tests only.
     None,

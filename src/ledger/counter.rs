@@ -102,11 +102,6 @@ impl Counter {
             LimitKind::PinMax => self.pin_max = value,
         }
     }
-
-    /// True when no bytes and no limits are recorded: such a counter need not be persisted.
-    pub fn is_pristine(&self) -> bool {
-        *self == Counter::default()
-    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use super::tree::depth;
 use super::{CgroupId, Ledger};
 
 impl Ledger {
-    /// Verifies the ledger's invariants; returns the first violation. Used by tests and by the
-    /// service's self-check after replay.
+    /// Verifies the ledger's invariants; returns the first violation. For tests (the ledger's and
+    /// journal's property tests, the hostile harness): it walks every buffer and cgroup, so the
+    /// service does not run it.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let nodes = self.tree.nodes();
         let n_pools = self.registry.pool_count();

@@ -8,10 +8,6 @@ use thiserror::Error;
 
 use crate::ledger::UNLIMITED;
 
-/// Limits computed from a share are rounded down to whole pages: the kernel stores memory limits
-/// in pages, so an unaligned value would read back different and be rewritten on every boot.
-pub const PAGE_SIZE: u64 = 4096;
-
 /// One million: percentages are kept as parts per million so arithmetic stays exact.
 const PPM: u64 = 1_000_000;
 
@@ -35,7 +31,8 @@ pub enum Amount {
 
 impl Amount {
     /// The limit in bytes for a pool of `capacity` bytes; `None` when it is a share of a capacity
-    /// that is not known.
+    /// that is not known. Exact: rounding to the kernel's page size is autoconfig's business, since
+    /// only it knows the page size of the device (the probe's `page_size`).
     pub fn resolve(self, capacity: Option<u64>) -> Option<u64> {
         match self {
             Amount::Max => Some(UNLIMITED),
@@ -43,7 +40,7 @@ impl Amount {
             Amount::Ppm(ppm) => {
                 let cap = capacity?;
                 let v = (cap as u128 * ppm as u128 / PPM as u128) as u64;
-                Some(if ppm as u64 == PPM { cap } else { v / PAGE_SIZE * PAGE_SIZE })
+                Some(if ppm as u64 == PPM { cap } else { v })
             }
         }
     }
@@ -181,9 +178,9 @@ mod tests {
     }
 
     #[test]
-    fn shares_round_down_to_pages_and_need_a_capacity() {
+    fn shares_are_exact_bytes_and_need_a_capacity() {
         assert_eq!(Amount::Ppm(250_000).resolve(Some(1 << 30)), Some(256 << 20));
-        assert_eq!(Amount::Ppm(333_333).resolve(Some(100_000)), Some(32_768));
+        assert_eq!(Amount::Ppm(333_333).resolve(Some(100_000)), Some(33_333));
         assert_eq!(Amount::Ppm(1_000_000).resolve(Some(100_001)), Some(100_001));
         assert_eq!(Amount::Ppm(250_000).resolve(None), None);
         assert_eq!(Amount::Max.resolve(None), Some(UNLIMITED));

@@ -12,17 +12,16 @@ mod amount;
 mod parse;
 mod trust;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ledger::{HeapClass, HeapSpec};
 
-pub use amount::{format_bytes, parse_amount, parse_bytes, Amount, AmountError, PAGE_SIZE};
+pub use amount::{format_bytes, parse_amount, parse_bytes, Amount, AmountError};
 pub use parse::merge;
 pub use trust::TrustRule;
 
@@ -241,25 +240,37 @@ impl UidRange {
     }
 }
 
-/// An owner-class rule: matches when the uid is in one of `uids` (if any are given) and the
-/// cgroup path matches one of `cgroups` (if any are given).
+/// An owner-class rule: matches when the app id is in one of `uids` (if any are given), the
+/// cgroup path matches one of `cgroups` (if any are given), and every process of the owner has an
+/// `oom_score_adj` of at least `min_oom_score_adj` (if given).
+///
+/// `oom_score_adj` is the background signal every Android device has: the framework's process
+/// list sets it for each process state (foreground 0, visible 100, perceptible 200, service 500,
+/// home 600, previous 700, cached 900..=999, `ProcessList.java`). Owners are `/uid_<uid>`
+/// cgroups, so no cgroup path can say "background"; the lowest adj among the owner's processes
+/// can, and changes whenever the app changes state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerRule {
     pub name: String,
     pub class: OwnerClass,
     pub uids: Vec<UidRange>,
     pub cgroups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_oom_score_adj: Option<i32>,
 }
 
 impl OwnerRule {
-    pub fn matches(&self, uid: u32, cgroup: &str) -> bool {
-        (self.uids.is_empty() || self.uids.iter().any(|r| r.contains(uid)))
+    /// `app_id` is `uid % 100000`; `oom_score_adj` the lowest among the owner's live processes
+    /// (`None` when it has none, or it could not be read: then a rule that needs it does not match).
+    pub fn matches(&self, app_id: u32, cgroup: &str, oom_score_adj: Option<i32>) -> bool {
+        (self.uids.is_empty() || self.uids.iter().any(|r| r.contains(app_id)))
             && (self.cgroups.is_empty() || self.cgroups.iter().any(|p| glob_match(p, cgroup)))
+            && self.min_oom_score_adj.is_none_or(|min| oom_score_adj.is_some_and(|adj| adj >= min))
     }
 }
 
-/// The validated policy.
-#[derive(Debug)]
+/// The validated policy: what was configured, nothing found at run time.
+#[derive(Clone, Debug)]
 pub struct Policy {
     heaps: Vec<HeapPolicy>,
     trusted_uids: Vec<UidRange>,
@@ -269,24 +280,6 @@ pub struct Policy {
     dmem_limits: BTreeMap<RegionClass, [DmemLimits; 3]>,
     default_dmem_limits: [DmemLimits; 3],
     memcg_limits: [MemcgLimits; 3],
-    /// Heaps the kernel itself charges to memcg, as autoconfig last found them.
-    kernel_charged: RwLock<BTreeSet<String>>,
-}
-
-impl Clone for Policy {
-    fn clone(&self) -> Self {
-        Policy {
-            heaps: self.heaps.clone(),
-            trusted_uids: self.trusted_uids.clone(),
-            trusted_contexts: self.trusted_contexts.clone(),
-            owner_rules: self.owner_rules.clone(),
-            default_owner_class: self.default_owner_class,
-            dmem_limits: self.dmem_limits.clone(),
-            default_dmem_limits: self.default_dmem_limits,
-            memcg_limits: self.memcg_limits,
-            kernel_charged: RwLock::new(self.kernel_charged.read().unwrap_or_else(|p| p.into_inner()).clone()),
-        }
-    }
 }
 
 impl Policy {
@@ -368,10 +361,15 @@ impl Policy {
     }
 
     /// The first matching rule's class, or the default class. Rules see the app id
-    /// (`uid % 100000`), so a secondary user's processes classify like the primary user's.
-    pub fn owner_class(&self, uid: u32, cgroup: &str) -> OwnerClass {
+    /// (`uid % 100000`), so a secondary user's processes classify like the primary user's;
+    /// `oom_score_adj` is the lowest among the owner's processes (see [`OwnerRule`]).
+    pub fn owner_class(&self, uid: u32, cgroup: &str, oom_score_adj: Option<i32>) -> OwnerClass {
         let app_id = uid % AID_USER_OFFSET;
-        self.owner_rules.iter().find(|r| r.matches(app_id, cgroup)).map(|r| r.class).unwrap_or(self.default_owner_class)
+        self.owner_rules
+            .iter()
+            .find(|r| r.matches(app_id, cgroup, oom_score_adj))
+            .map(|r| r.class)
+            .unwrap_or(self.default_owner_class)
     }
 
     pub fn owner_rules(&self) -> &[OwnerRule] {
@@ -386,17 +384,6 @@ impl Policy {
 
     pub fn memcg_limits(&self, owner: OwnerClass) -> MemcgLimits {
         self.memcg_limits[owner.index()]
-    }
-
-    /// Whether the kernel charges this heap's buffers to the allocating task's memcg (the system
-    /// heap with `dma_heap.mem_accounting=1`). Known once autoconfig ran; false before.
-    pub fn kernel_charges_heap(&self, heap: &str) -> bool {
-        self.kernel_charged.read().unwrap_or_else(|p| p.into_inner()).contains(heap)
-    }
-
-    /// Records what autoconfig found (see [`Policy::kernel_charges_heap`]).
-    pub fn set_kernel_charged_heaps(&self, heaps: impl IntoIterator<Item = String>) {
-        *self.kernel_charged.write().unwrap_or_else(|p| p.into_inner()) = heaps.into_iter().collect();
     }
 }
 

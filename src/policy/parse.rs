@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::RwLock;
 
 use serde_json::{Map, Value};
 
@@ -202,6 +201,29 @@ fn uid_ranges(at: &At, v: &Value) -> Result<Vec<UidRange>> {
     array(at, v)?.iter().enumerate().map(|(i, x)| uid_range(&at.index(i), x)).collect()
 }
 
+/// Owner rules compare app ids (`uid % 100000`, see [`super::Policy::owner_class`]): a uid of
+/// 100000 or more could never match, so it is refused where it is written.
+fn app_id_ranges(at: &At, v: &Value) -> Result<Vec<UidRange>> {
+    let ranges = uid_ranges(at, v)?;
+    if let Some((i, r)) = ranges.iter().enumerate().find(|(_, r)| r.last >= super::AID_USER_OFFSET) {
+        return at.index(i).fail(format!(
+            "uid {} can never match: owner rules compare app ids (uid % {}), which are below {}",
+            r.last,
+            super::AID_USER_OFFSET,
+            super::AID_USER_OFFSET
+        ));
+    }
+    Ok(ranges)
+}
+
+/// The kernel's range for `/proc/<pid>/oom_score_adj`.
+fn oom_score_adj(at: &At, v: &Value) -> Result<i32> {
+    match v.as_i64() {
+        Some(n) if (-1000..=1000).contains(&n) => Ok(n as i32),
+        _ => at.fail(format!("{v} is not an oom_score_adj (a whole number from -1000 to 1000)")),
+    }
+}
+
 fn token(at: &At, v: &Value, what: &str) -> Result<String> {
     let s = string(at, v)?;
     if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -269,7 +291,6 @@ pub(super) fn policy(root: &Value) -> Result<Policy> {
         dmem_limits: limits.dmem,
         default_dmem_limits: limits.default_dmem,
         memcg_limits: limits.memcg,
-        kernel_charged: RwLock::new(Default::default()),
     })
 }
 
@@ -343,7 +364,7 @@ fn rules(at: &At, v: &Value) -> Result<Vec<OwnerRule>> {
     let mut out: Vec<OwnerRule> = Vec::new();
     for (i, r) in array(at, v)?.iter().enumerate() {
         let at = at.index(i);
-        let fields = object(&at, r, &["name", "class", "uids", "cgroups"])?;
+        let fields = object(&at, r, &["name", "class", "uids", "cgroups", "min_oom_score_adj"])?;
         let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         let name = match get("name") {
             Some(n) => token(&at.key("name"), n, "rule name")?,
@@ -356,7 +377,9 @@ fn rules(at: &At, v: &Value) -> Result<Vec<OwnerRule>> {
             Some(c) => one_of(&at.key("class"), c, "owner class", &owner_classes())?,
             None => return at.key("class").fail("missing; one of app, system, background"),
         };
-        let uids = get("uids").map(|u| uid_ranges(&at.key("uids"), u)).transpose()?.unwrap_or_default();
+        let min_oom_score_adj =
+            get("min_oom_score_adj").map(|v| oom_score_adj(&at.key("min_oom_score_adj"), v)).transpose()?;
+        let uids = get("uids").map(|u| app_id_ranges(&at.key("uids"), u)).transpose()?.unwrap_or_default();
         let mut cgroups = Vec::new();
         if let Some(c) = get("cgroups") {
             let at = at.key("cgroups");
@@ -370,10 +393,12 @@ fn rules(at: &At, v: &Value) -> Result<Vec<OwnerRule>> {
                 cgroups.push(p);
             }
         }
-        if uids.is_empty() && cgroups.is_empty() {
-            return at.fail("a rule needs uids or cgroups; use owner_classes.default for everything else");
+        if uids.is_empty() && cgroups.is_empty() && min_oom_score_adj.is_none() {
+            return at.fail(
+                "a rule needs uids, cgroups or min_oom_score_adj; use owner_classes.default for everything else",
+            );
         }
-        out.push(OwnerRule { name, class, uids, cgroups });
+        out.push(OwnerRule { name, class, uids, cgroups, min_oom_score_adj });
     }
     Ok(out)
 }

@@ -20,7 +20,7 @@ fn embedded_default_is_valid_and_describes_a_phone() {
     assert_eq!(names, ["camera", "display", "gpu", "secure_video", "system", "system-uncached"]);
     let classes: Vec<HeapClass> = p.heaps().iter().map(|h| h.class).collect();
     assert!(classes.contains(&HeapClass::Carveout) && classes.contains(&HeapClass::Vram));
-    assert!(p.is_trusted_uid(1000) && p.is_trusted_uid(1003));
+    assert!(!p.is_trusted_uid(1000) && p.is_trusted_uid(1003), "uid 1000 is never trusted by uid alone");
     assert!(!p.is_trusted_uid(10001));
 }
 
@@ -44,7 +44,7 @@ fn minimal_policy_has_open_limits_and_no_trust() {
         vec![(HeapSpec { name: "system".into(), class: HeapClass::System, region: None }, true)]
     );
     assert!(!p.is_trusted_uid(1000));
-    assert_eq!(p.owner_class(1000, "/uid_1000"), OwnerClass::App);
+    assert_eq!(p.owner_class(1000, "/uid_1000", None), OwnerClass::App);
     assert_eq!(p.dmem_limits(RegionClass::Display, OwnerClass::App), DmemLimits::default());
     assert_eq!(p.memcg_limits(OwnerClass::System).max.resolve(None), Some(UNLIMITED));
 }
@@ -116,7 +116,22 @@ fn rejections_name_the_json_path_and_reason() {
         (
             r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"rules": [{"name": "x", "class": "app"}]}}"#,
             "owner_classes.rules[0]",
-            "needs uids or cgroups",
+            "needs uids, cgroups or min_oom_score_adj",
+        ),
+        (
+            r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"rules": [{"name": "x", "class": "system", "uids": [1000, "110000-110999"]}]}}"#,
+            "owner_classes.rules[0].uids[1]",
+            "uid 110999 can never match: owner rules compare app ids",
+        ),
+        (
+            r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"rules": [{"name": "x", "class": "system", "uids": [100000]}]}}"#,
+            "owner_classes.rules[0].uids[0]",
+            "uid 100000 can never match",
+        ),
+        (
+            r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"rules": [{"name": "x", "class": "background", "min_oom_score_adj": 1001}]}}"#,
+            "owner_classes.rules[0].min_oom_score_adj",
+            "not an oom_score_adj",
         ),
         (
             r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"rules": [{"name": "x", "class": "app", "cgroups": ["uid_1"]}]}}"#,
@@ -173,24 +188,37 @@ fn comment_keys_are_ignored() {
 #[test]
 fn owner_rules_apply_in_order_on_app_ids_and_cgroup_patterns() {
     let p = Policy::embedded_default();
-    assert_eq!(p.owner_class(1000, "/uid_1000/pid_5"), OwnerClass::System);
-    assert_eq!(p.owner_class(10001, "/uid_10001/pid_5"), OwnerClass::App);
-    assert_eq!(p.owner_class(10001, "/background/uid_10001"), OwnerClass::Background);
-    assert_eq!(p.owner_class(1_010_001, "/uid_1010001"), OwnerClass::App, "secondary user's app");
-    assert_eq!(p.owner_class(1_001_000, "/uid_1001000"), OwnerClass::System, "secondary user's system uid");
+    assert_eq!(p.owner_class(1000, "/uid_1000/pid_5", None), OwnerClass::System);
+    assert_eq!(p.owner_class(10001, "/uid_10001/pid_5", Some(0)), OwnerClass::App);
+    assert_eq!(p.owner_class(1_010_001, "/uid_1010001", None), OwnerClass::App, "secondary user's app");
+    assert_eq!(p.owner_class(1_001_000, "/uid_1001000", None), OwnerClass::System, "secondary user's system uid");
     let first_wins = Policy::from_json(
         r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "owner_classes": {"default": "background", "rules": [
             {"name": "a", "class": "system", "uids": [10005]},
             {"name": "b", "class": "app", "uids": ["10000-19999"], "cgroups": ["/uid_*"]}]}}"#,
     )
     .unwrap();
-    assert_eq!(first_wins.owner_class(10005, "/uid_10005"), OwnerClass::System);
-    assert_eq!(first_wins.owner_class(10006, "/uid_10006"), OwnerClass::App);
+    assert_eq!(first_wins.owner_class(10005, "/uid_10005", None), OwnerClass::System);
+    assert_eq!(first_wins.owner_class(10006, "/uid_10006", None), OwnerClass::App);
     assert_eq!(
-        first_wins.owner_class(10006, "/uid_10006/pid_1"),
+        first_wins.owner_class(10006, "/uid_10006/pid_1", None),
         OwnerClass::Background,
         "uid and cgroup must both match"
     );
+}
+
+/// The shipped background rule can apply to a real owner: an app whose every process the framework
+/// put in a cached state (oom_score_adj >= 900) is background; one foreground process keeps it an
+/// app; an owner without processes (no signal) is not background; platform uids never are.
+#[test]
+fn the_shipped_background_class_follows_the_owners_oom_score_adj() {
+    let p = Policy::embedded_default();
+    assert_eq!(p.owner_class(10001, "/uid_10001", Some(900)), OwnerClass::Background);
+    assert_eq!(p.owner_class(10001, "/uid_10001", Some(999)), OwnerClass::Background);
+    assert_eq!(p.owner_class(1_010_001, "/uid_1010001", Some(905)), OwnerClass::Background, "secondary user");
+    assert_eq!(p.owner_class(10001, "/uid_10001", Some(700)), OwnerClass::App, "the previous app is not cached");
+    assert_eq!(p.owner_class(10001, "/uid_10001", None), OwnerClass::App);
+    assert_eq!(p.owner_class(1047, "/uid_1047", Some(950)), OwnerClass::System, "platform first");
 }
 
 #[test]
@@ -273,8 +301,8 @@ fn load_merges_vendor_overrides_over_the_base() {
     assert!(p.heap("gpu").is_none());
     assert_eq!(p.heap("qcom,display").unwrap().mode, Mode::Observe);
     assert!(!p.is_trusted_uid(1003), "arrays of plain values are replaced");
-    assert_eq!(p.owner_class(2000, "/uid_2000"), OwnerClass::App);
-    assert_eq!(p.owner_class(1999, "/uid_1999"), OwnerClass::System);
+    assert_eq!(p.owner_class(2000, "/uid_2000", None), OwnerClass::App);
+    assert_eq!(p.owner_class(1999, "/uid_1999", None), OwnerClass::System);
     assert_eq!(p.dmem_limits(RegionClass::Display, OwnerClass::App).max, Amount::Ppm(100_000));
     assert_eq!(
         p.dmem_limits(RegionClass::Display, OwnerClass::App).pin_max,
@@ -294,13 +322,4 @@ fn load_merges_vendor_overrides_over_the_base() {
     let msg = Policy::load(&[base, odm.clone()]).unwrap_err().to_string();
     assert!(msg.starts_with(&format!("{}: line 1", odm.display())), "{msg}");
     assert!(matches!(Policy::load(&[dir.path().join("missing.json")]), Err(PolicyError::Io { .. })));
-}
-
-#[test]
-fn kernel_charged_heaps_are_recorded_by_autoconfig() {
-    let p = Policy::embedded_default();
-    assert!(!p.kernel_charges_heap("system"));
-    p.set_kernel_charged_heaps(["system".to_string()]);
-    assert!(p.kernel_charges_heap("system"));
-    assert!(p.clone().kernel_charges_heap("system"));
 }

@@ -1,5 +1,10 @@
 //! Death of clients: binder death notifications on tokens clients register, and pidfd polling
 //! for owners that registered none. Both end in `Accountant::process_died`.
+//!
+//! Tokens are keyed by the registering process's identity (pid and start time), which the
+//! service pinned with a pidfd when it registered: a recycled pid starts with no tokens, and a
+//! stale token's notification only acts if the process it was registered for is the one gone.
+//! An entry is removed when its notification fires.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -8,17 +13,29 @@ use std::time::Duration;
 use crate::accountant::Accountant;
 use crate::binder::{self, DeathLink, SpIBinder};
 use crate::error::{Error, Result};
+use crate::identity::Process;
 use log::{info, warn};
 
 /// Tokens one process may register; more would only cost the service memory.
 pub const MAX_TOKENS_PER_PROCESS: usize = 16;
+/// Tokens all processes together may register.
+pub const MAX_TOKENS: usize = 64 * MAX_TOKENS_PER_PROCESS;
 
-fn binder_died(pid: u32, accountant: &Weak<Accountant>) {
-    if let Some(a) = accountant.upgrade() {
-        match a.process_died(pid) {
-            Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
-            Err(e) => warn!("client pid {pid} died: {e}"),
-        }
+/// A process identity that cannot be recycled: pid and start time.
+type Key = (u32, u64);
+
+fn key(p: &Process) -> Key {
+    (p.pid, p.start_time)
+}
+
+fn binder_died(process: &Process, watch: &Weak<DeathWatch>) {
+    let Some(watch) = watch.upgrade() else { return };
+    watch.forget(process);
+    let Some(a) = watch.accountant.upgrade() else { return };
+    let pid = process.pid;
+    match a.process_exited(process) {
+        Ok(n) => info!("client pid {pid} died (binder): {n} charges handled"),
+        Err(e) => warn!("client pid {pid} died: {e}"),
     }
 }
 
@@ -27,31 +44,42 @@ type Watched = (SpIBinder, DeathLink);
 
 pub struct DeathWatch {
     accountant: Weak<Accountant>,
-    tokens: Mutex<HashMap<u32, Vec<Watched>>>,
+    me: Weak<DeathWatch>,
+    tokens: Mutex<HashMap<Key, Vec<Watched>>>,
 }
 
 impl DeathWatch {
     pub fn new(accountant: &Arc<Accountant>) -> Arc<DeathWatch> {
-        Arc::new(DeathWatch { accountant: Arc::downgrade(accountant), tokens: Mutex::new(HashMap::new()) })
+        Arc::new_cyclic(|me| DeathWatch {
+            accountant: Arc::downgrade(accountant),
+            me: me.clone(),
+            tokens: Mutex::new(HashMap::new()),
+        })
     }
 
-    pub fn register(&self, pid: u32, token: &SpIBinder) -> Result<()> {
+    /// Watches `token` for `process`, the caller as resolved (and pinned) from binder.
+    pub fn register(&self, process: Process, token: &SpIBinder) -> Result<()> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let list = tokens.entry(pid).or_default();
+        let total: usize = tokens.values().map(Vec::len).sum();
+        if total >= MAX_TOKENS {
+            return Err(Error::InvalidArgument(format!("the service watches {MAX_TOKENS} tokens; retry later")));
+        }
+        let pid = process.pid;
+        let list = tokens.entry(key(&process)).or_default();
         if list.len() >= MAX_TOKENS_PER_PROCESS {
             return Err(Error::InvalidArgument(format!(
                 "pid {pid} already registered {MAX_TOKENS_PER_PROCESS} tokens"
             )));
         }
-        let accountant = self.accountant.clone();
-        let link = binder::link_to_death(token, move || binder_died(pid, &accountant))
+        let watch = self.me.clone();
+        let link = binder::link_to_death(token, move || binder_died(&process, &watch))
             .map_err(|e| Error::InvalidArgument(format!("cannot watch the token of pid {pid}: {e}")))?;
         list.push((token.clone(), link));
         Ok(())
     }
 
-    fn forget(&self, pid: u32) {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+    fn forget(&self, process: &Process) {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(process));
     }
 
     pub fn registered(&self) -> usize {
@@ -63,9 +91,10 @@ impl DeathWatch {
     pub fn poll_pidfds(self: &Arc<Self>, interval: Duration, stop: &dyn Fn() -> bool) {
         while !stop() {
             let Some(accountant) = self.accountant.upgrade() else { return };
-            for pid in accountant.processes().reap_exited() {
-                self.forget(pid);
-                match accountant.process_died(pid) {
+            for process in accountant.processes().reap_exited() {
+                self.forget(&process);
+                let pid = process.pid;
+                match accountant.process_exited(&process) {
                     Ok(0) => {}
                     Ok(n) => info!("pid {pid} exited (pidfd): {n} charges handled"),
                     Err(e) => warn!("pid {pid} exited: {e}"),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accountant::Accountant;
+use crate::accountant::{self, Accountant};
 use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
@@ -19,6 +19,7 @@ use crate::binder::{self, BinderFeatures, Interface, ParcelFileDescriptor, SpIBi
 use crate::error::Error;
 use crate::identity::Caller;
 use crate::kernel::dmabuf;
+use crate::permission::Op;
 
 pub use death::DeathWatch;
 
@@ -43,6 +44,16 @@ type BinderResult<T> = binder::Result<T>;
 fn status(e: Error) -> Status {
     log::debug!("refused: {e}");
     binder::service_specific_error(e.code().0, e.to_string())
+}
+
+/// [`status`] for `caller`: to a caller that may not see other apps, the refusal names nobody
+/// else's process or cgroup.
+fn status_for(accountant: &Accountant, caller: &Caller, e: Error) -> Status {
+    if accountant.sees_others(caller) {
+        status(e)
+    } else {
+        status(e.without_others())
+    }
 }
 
 fn invalid(msg: String) -> Status {
@@ -104,7 +115,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn charge(&self, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
         let caller = self.caller()?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.charge(&caller, &info, None).map_err(status)?;
+        let b = self.accountant.charge(&caller, &info, None).map_err(|e| status_for(&self.accountant, &caller, e))?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
@@ -112,20 +123,25 @@ impl IChargeTransfer for ChargeTransferService {
         let caller = self.caller()?;
         let owner = pid_arg("ownerPid", owner_pid)?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.charge(&caller, &info, Some(owner)).map_err(status)?;
+        let b = self
+            .accountant
+            .charge(&caller, &info, Some(owner))
+            .map_err(|e| status_for(&self.accountant, &caller, e))?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
     fn release(&self, inode: i64) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.accountant.release(&caller, non_negative("inode", inode)?).map_err(status)
+        self.accountant
+            .release(&caller, non_negative("inode", inode)?)
+            .map_err(|e| status_for(&self.accountant, &caller, e))
     }
 
     fn transfer(&self, buffer: &ParcelFileDescriptor, to_pid: i32) -> BinderResult<ChargeInfo> {
         let caller = self.caller()?;
         let to = pid_arg("toPid", to_pid)?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.transfer(&caller, &info, to).map_err(status)?;
+        let b = self.accountant.transfer(&caller, &info, to).map_err(|e| status_for(&self.accountant, &caller, e))?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
@@ -137,7 +153,10 @@ impl IChargeTransfer for ChargeTransferService {
             .filter(|t| *t > 0)
             .ok_or_else(|| invalid(format!("ttlMillis must be positive, got {ttl_millis}")))?;
         let info = self.inspect(buffer)?;
-        let ticket = self.accountant.offer(&caller, &info, to, Duration::from_millis(ttl)).map_err(status)?;
+        let ticket = self
+            .accountant
+            .offer(&caller, &info, to, Duration::from_millis(ttl))
+            .map_err(|e| status_for(&self.accountant, &caller, e))?;
         Ok(ticket as i64)
     }
 
@@ -146,34 +165,59 @@ impl IChargeTransfer for ChargeTransferService {
         let ticket =
             u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
         let info = self.inspect(buffer)?;
-        let b = self.accountant.accept(&caller, ticket, &info).map_err(status)?;
+        let b = self.accountant.accept(&caller, ticket, &info).map_err(|e| status_for(&self.accountant, &caller, e))?;
         Ok(convert::charge_info(&self.accountant, &b))
     }
 
     fn registerClient(&self, token: &SpIBinder) -> BinderResult<()> {
         let caller = self.caller()?;
-        self.deaths.register(caller.pid, token).map_err(status)
+        self.accountant.permit(&caller, Op::RegisterClient).map_err(status)?;
+        let process = self.accountant.processes().resolve_caller(&caller).map_err(status)?;
+        self.deaths.register(process, token).map_err(status)
     }
 
     fn getProcessUsage(&self, pid: i32) -> BinderResult<UsageReport> {
+        let caller = self.caller()?;
         let pid = pid_arg("pid", pid)?;
+        let process = self.accountant.process(pid).map_err(status)?;
+        self.accountant.permit(&caller, Op::ReadUsage { uid: process.uid }).map_err(status)?;
         let usage = self.accountant.process_usage(pid).map_err(status)?;
         Ok(convert::usage_report(&usage))
     }
 
     fn getUidUsage(&self, uid: i32) -> BinderResult<UsageReport> {
+        let caller = self.caller()?;
         let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid must not be negative, got {uid}")))?;
+        self.accountant.permit(&caller, Op::ReadUsage { uid }).map_err(status)?;
         Ok(convert::usage_report(&self.accountant.uid_usage(uid)))
     }
 
     fn getCgroupUsage(&self, cgroup: &str) -> BinderResult<UsageReport> {
+        let caller = self.caller()?;
+        let own = accountant::uid_cgroup(caller.uid);
+        let mine = cgroup == own || cgroup.strip_prefix(&own).is_some_and(|rest| rest.starts_with('/'));
+        let op = if mine { Op::ReadUsage { uid: caller.uid } } else { Op::ReadDevice };
+        // A malformed path is refused as such first: that tells nobody anything.
         let usage = self.accountant.cgroup_usage(cgroup).map_err(status)?;
+        self.accountant.permit(&caller, op).map_err(status)?;
         Ok(convert::usage_report(&usage))
     }
 
+    /// Trusted callers see every charge (pid 0) or a process's; others see their own uid's only,
+    /// pid 0 meaning all of those.
     fn listCharges(&self, pid: i32) -> BinderResult<Vec<ChargeInfo>> {
+        let caller = self.caller()?;
         let pid = u32::try_from(pid).map_err(|_| invalid(format!("pid must not be negative, got {pid}")))?;
-        Ok(self.accountant.charges(pid).iter().map(|b| convert::charge_info(&self.accountant, b)).collect())
+        let charges = if self.accountant.sees_others(&caller) {
+            self.accountant.charges(pid)
+        } else if pid == 0 {
+            self.accountant.charges_of_uid(caller.uid)
+        } else {
+            let process = self.accountant.process(pid).map_err(status)?;
+            self.accountant.permit(&caller, Op::ReadUsage { uid: process.uid }).map_err(status)?;
+            self.accountant.charges(pid)
+        };
+        Ok(charges.iter().map(|b| convert::charge_info(&self.accountant, b)).collect())
     }
 
     fn getRegions(&self) -> BinderResult<Vec<RegionInfo>> {
@@ -201,30 +245,33 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn evictionAdvice(&self, region: &str, bytes: i64) -> BinderResult<Vec<i64>> {
+        let caller = self.caller()?;
         let bytes = non_negative("bytes", bytes)?;
+        self.accountant.permit(&caller, Op::ReadDevice).map_err(status)?;
         let advice = self.accountant.eviction_advice(region, bytes).map_err(status)?;
         Ok(advice.into_iter().map(|i| i as i64).collect())
     }
 
     fn reconcile(&self) -> BinderResult<ReconcileReport> {
         let caller = self.caller()?;
-        if !self.accountant.is_trusted(&caller) {
-            return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "reconcile" }));
-        }
+        self.accountant.permit(&caller, Op::Reconcile).map_err(status)?;
         let report = self.accountant.reconcile().map_err(status)?;
         Ok(convert::reconcile_report(&report))
     }
 
     fn autoconfigure(&self, dry_run: bool, json: bool) -> BinderResult<String> {
         let caller = self.caller()?;
-        if !dry_run && !self.accountant.is_trusted(&caller) {
-            return Err(status(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: "apply autoconfig" }));
-        }
+        let op = if dry_run { Op::AutoconfigureDryRun } else { Op::AutoconfigureApply };
+        self.accountant.permit(&caller, op).map_err(status)?;
         (self.autoconfigure)(&self.accountant, dry_run, json).map_err(status)
     }
 
     fn dumpState(&self) -> BinderResult<String> {
-        Ok(crate::dump::render(&self.accountant))
+        let caller = self.caller()?;
+        match self.accountant.permit(&caller, Op::Dump) {
+            Ok(()) => Ok(crate::dump::render(&self.accountant)),
+            Err(_) => Ok(crate::dump::render_for_uid(&self.accountant, caller.uid)),
+        }
     }
 
     fn ping(&self) -> BinderResult<()> {

@@ -97,10 +97,12 @@ pub fn release_and_transfer_move_the_numbers(env: &Env) -> Outcome {
     })?;
     let mut other = env.spawn(10015, None)?;
     refused(&mut other, &format!("release {inode}"), ErrorCode::NOT_OWNER)?;
+    // The owner still holds the buffer: it cannot stop paying for memory it keeps.
+    refused(&mut app, &format!("release {inode}"), ErrorCode::INVALID_STATE)?;
+    app.ok(&format!("close {app_slot}"))?;
     app.ok(&format!("release {inode}"))?;
     check(charged_bytes_of(env, app.pid)? == 0, || "release did not uncharge".into())?;
     refused(&mut app, &format!("release {inode}"), ErrorCode::NOT_CHARGED)?;
-    app.ok(&format!("close {app_slot}"))?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, IChargeClient::IChargeClient};
 use chargetransfer::binder::{self, Interface, Status};
 use chargetransfer::client::{Client, ClientError};
+use chargetransfer::service::INSTANCE;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 struct Token;
@@ -49,7 +50,10 @@ static RECONNECTS: AtomicU64 = AtomicU64::new(0);
 fn connect_once() -> Result<Client, ClientError> {
     match std::env::var_os("CT_RPC") {
         Some(socket) => Client::connect_rpc(std::path::Path::new(&socket)),
-        None => Client::connect_binder(std::env::var("CT_BINDER").ok().as_deref(), Duration::from_secs(1)),
+        None => {
+            let instance = std::env::var("CT_INSTANCE").unwrap_or_else(|_| INSTANCE.to_string());
+            Client::connect_instance(std::env::var("CT_BINDER").ok().as_deref(), &instance, Duration::from_secs(1))
+        }
     }
 }
 
@@ -310,6 +314,24 @@ pub fn run() -> ! {
                 "reconcile" => {
                     let r = binder_call(&mut client, |c| c.service().reconcile()).map_err(refused)?;
                     format!("ok {}", r.releasedInodes.len())
+                }
+                "uid_usage" => {
+                    let u = binder_call(&mut client, |c| c.service().getUidUsage(num(1) as i32)).map_err(refused)?;
+                    format!("ok {}", u.bufferBytes)
+                }
+                "process_usage" => {
+                    let u =
+                        binder_call(&mut client, |c| c.service().getProcessUsage(num(1) as i32)).map_err(refused)?;
+                    format!("ok {}", u.bufferBytes)
+                }
+                "list" => {
+                    let all = binder_call(&mut client, |c| c.service().listCharges(num(1) as i32)).map_err(refused)?;
+                    let inodes: Vec<String> = all.iter().map(|c| c.inode.to_string()).collect();
+                    format!("ok {} {}", all.len(), inodes.join(" "))
+                }
+                "dump" => {
+                    let d = binder_call(&mut client, |c| c.service().dumpState()).map_err(refused)?;
+                    format!("ok {}", if d.contains("Owners") { "full" } else { "own" })
                 }
                 "exit" => std::process::exit(0),
                 other => return Err(format!("err 0 unknown command {other:?}")),

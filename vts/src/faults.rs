@@ -404,16 +404,16 @@ impl<'a> Workload<'a> {
         Ok(())
     }
 
-    /// Releases the charge of a buffer only this member holds, then closes it. A refusal (not
-    /// the owner, already released) is fine: closing then leaves a charge without a holder,
-    /// which reconcile must clear.
+    /// Closes a buffer only this member holds, then releases its charge (an owner cannot release
+    /// a buffer it still holds). A refusal (not the owner, already released) is fine: closing
+    /// then leaves a charge without a holder, which reconcile must clear.
     fn release_close(&self, i: usize, rng: &mut Rng) {
         let mut m = lock(&self.members[i]);
         let candidates: Vec<usize> = (0..m.held.len()).filter(|&k| self.sole_holder(m.held[k].1, i)).collect();
         let Some(&at) = candidates.get(rng.below(candidates.len() as u64) as usize) else { return };
         let line = format!("release {}", m.held[at].1);
-        self.outcome("release", m.child.cmd(&line));
         self.close(&mut m, i, at);
+        self.outcome("release", m.child.cmd(&line));
     }
 
     fn close_any(&self, i: usize, rng: &mut Rng) {
@@ -516,14 +516,14 @@ fn compare(client: &Client, heaps: &BTreeSet<String>, clients: &BTreeSet<u32>) -
     Truth::take(client, heaps)?.verdict(client, Some(clients))
 }
 
-/// A well-behaved client's round: ping, allocate and charge, release, close. Its duration.
+/// A well-behaved client's round: ping, allocate and charge, close, release. Its duration.
 fn probe(child: &mut Child) -> Result<Duration, String> {
     let t = Instant::now();
     child.ok("ping")?;
     let r = child.ok(&format!("alloc_charge {HEAP} {PAGE}"))?;
     let (slot, inode): (usize, u64) = (field(&r, 0)?, field(&r, 1)?);
-    child.ok(&format!("release {inode}"))?;
     child.ok(&format!("close {slot}"))?;
+    child.ok(&format!("release {inode}"))?;
     Ok(t.elapsed())
 }
 
@@ -664,6 +664,7 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
         cgroup: CgroupFs::new(&opts.cgroup_root),
         rpc: None,
         binder: opts.binder.clone(),
+        instance: chargetransfer::service::INSTANCE.to_string(),
         client: Client::connect_binder(opts.binder.as_deref(), Duration::from_secs(5)).map_err(|e| e.to_string())?,
         selinux: false,
     };

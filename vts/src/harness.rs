@@ -21,6 +21,8 @@ pub struct Env {
     pub cgroup: CgroupFs,
     pub rpc: Option<PathBuf>,
     pub binder: Option<String>,
+    /// The service name under test (children connect to the same).
+    pub instance: String,
     pub client: Client,
     /// The lane loaded an SELinux policy with Android's domain names: clients run in the domain
     /// of their role ([`domain_of`]) unless a case picks another.
@@ -103,6 +105,7 @@ impl Env {
         if let Some(domain) = domain {
             cmd.env("CT_SECURITY_CONTEXT", context_of(domain));
         }
+        cmd.env("CT_INSTANCE", &self.instance);
         let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
         drop(theirs);
         let pid = process.id();

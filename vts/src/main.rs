@@ -4,9 +4,14 @@
 //! Run as root: `chargetransfer-vts [--rpc SOCKET] [--binder DEVICE] [libtest args]`. The same
 //! binary re-executes itself as `--child` for each client process it needs.
 //!
+//! On binder it runs every case once per declared instance of IChargeTransfer (the VINTF
+//! manifest's on Android; in the lanes, the instances registered with the service manager) and
+//! reports every case skipped, exiting with [`SKIPPED`], when there is none.
+//!
 //! `chargetransfer-vts --faults [--kills N] [--seed S] [--service-log FILE]` runs the fault phase
 //! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
+mod autoconfig_cases;
 mod bench;
 mod cases;
 mod child;
@@ -17,13 +22,16 @@ mod rng;
 mod selinux_cases;
 mod stress;
 mod transfer_cases;
+mod trust_cases;
 mod world;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chargetransfer::binder;
 use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
+use chargetransfer::service::INSTANCE;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use harness::Env;
@@ -81,6 +89,21 @@ const CASES: &[(&str, Case)] = &[
         "a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile",
         transfer_cases::a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_reconcile,
     ),
+    ("an_owner_cannot_release_a_buffer_it_still_holds", trust_cases::an_owner_cannot_release_a_buffer_it_still_holds),
+    ("on_behalf_of_init_or_a_kernel_thread_is_refused", trust_cases::on_behalf_of_init_or_a_kernel_thread_is_refused),
+    (
+        "a_push_the_receiver_never_holds_goes_back_to_its_maker",
+        trust_cases::a_push_the_receiver_never_holds_goes_back_to_its_maker,
+    ),
+    ("an_app_reads_only_its_own_uid", trust_cases::an_app_reads_only_its_own_uid),
+    (
+        "autoconfig_never_overwrites_a_limit_it_did_not_write",
+        autoconfig_cases::autoconfig_never_overwrites_a_limit_it_did_not_write,
+    ),
+    (
+        "a_second_autoconfig_run_rewrites_nothing_the_kernel_holds",
+        autoconfig_cases::a_second_autoconfig_run_rewrites_nothing_the_kernel_holds,
+    ),
     (
         "stress_eight_clients_random_workload_matches_procfs",
         stress::stress_eight_clients_random_workload_matches_procfs,
@@ -105,6 +128,10 @@ const DMEM_CASES: &[(&str, Case)] = &[
         dmem_cases::an_allocation_over_dmem_max_is_refused_by_the_kernel,
     ),
     ("autoconfig_writes_real_dmem_limits", dmem_cases::autoconfig_writes_real_dmem_limits),
+    (
+        "a_failed_dmem_write_leaves_the_limit_with_the_service",
+        autoconfig_cases::a_failed_dmem_write_leaves_the_limit_with_the_service,
+    ),
 ];
 
 /// Cases that need SELinux active with the lane's policy: they run in the `selinux` lane, which
@@ -115,6 +142,27 @@ const SELINUX_CASES: Cases = &[
     ("a_trusted_context_can_push_and_charge_on_behalf", selinux_cases::a_trusted_context_can_push_and_charge_on_behalf),
     ("a_trusted_uid_in_an_app_context_is_not_trusted", selinux_cases::a_trusted_uid_in_an_app_context_is_not_trusted),
 ];
+/// Exit status of a run in which nothing could be tested (automake's SKIP).
+const SKIPPED: i32 = 77;
+
+/// How long to wait for the first instance: in the lanes the service registers while the suite
+/// starts.
+const INSTANCE_WAIT: Duration = Duration::from_secs(30);
+
+/// The full service names of the declared IChargeTransfer instances, waiting up to
+/// [`INSTANCE_WAIT`] for one.
+fn declared_instances(device: Option<&str>) -> Result<Vec<String>, String> {
+    let interface = INSTANCE.rsplit_once('/').map_or(INSTANCE, |(interface, _)| interface);
+    binder::open_driver(device, 0)?;
+    let deadline = std::time::Instant::now() + INSTANCE_WAIT;
+    loop {
+        let found = binder::declared_instances(interface)?;
+        if !found.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(found.into_iter().map(|name| format!("{interface}/{name}")).collect());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
     let i = args.iter().position(|a| a == flag)?;
@@ -149,25 +197,7 @@ fn main() {
     }
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
-    let client = match &rpc {
-        Some(socket) => Client::connect_rpc(socket),
-        None => Client::connect_binder(binder.as_deref(), Duration::from_secs(30)),
-    };
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("vts: cannot reach the service: {e}");
-            std::process::exit(2);
-        }
-    };
-    let env = std::sync::Arc::new(Env {
-        exe: std::env::current_exe().expect("own path"),
-        cgroup: CgroupFs::new(cgroup_root),
-        rpc,
-        binder,
-        client,
-        selinux: lane == "selinux",
-    });
+    let selinux = lane == "selinux";
     // A case this lane cannot run is listed as skipped, with the reason, never left out. The
     // selinux lane runs only the SELinux cases and the version check; the other lanes the rest.
     let not_here = "the selinux lane runs only the SELinux cases; the other lanes run this one";
@@ -182,27 +212,78 @@ fn main() {
             DMEM_CASES,
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
         ),
-        (SELINUX_CASES, (!env.selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
+        (SELINUX_CASES, (!selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
     ];
-    let mut trials = Vec::new();
-    for (group, unmet) in groups {
-        let selinux_group = std::ptr::eq(group, SELINUX_CASES);
-        for (name, case) in group {
-            let env = std::sync::Arc::clone(&env);
-            let case = *case;
-            let elsewhere = env.selinux && !selinux_group && *name != "version_and_hash_are_served";
-            let unmet = unmet.or(elsewhere.then_some(not_here));
-            if let Some(reason) = unmet {
+    // Over RPC the socket's root object is the one service under test.
+    let instances = match &rpc {
+        Some(_) => vec![INSTANCE.to_string()],
+        None => declared_instances(binder.as_deref()).unwrap_or_else(|e| {
+            eprintln!("vts: cannot list the declared instances: {e}");
+            std::process::exit(2);
+        }),
+    };
+    if instances.is_empty() {
+        let reason = format!("no instance of {INSTANCE} is declared");
+        let trials = groups
+            .iter()
+            .flat_map(|(group, _)| group.iter())
+            .map(|(name, _)| {
                 println!("skipped: {name}: {reason}");
+                Trial::test(*name, || Ok(())).with_ignored_flag(true)
+            })
+            .collect();
+        let skipped = libtest_mimic::run(&args, trials).num_ignored;
+        println!("vts: 0 passed, 0 failed, {skipped} skipped (lane {lane}): {reason}");
+        std::process::exit(SKIPPED);
+    }
+    let mut trials = Vec::new();
+    for instance in &instances {
+        let client = match &rpc {
+            Some(socket) => Client::connect_rpc(socket),
+            None => Client::connect_instance(binder.as_deref(), instance, INSTANCE_WAIT),
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vts: cannot reach {instance}: {e}");
+                std::process::exit(2);
             }
-            trials
-                .push(Trial::test(*name, move || case(&env).map_err(Failed::from)).with_ignored_flag(unmet.is_some()));
+        };
+        let env = std::sync::Arc::new(Env {
+            exe: std::env::current_exe().expect("own path"),
+            cgroup: CgroupFs::new(cgroup_root.clone()),
+            rpc: rpc.clone(),
+            binder: binder.clone(),
+            instance: instance.clone(),
+            client,
+            selinux,
+        });
+        // Names stay the case names for the usual single instance, so filters keep working.
+        let suffix = if instances.len() > 1 { format!("/{instance}") } else { String::new() };
+        for (group, unmet) in &groups {
+            let selinux_group = std::ptr::eq(*group, SELINUX_CASES);
+            for (name, case) in group.iter() {
+                let env = std::sync::Arc::clone(&env);
+                let case = *case;
+                let elsewhere = selinux && !selinux_group && *name != "version_and_hash_are_served";
+                let unmet = unmet.or(elsewhere.then_some(not_here));
+                let name = format!("{name}{suffix}");
+                if let Some(reason) = unmet {
+                    println!("skipped: {name}: {reason}");
+                }
+                trials.push(
+                    Trial::test(name, move || case(&env).map_err(Failed::from)).with_ignored_flag(unmet.is_some()),
+                );
+            }
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
     println!(
-        "vts: {} passed, {} failed, {} skipped (lane {lane})",
-        conclusion.num_passed, conclusion.num_failed, conclusion.num_ignored
+        "vts: {} passed, {} failed, {} skipped (lane {lane}, instances: {})",
+        conclusion.num_passed,
+        conclusion.num_failed,
+        conclusion.num_ignored,
+        instances.join(" ")
     );
     conclusion.exit();
 }

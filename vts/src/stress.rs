@@ -359,10 +359,15 @@ impl<'a> World<'a> {
         let inodes: Vec<u64> = self.charges.keys().copied().collect();
         let Some(inode) = self.rng.pick(&inodes) else { return self.alloc() };
         let owner = self.clients.iter().position(|c| c.child.pid == self.charges[&inode].payer.pid);
-        let by = match owner {
+        let mut by = match owner {
             Some(o) if !self.rng.one_in(5) => o,
             _ => TRUSTED,
         };
+        if by != TRUSTED && self.clients[by].held.contains_key(&inode) {
+            // An owner that still holds the buffer cannot stop paying for it.
+            self.refusal(by, &format!("release {inode}"), ErrorCode::INVALID_STATE)?;
+            by = TRUSTED;
+        }
         if self.rng.one_in(6) {
             let strangers: Vec<usize> = (0..self.clients.len()).filter(|&i| i != TRUSTED && Some(i) != owner).collect();
             if let Some(s) = self.rng.pick(&strangers) {

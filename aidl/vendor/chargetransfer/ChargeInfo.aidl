@@ -7,6 +7,7 @@ parcelable ChargeInfo {
     long inode;
     long size;
     @utf8InCpp String heap;
+    /** The process that pays; 0 when the charge is parked on ownerCgroup (its processes are gone). */
     int ownerPid;
     int ownerUid;
     @utf8InCpp String ownerCgroup;

@@ -33,6 +33,11 @@ enum ErrorCode {
     INVALID_STATE = 12,
     /** The receiver does not hold the buffer it is asked to pay for. */
     NOT_HOLDER = 13,
-    /** The service could not record the change durably; nothing changed. */
+    /**
+     * Something failed that the caller cannot fix: a kernel file the service needed could not be
+     * read (then nothing changed), or the journal could not record a change. In the second case
+     * the change is in effect in memory but may be lost at a restart, until a reconcile derives
+     * it again from the fds the processes hold.
+     */
     INTERNAL = 14,
 }

@@ -12,6 +12,10 @@ import vendor.chargetransfer.UsageReport;
  * Identity is always the binder caller (calling pid/uid); no argument can claim to be someone
  * else. A buffer is always presented as an fd, so the service reads its size, exporter and inode
  * itself. Errors are ServiceSpecificExceptions with an ErrorCode.
+ *
+ * pid 0 names no process, in arguments as in ChargeInfo.ownerPid (a charge parked on a cgroup
+ * whose processes are gone). Where a call needs a process (chargeOnBehalf, transfer, offer,
+ * getProcessUsage) pid 0 is INVALID_ARGUMENT; listCharges takes it as "no process filter".
  */
 @VintfStability
 interface IChargeTransfer {
@@ -28,15 +32,18 @@ interface IChargeTransfer {
     void release(long inode);
 
     /**
-     * Trusted push: move the charge of `buffer` to `toPid`, which must be alive. The caller must
-     * own the charge or be trusted (the SurfaceFlinger double hop).
+     * Trusted push: move the charge of `buffer` to `toPid`, which must be alive, whoever pays for
+     * it now (the SurfaceFlinger double hop). Trusted callers only (NOT_TRUSTED otherwise): an
+     * owner that is not trusted hands its charge over with offer and accept, with the receiver's
+     * consent.
      */
     ChargeInfo transfer(in ParcelFileDescriptor buffer, int toPid);
 
     /**
      * Offer the caller's charge for `buffer` to `toPid`. Returns a ticket bound to the buffer,
-     * the receiver and an expiry (`ttlMillis`, capped by the service). Unaccepted offers expire and
-     * the charge stays put.
+     * the receiver and an expiry `ttlMillis` from now. `ttlMillis` must be positive
+     * (INVALID_ARGUMENT otherwise) and is capped at 60000: a longer ttl is accepted and the offer
+     * expires after 60 s. Unaccepted offers expire and the charge stays put.
      */
     long offer(in ParcelFileDescriptor buffer, int toPid, int ttlMillis);
 
@@ -49,12 +56,18 @@ interface IChargeTransfer {
      */
     void registerClient(IBinder token);
 
-    /** Usage of a process (pid), a uid (its uid_<uid> cgroup) or a cgroup path. */
+    /**
+     * Usage of a process (pid > 0; pid 0 is INVALID_ARGUMENT), a uid (its uid_<uid> cgroup) or a
+     * cgroup path.
+     */
     UsageReport getProcessUsage(int pid);
     UsageReport getUidUsage(int uid);
     UsageReport getCgroupUsage(@utf8InCpp String cgroup);
 
-    /** The buffers charged to a process (pid > 0) or all of them (pid 0). */
+    /**
+     * The buffers charged to a process (pid > 0), or with pid 0 (no process filter) every
+     * charge, those parked on a cgroup (ownerPid 0) included. Biggest first.
+     */
     ChargeInfo[] listCharges(int pid);
 
     RegionInfo[] getRegions();

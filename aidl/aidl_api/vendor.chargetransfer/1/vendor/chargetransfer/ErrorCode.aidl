@@ -1,38 +1,36 @@
-package vendor.chargetransfer;
+///////////////////////////////////////////////////////////////////////////////
+// THIS FILE IS IMMUTABLE. DO NOT EDIT IN ANY CASE.                          //
+///////////////////////////////////////////////////////////////////////////////
 
-/**
- * ServiceSpecificException codes returned by IChargeTransfer. Every refusal carries one of these
- * plus a message naming the buffer, process or limit involved.
- */
-@VintfStability
-@Backing(type="int")
+// This file is a snapshot of an AIDL file. Do not edit it manually. There are
+// two cases:
+// 1). this is a frozen version file - do not edit this in any case.
+// 2). this is a 'current' file. If you make a backwards compatible change to
+//     the interface (from the latest frozen version), the build system will
+//     prompt you to update this file with `m <name>-update-api`.
+//
+// You must not make a backward incompatible change to any AIDL file built
+// with the aidl_interface module type with versions property set. The module
+// type is used to build AIDL files in a way that they can be used across
+// independently updatable components of the system. If a device is shipped
+// with such a backward incompatible change, it has a high risk of breaking
+// later when a module using the interface is updated, e.g., Mainline modules.
+
+package vendor.chargetransfer;
+@Backing(type="int") @VintfStability
 enum ErrorCode {
-    /** The fd is not a dma-buf (pipe, memfd, socket, closed number, ...). */
-    NOT_DMA_BUF = 1,
-    /** The buffer's exporter is not a heap the policy knows. */
-    UNKNOWN_HEAP = 2,
-    /** A memcg or dmem limit of the owner (or an ancestor) would be exceeded. */
-    OVER_LIMIT = 3,
-    /** The caller does not own the buffer's charge. */
-    NOT_OWNER = 4,
-    /** Only trusted allocator/compositor callers may do this. */
-    NOT_TRUSTED = 5,
-    /** The target process does not exist or has exited. */
-    NO_SUCH_PROCESS = 6,
-    /** No charge is recorded for this buffer. */
-    NOT_CHARGED = 7,
-    /** The buffer is already charged (to the caller or to someone else). */
-    ALREADY_CHARGED = 8,
-    /** A malformed argument (negative size, bad cgroup path, ...). */
-    INVALID_ARGUMENT = 9,
-    /** The transfer ticket is unknown, expired, already used, or meant for another receiver or buffer. */
-    BAD_TICKET = 10,
-    /** The pin limit of the owner's region would be exceeded. */
-    OVER_PIN_LIMIT = 11,
-    /** The operation does not fit the buffer's state (evict a pinned buffer, restore a resident one, ...). */
-    INVALID_STATE = 12,
-    /** The receiver does not hold the buffer it is asked to pay for. */
-    NOT_HOLDER = 13,
-    /** The service could not record the change durably; nothing changed. */
-    INTERNAL = 14,
+  NOT_DMA_BUF = 1,
+  UNKNOWN_HEAP = 2,
+  OVER_LIMIT = 3,
+  NOT_OWNER = 4,
+  NOT_TRUSTED = 5,
+  NO_SUCH_PROCESS = 6,
+  NOT_CHARGED = 7,
+  ALREADY_CHARGED = 8,
+  INVALID_ARGUMENT = 9,
+  BAD_TICKET = 10,
+  OVER_PIN_LIMIT = 11,
+  INVALID_STATE = 12,
+  NOT_HOLDER = 13,
+  INTERNAL = 14,
 }

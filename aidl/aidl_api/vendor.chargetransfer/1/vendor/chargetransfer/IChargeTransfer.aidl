@@ -1,83 +1,43 @@
+///////////////////////////////////////////////////////////////////////////////
+// THIS FILE IS IMMUTABLE. DO NOT EDIT IN ANY CASE.                          //
+///////////////////////////////////////////////////////////////////////////////
+
+// This file is a snapshot of an AIDL file. Do not edit it manually. There are
+// two cases:
+// 1). this is a frozen version file - do not edit this in any case.
+// 2). this is a 'current' file. If you make a backwards compatible change to
+//     the interface (from the latest frozen version), the build system will
+//     prompt you to update this file with `m <name>-update-api`.
+//
+// You must not make a backward incompatible change to any AIDL file built
+// with the aidl_interface module type with versions property set. The module
+// type is used to build AIDL files in a way that they can be used across
+// independently updatable components of the system. If a device is shipped
+// with such a backward incompatible change, it has a high risk of breaking
+// later when a module using the interface is updated, e.g., Mainline modules.
+
 package vendor.chargetransfer;
-
-import vendor.chargetransfer.ChargeInfo;
-import vendor.chargetransfer.ReconcileReport;
-import vendor.chargetransfer.RegionInfo;
-import vendor.chargetransfer.UsageReport;
-
-/**
- * Charges dma-buf allocations to the process that asked for them, in memcg and in dmem, and
- * moves the charge when a buffer is handed to another process.
- *
- * Identity is always the binder caller (calling pid/uid); no argument can claim to be someone
- * else. A buffer is always presented as an fd, so the service reads its size, exporter and inode
- * itself. Errors are ServiceSpecificExceptions with an ErrorCode.
- */
 @VintfStability
 interface IChargeTransfer {
-    /** Charge a buffer to the caller itself. */
-    ChargeInfo charge(in ParcelFileDescriptor buffer);
-
-    /**
-     * Charge a buffer on behalf of another process (gralloc allocating for an app). Trusted
-     * callers only; `ownerPid` must be alive.
-     */
-    ChargeInfo chargeOnBehalf(in ParcelFileDescriptor buffer, int ownerPid);
-
-    /** Release a charge: its owner, or a trusted caller. */
-    void release(long inode);
-
-    /**
-     * Trusted push: move the charge of `buffer` to `toPid`, which must be alive. The caller must
-     * own the charge or be trusted (the SurfaceFlinger double hop).
-     */
-    ChargeInfo transfer(in ParcelFileDescriptor buffer, int toPid);
-
-    /**
-     * Offer the caller's charge for `buffer` to `toPid`. Returns a ticket bound to the buffer,
-     * the receiver and an expiry (`ttlMillis`, capped by the service). Unaccepted offers expire and
-     * the charge stays put.
-     */
-    long offer(in ParcelFileDescriptor buffer, int toPid, int ttlMillis);
-
-    /** The receiver accepts an offer, presenting the ticket and the buffer fd it received. */
-    ChargeInfo accept(long ticket, in ParcelFileDescriptor buffer);
-
-    /**
-     * Register a token whose death releases (or hands over) the caller's charges at once;
-     * without one, the service notices the death by polling pidfds.
-     */
-    void registerClient(IBinder token);
-
-    /** Usage of a process (pid), a uid (its uid_<uid> cgroup) or a cgroup path. */
-    UsageReport getProcessUsage(int pid);
-    UsageReport getUidUsage(int uid);
-    UsageReport getCgroupUsage(@utf8InCpp String cgroup);
-
-    /** The buffers charged to a process (pid > 0) or all of them (pid 0). */
-    ChargeInfo[] listCharges(int pid);
-
-    RegionInfo[] getRegions();
-
-    /** A vram buffer was evicted to system memory: dmem released, the owner's memcg charged. Trusted. */
-    void evict(long inode);
-    /** The buffer is back in vram; refused at the owner's dmem max. Trusted. */
-    void restore(long inode);
-    /** Pin / unpin a vram buffer, counted against the owner's pin limit. Trusted. */
-    void pin(long inode);
-    void unpin(long inode);
-    /** Which buffers to evict first to free `bytes` in `region`, honouring dmem min/low. */
-    long[] evictionAdvice(@utf8InCpp String region, long bytes);
-
-    /** Compare the ledger with the procfs truth and repair it. Trusted. */
-    ReconcileReport reconcile();
-
-    /** Probe the device, recompute and apply limits; returns the report (text, or JSON). Trusted. */
-    @utf8InCpp String autoconfigure(boolean dryRun, boolean json);
-
-    /** dumpsys-style text: per-owner table, per-region totals, biggest buffers. */
-    @utf8InCpp String dumpState();
-
-    /** Does nothing: the baseline for call-cost measurements. */
-    void ping();
+  vendor.chargetransfer.ChargeInfo charge(in ParcelFileDescriptor buffer);
+  vendor.chargetransfer.ChargeInfo chargeOnBehalf(in ParcelFileDescriptor buffer, int ownerPid);
+  void release(long inode);
+  vendor.chargetransfer.ChargeInfo transfer(in ParcelFileDescriptor buffer, int toPid);
+  long offer(in ParcelFileDescriptor buffer, int toPid, int ttlMillis);
+  vendor.chargetransfer.ChargeInfo accept(long ticket, in ParcelFileDescriptor buffer);
+  void registerClient(IBinder token);
+  vendor.chargetransfer.UsageReport getProcessUsage(int pid);
+  vendor.chargetransfer.UsageReport getUidUsage(int uid);
+  vendor.chargetransfer.UsageReport getCgroupUsage(@utf8InCpp String cgroup);
+  vendor.chargetransfer.ChargeInfo[] listCharges(int pid);
+  vendor.chargetransfer.RegionInfo[] getRegions();
+  void evict(long inode);
+  void restore(long inode);
+  void pin(long inode);
+  void unpin(long inode);
+  long[] evictionAdvice(@utf8InCpp String region, long bytes);
+  vendor.chargetransfer.ReconcileReport reconcile();
+  @utf8InCpp String autoconfigure(boolean dryRun, boolean json);
+  @utf8InCpp String dumpState();
+  void ping();
 }

@@ -1,0 +1,182 @@
+//! Issue 12's cases that need a /proc the guest cannot make (a recycled pid, a restart into a
+//! recycled pid): the accountant over a fixture /proc, with a journal where it matters.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chargetransfer::accountant::{Accountant, Config};
+use chargetransfer::error::Error;
+use chargetransfer::identity::Caller;
+use chargetransfer::journal::Durability;
+use chargetransfer::kernel::DmaBufInfo;
+use chargetransfer::policy::Policy;
+
+/// A process in a fixture /proc holding `buffers` (inode, size) of the system heap by fd.
+fn put_process(proc_root: &Path, pid: u32, uid: u32, start: u64, cgroup: &str, buffers: &[(u64, u64)]) {
+    let dir = proc_root.join(pid.to_string());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("fdinfo")).unwrap();
+    fs::write(dir.join("status"), format!("Name:\tapp\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")).unwrap();
+    fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+    fs::write(dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0\n")).unwrap();
+    fs::write(dir.join("maps"), "").unwrap();
+    for (fd, (inode, size)) in buffers.iter().enumerate() {
+        let info = format!(
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t1\nexp_name:\tsystem\n"
+        );
+        fs::write(dir.join("fdinfo").join((fd + 3).to_string()), info).unwrap();
+    }
+}
+
+fn buffer(inode: u64) -> DmaBufInfo {
+    DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None }
+}
+
+fn policy() -> Policy {
+    Policy::from_json(r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "trusted": {"uids": [1003]}}"#)
+        .unwrap()
+}
+
+fn open(proc_root: &Path, state: Option<PathBuf>) -> Accountant {
+    let config = Config {
+        proc_root: proc_root.to_path_buf(),
+        cgroup_root: None,
+        state_dir: state,
+        durability: Durability::None,
+        pidfds: false,
+    };
+    Accountant::open(config, policy()).unwrap()
+}
+
+/// (pid, cgroup) paying for `inode`.
+fn payer(a: &Accountant, inode: u64) -> Option<(u32, String)> {
+    a.charges(0).into_iter().find(|b| b.inode == inode).map(|b| (b.pid, b.cgroup))
+}
+
+/// Case 3: the owner died and another uid's process got its pid before the reaper ran: it can
+/// neither release nor offer the dead owner's charge, and its own first charge parks the old
+/// charges on the dead app's cgroup instead of inheriting them.
+#[test]
+fn a_recycled_pid_inherits_nothing_of_the_dead_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 4242, 10001, 1000, "/uid_10001/pid_4242", &[(7, 4096)]);
+    let a = open(&proc_root, None);
+    a.charge(&Caller::new(4242, 10001), &buffer(7), None).unwrap();
+
+    put_process(&proc_root, 4242, 10002, 9000, "/uid_10002/pid_4242", &[(8, 4096)]);
+    let newcomer = Caller::new(4242, 10002);
+    // The cached identity is read again: the fixture has no pidfds, so forget the cache.
+    a.processes().forget(4242);
+    assert!(matches!(a.release(&newcomer, 7), Err(Error::NotOwner { .. })));
+    assert!(matches!(
+        a.offer(&newcomer, &buffer(7), 1, std::time::Duration::from_secs(5)),
+        Err(Error::NotOwner { .. } | Error::InvalidArgument(_) | Error::NoSuchProcess(_))
+    ));
+    a.charge(&newcomer, &buffer(8), None).unwrap();
+    assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())), "the dead app's cgroup keeps paying");
+    assert_eq!(payer(&a, 8), Some((4242, "/uid_10002/pid_4242".into())));
+}
+
+/// Case 4: across a restart, a pid recorded as an owner now belongs to another uid's process:
+/// the charge stays with the dead owner's app, not with the newcomer.
+#[test]
+fn after_a_restart_a_recycled_pid_of_another_uid_does_not_own_the_dead_apps_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
+    put_process(&proc_root, 4242, 10001, 1000, "/uid_10001/pid_4242", &[(7, 4096)]);
+    let a = open(&proc_root, Some(state.clone()));
+    a.charge(&Caller::new(4242, 10001), &buffer(7), None).unwrap();
+    drop(a);
+
+    put_process(&proc_root, 4242, 10002, 9000, "/uid_10002/pid_4242", &[]);
+    let a = open(&proc_root, Some(state));
+    assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())));
+    assert!(matches!(a.release(&Caller::new(4242, 10002), 7), Err(Error::NotOwner { .. })));
+}
+
+/// Case 1: an owner cannot release a buffer it still holds (INVALID_STATE); once closed it can.
+#[test]
+fn releasing_a_held_buffer_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[(7, 4096)]);
+    let a = open(&proc_root, None);
+    let app = Caller::new(100, 10001);
+    a.charge(&app, &buffer(7), None).unwrap();
+    let refused = a.release(&app, 7).unwrap_err();
+    assert!(matches!(refused, Error::StillHeld { pid: 100, inode: 7 }), "{refused}");
+    assert_eq!(
+        refused.code(),
+        chargetransfer::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode::INVALID_STATE
+    );
+    assert_eq!(payer(&a, 7), Some((100, "/uid_10001/pid_100".into())));
+    put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[]);
+    a.release(&app, 7).unwrap();
+    assert_eq!(payer(&a, 7), None);
+}
+
+/// Case 5: on behalf of init, a kernel thread or the service itself is refused; a push whose
+/// receiver never holds the buffer goes back to its maker after the grace period.
+#[test]
+fn on_behalf_charges_need_a_receiver_that_comes_to_hold_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 1, 0, 1, "/", &[]);
+    put_process(&proc_root, 300, 1003, 900, "/system/gralloc", &[(7, 4096), (8, 4096)]);
+    put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[(8, 4096)]);
+    put_process(&proc_root, 200, 10002, 1000, "/uid_10002/pid_200", &[]);
+    let me = std::process::id();
+    put_process(&proc_root, me, 1000, 1, "/system/chargetransfer", &[]);
+    let kthread = proc_root.join("2");
+    fs::create_dir_all(&kthread).unwrap();
+    fs::write(kthread.join("stat"), "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0\n").unwrap();
+    let a = open(&proc_root, None);
+    a.set_receipt_grace(std::time::Duration::ZERO);
+    let gralloc = Caller::new(300, 1003);
+    for pid in [1, 2, me] {
+        assert!(matches!(a.charge(&gralloc, &buffer(7), Some(pid)), Err(Error::InvalidArgument(_))), "pid {pid}");
+    }
+    a.charge(&gralloc, &buffer(7), Some(200)).unwrap();
+    a.charge(&gralloc, &buffer(8), Some(100)).unwrap();
+    let report = a.reconcile().unwrap();
+    assert_eq!(report.moved, [7], "{report:?}");
+    assert_eq!(payer(&a, 7), Some((300, "/system/gralloc".into())), "pid 200 never held buffer 7");
+    assert_eq!(payer(&a, 8), Some((100, "/uid_10001/pid_100".into())), "pid 100 holds buffer 8");
+}
+
+/// A charge parked on a dead app's cgroup is released at the death of its last holder, not at
+/// the next periodic reconcile.
+#[test]
+fn a_parked_charge_goes_when_its_last_holder_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[(7, 4096)]);
+    put_process(&proc_root, 200, 10002, 1000, "/uid_10002/pid_200", &[(7, 4096)]);
+    let a = open(&proc_root, None);
+    a.charge(&Caller::new(100, 10001), &buffer(7), None).unwrap();
+    fs::remove_dir_all(proc_root.join("100")).unwrap();
+    a.process_died(100).unwrap();
+    assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())), "another app holds it: parked");
+    fs::remove_dir_all(proc_root.join("200")).unwrap();
+    assert_eq!(a.process_died(200).unwrap(), 1);
+    assert_eq!(payer(&a, 7), None, "its last holder died: released");
+}
+
+/// A death notice for a process that no longer is the recorded owner of its pid (a stale token
+/// of a recycled pid) changes nothing.
+#[test]
+fn a_stale_death_notice_leaves_the_current_owner_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 100, 10001, 1000, "/uid_10001/pid_100", &[(7, 4096)]);
+    let a = open(&proc_root, None);
+    a.charge(&Caller::new(100, 10001), &buffer(7), None).unwrap();
+    let owner = a.process(100).unwrap();
+    let earlier = chargetransfer::identity::Process { start_time: 400, ..owner.clone() };
+    assert_eq!(a.process_exited(&earlier).unwrap(), 0);
+    assert_eq!(payer(&a, 7), Some((100, "/uid_10001/pid_100".into())));
+    fs::remove_dir_all(proc_root.join("100")).unwrap();
+    assert_eq!(a.process_exited(&owner).unwrap(), 1);
+    assert_eq!(payer(&a, 7), None);
+}
