@@ -40,6 +40,10 @@ case $lane in
         # Version 33: the newest Debian 12's checkpolicy writes; the kernel reads it.
         checkpolicy -M -U allow -c 33 -o "$share/selinux.policy" "$here/lane/selinux/policy.conf" >&2
         selinux_policy=/share/selinux.policy
+        # The lane plays a platform that made SurfaceFlinger a client (as the demo phone does):
+        # the shipped policy trusts only what vendor policy can make one.
+        cp "$here/lane/selinux/platform-clients.json" "$share/policy-platform.json"
+        service_policies="--policy /share/policy-platform.json"
         ;;
     dmem)
         BZIMAGE=$("$here/kernel/build.sh" | sed -n 's/^BZIMAGE=//p' | tail -n 1)
@@ -51,7 +55,7 @@ case $lane in
 esac
 cat >"$share/lane.env" <<ENV
 LANE=$lane
-SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json"
+SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${service_policies:-}"
 VTS_ARGS="--lane $lane"
 SELINUX_POLICY=${selinux_policy:-}
 ENV
