@@ -1,5 +1,7 @@
 //! The client side an allocator links: one call each to charge, transfer, offer, accept and
-//! release a buffer. Used by gralloc-like callers, `chargectl` and the VTS suite.
+//! release a buffer, each blocking until the service answers. Used by `chargectl` and the VTS
+//! suite; an allocator links [`crate::allocator`] on top of it (per-call deadline, background
+//! reconnection, deferred charges), so that it never waits on an unavailable service.
 //!
 //! Connects over the kernel binder driver (service manager lookup of [`INSTANCE`]) or, on a host
 //! without binder, over the binder RPC transport on a unix socket with fd passing.

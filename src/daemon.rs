@@ -1,6 +1,6 @@
 //! The service process: opens the ledger, runs autoconfig, registers the binder service (or
 //! serves RPC on a unix socket), and keeps lifecycles in order — pidfd polling, periodic
-//! reconcile, journal compaction on SIGTERM.
+//! reconcile with catch-up charging, journal compaction on SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +13,10 @@ use log::{error, info, warn};
 use crate::accountant::{Accountant, Config};
 use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
 use crate::binder::{self, Interface};
+use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
+use crate::kernel::ScanChoice;
 use crate::policy::{Policy, TrustRule};
 use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
 
@@ -57,9 +59,26 @@ pub struct Options {
     /// Milliseconds between pidfd polls for owners without a death token.
     #[arg(long, default_value_t = 100)]
     pub pidfd_poll_ms: u64,
+    /// Who holds which dma-buf: `auto` uses the BPF iterators when they open (pinned in
+    /// --bpf-pin-dir, else loaded by the service) and the procfs scan otherwise; `bpf` refuses to
+    /// start without them. Against a --proc-root other than /proc, `auto` is procfs.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bpf", "procfs"])]
+    pub scan: String,
+    /// Where bpfloader pins the holder iterators (`prog_chargetransfer_holders_iter_*`).
+    #[arg(long, default_value = crate::kernel::bpf::ANDROID_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
     /// Binder threads.
     #[arg(long, default_value_t = 8)]
     pub threads: u32,
+}
+
+fn scan_choice(opts: &Options) -> ScanChoice {
+    let pin_dir = opts.bpf_pin_dir.clone();
+    match opts.scan.as_str() {
+        "bpf" => ScanChoice::Bpf { pin_dir },
+        "auto" if opts.proc_root == std::path::Path::new("/proc") => ScanChoice::Auto { pin_dir },
+        _ => ScanChoice::Procfs,
+    }
 }
 
 fn durability(name: &str) -> Durability {
@@ -87,6 +106,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         state_dir: opts.state_dir.clone(),
         durability: durability(&opts.durability),
         pidfds: opts.proc_root == std::path::Path::new("/proc"),
+        scan: scan_choice(&opts),
     };
     let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
     let trust = TrustRule::with_selinux(crate::autoconfig::probe::selinux(&opts.sys_root).is_ok());
@@ -108,23 +128,42 @@ pub fn run(opts: Options) -> Result<(), String> {
         // cgroup only, nobody else's.
         accountant.set_autoconfig(Arc::clone(&autoconfig));
     }
+    // After the journal's replay: held buffers nobody pays for (charges an allocator deferred
+    // while the service was down and never replayed) are caught up in the background, so that
+    // the registration, which allocators wait for, is not delayed by it.
+    let catch_up = Arc::new(CatchUp::new());
     match accountant.reconcile() {
-        Ok(r) => info!(
-            "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
-            r.released,
-            r.moved,
-            r.unaccounted.len()
-        ),
+        Ok(r) => {
+            info!(
+                "start-up reconcile: released {:?}, moved {:?}, {} unaccounted",
+                r.released,
+                r.moved,
+                r.unaccounted.len()
+            );
+            let (a, c) = (Arc::clone(&accountant), Arc::clone(&catch_up));
+            std::thread::Builder::new()
+                .name("catch-up".into())
+                .spawn(move || match c.charge(&a, &r.unaccounted) {
+                    Ok(caught) => info!("start-up catch-up: {} buffers charged", caught.len()),
+                    Err(e) => warn!("start-up catch-up failed: {e}"),
+                })
+                .map_err(|e| format!("spawn catch-up: {e}"))?;
+        }
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
-    spawn_lifecycle(&accountant, &autoconfig, &deaths, &stop, &opts);
+    spawn_lifecycle(&accountant, &autoconfig, &catch_up, &deaths, &stop, &opts);
     let autoconfigure: crate::service::Autoconfigure =
         Box::new(move |a, dry_run, json| autoconfigure(a, &autoconfig, dry_run, json));
-    let service =
-        ChargeTransferService::new(Arc::clone(&accountant), opts.proc_root.clone(), Arc::clone(&deaths), autoconfigure);
+    let service = ChargeTransferService::new(
+        Arc::clone(&accountant),
+        opts.proc_root.clone(),
+        Arc::clone(&deaths),
+        autoconfigure,
+        catch_up,
+    );
     let service = binder::new_service(service, crate::service::features());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
@@ -146,7 +185,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 /// Probes the device, computes limits from the policy and applies them to every owner: cgroup
 /// files where the kernel enforces, ledger limits where the service does. Returns the report, as
-/// text or JSON.
+/// text or JSON, with the dma-buf scan backend the service chose at start.
 pub fn autoconfigure(
     accountant: &Accountant,
     autoconfig: &Autoconfig,
@@ -154,12 +193,21 @@ pub fn autoconfigure(
     json: bool,
 ) -> crate::error::Result<String> {
     let report = accountant.autoconfigure(autoconfig, Scope::All, dry_run)?;
-    Ok(if json { report.to_json() } else { report.to_string() })
+    let scanner = accountant.scanner();
+    Ok(if json {
+        let mut value: serde_json::Value = serde_json::from_str(&report.to_json())
+            .map_err(|e| crate::error::Error::Internal(format!("autoconfig report JSON: {e}")))?;
+        value["scan"] = serde_json::json!({ "backend": scanner.name(), "detail": scanner.to_string() });
+        value.to_string()
+    } else {
+        format!("{report}dma-buf scan: {scanner}\n")
+    })
 }
 
 fn spawn_lifecycle(
     accountant: &Arc<Accountant>,
     autoconfig: &Arc<Autoconfig>,
+    catch_up: &Arc<CatchUp>,
     deaths: &Arc<DeathWatch>,
     stop: &Arc<AtomicBool>,
     opts: &Options,
@@ -183,7 +231,7 @@ fn spawn_lifecycle(
         })
         .expect("spawn journal sync");
     if opts.reconcile_secs > 0 {
-        let (a, s) = (Arc::clone(accountant), Arc::clone(stop));
+        let (a, c, s) = (Arc::clone(accountant), Arc::clone(catch_up), Arc::clone(stop));
         let ac = (!opts.no_autoconfig).then(|| Arc::clone(autoconfig));
         let every = Duration::from_secs(opts.reconcile_secs);
         std::thread::Builder::new()
@@ -191,7 +239,7 @@ fn spawn_lifecycle(
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(every);
-                    if let Err(e) = a.reconcile() {
+                    if let Err(e) = c.reconcile(&a) {
                         warn!("periodic reconcile: {e}");
                     }
                     // An owner whose processes changed state (background signal) gets its new

@@ -39,6 +39,9 @@ pub fn owner_table(accountant: &Accountant) -> String {
     })
 }
 
+/// Starts the dump's line naming the dma-buf scan backend (`chargectl regions` shows it).
+pub const SCAN_PREFIX: &str = "dma-buf scan: ";
+
 pub fn render(accountant: &Accountant) -> String {
     let mut out = String::new();
     let charges = accountant.charges(0);
@@ -52,6 +55,7 @@ pub fn render(accountant: &Accountant) -> String {
         accountant.open_offers()
     );
     let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
+    let _ = writeln!(out, "{SCAN_PREFIX}{}", accountant.scanner());
     if let Some(why) = accountant.journal_broken() {
         let _ = writeln!(out, "JOURNAL BROKEN: changes are refused until the service restarts: {why}");
     }

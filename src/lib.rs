@@ -6,8 +6,10 @@
 //! the one binder seam in [`binder`].
 
 pub mod accountant;
+pub mod allocator;
 pub mod autoconfig;
 pub mod binder;
+pub mod catchup;
 pub mod client;
 pub mod daemon;
 #[cfg(feature = "demo")]
@@ -23,7 +25,3 @@ pub mod offers;
 pub mod permission;
 pub mod policy;
 pub mod service;
-
-/// The old name of [`identity`], until the hostile harness (being split on another branch) imports it.
-#[doc(hidden)]
-pub use identity as owner;

@@ -844,6 +844,18 @@ fn rc_state_dir_is_created_for_system_and_labelled() {
 }
 
 #[test]
+fn rc_starts_the_service_before_gralloc_and_surfaceflinger() {
+    // SurfaceFlinger (class core) and gralloc (class hal) start at `on boot`; post-fs-data comes
+    // before it, and the service starts there once its state directory exists.
+    let sections = rc_sections();
+    let name = rc_service().header[1].clone();
+    let post_fs_data = sections.iter().find(|s| s.header == ["on", "post-fs-data"]).expect("on post-fs-data");
+    let start = post_fs_data.lines.iter().position(|l| *l == ["start".to_string(), name.clone()]);
+    let mkdir = post_fs_data.lines.iter().position(|l| l[0] == "mkdir");
+    assert!(start.is_some() && start > mkdir, "post-fs-data must `start {name}` after its mkdir");
+}
+
+#[test]
 fn rc_autoconfig_runs_the_installed_chargectl() {
     let sections = rc_sections();
     let (_, cli) = module(CLI_MODULE);

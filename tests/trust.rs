@@ -44,6 +44,7 @@ fn open(proc_root: &Path, state: Option<PathBuf>) -> Accountant {
         state_dir: state,
         durability: Durability::None,
         pidfds: false,
+        scan: chargetransfer::kernel::ScanChoice::Procfs,
     };
     Accountant::open(config, policy()).unwrap()
 }

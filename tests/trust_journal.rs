@@ -40,6 +40,7 @@ fn a_journal_that_cannot_be_written_changes_nothing_and_fails_every_later_change
         state_dir: Some(state.clone()),
         durability: Durability::None,
         pidfds: false,
+        scan: chargetransfer::kernel::ScanChoice::Procfs,
     };
     let a = Accountant::open(config, policy).unwrap();
     let app = Caller::new(100, 10001);

@@ -6,6 +6,7 @@
 #   guest    one QEMU boot of Debian's kernel with real binder running vts/guest/run-bench.sh:
 #            chargectl bench (null call vs charge/transfer/release/getProcessUsage), 200 holder
 #            processes x 50 dma-bufs, getProcessUsage vs a full /proc scan, the service's RSS
+#            and the full-device view by BPF iterators vs procfs at 1k/10k/100k buffers
 #   report   BENCHMARKS.md + benchmarks.svg from the raw outputs
 # Usage: vts/benchmarks.sh [STEP...]   (default: all five, in that order; `report` alone
 #        rewrites the files from the raw outputs of an earlier run)
@@ -130,6 +131,16 @@ usage_note() {
     fi
 }
 
+# One table row per level of scan-bench.txt.
+scan_rows() {
+    local level b p
+    for level in 1000 10000 100000; do
+        b=$(val scan-bench.txt "scan_${level}_bpf_ns") || continue
+        p=$(val scan-bench.txt "scan_${level}_procfs_ns")
+        echo "| $(val scan-bench.txt "scan_${level}_buffers") | $(dur "$b") | $(dur "$p") | **$(ratio "$p" "$b")×** |"
+    done
+}
+
 # The part of the guest's vts-bench.txt after its chargectl header is the loaded run.
 split_loaded() {
     sed -n '/^bench: chargectl bench at/,$p' "$raw/vts-bench.txt" >"$raw/chargectl-loaded.txt"
@@ -187,7 +198,7 @@ EOF
 }
 
 step_report() {
-    for f in ledger.txt journal.txt rss.txt vts-bench.txt chargectl-empty.txt; do
+    for f in ledger.txt journal.txt rss.txt vts-bench.txt chargectl-empty.txt scan-bench.txt; do
         [[ -s $raw/$f ]] || die "$raw/$f is missing: run the steps before report"
     done
     bin_dir
@@ -279,6 +290,16 @@ apps; $scans full scans):
 Goal ≥ 2000×: $goal (${speedup}× at p50, $(ratio "$full_min" "$usage")× against the fastest scan).
 A scan's cost grows with every process and fd on the device.
 $(usage_note)
+
+### The full-device view: BPF iterators vs the procfs scan
+
+\`chargetransfer-vts --scan-bench\`: 200 processes holding 4 KiB system-heap dma-bufs, topped up
+to each level in the same boot; p50 of 3 scans by each backend (\`BpfScanner::scan_all\` reads
+the four iterators of holders.bpf.c; \`ProcFs::scan_all\` as above). Goal ≥ 20× at 10000 buffers.
+
+| buffers | BPF | procfs | BPF faster |
+|---|---|---|---|
+$(scan_rows)
 
 ## 4. Journal
 

@@ -16,6 +16,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (unit, fixture, host RPC tier, Android build files)"
+# The build first: the C ABI's host test links the static archive (vts/cabi), which only a build makes.
+cargo build --workspace --locked
 cargo test --workspace --locked 2>&1 | tee "$log_dir/cargo-test.log"
 
 echo "== static guest binaries"

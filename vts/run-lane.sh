@@ -15,7 +15,8 @@ bin_dir=${BIN_DIR:?BIN_DIR must point at the static guest binaries}
 share=${LANE_DIR:-$root/target/lane/$lane}
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/out"
-cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts "$bin_dir"/rsb_hub "$share/bin/"
+cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts "$bin_dir"/rsb_hub \
+    "$bin_dir"/ct-c-allocator "$share/bin/"
 cp "$here/guest/run-suite.sh" "$here/guest/services.sh" "$share/"
 cp "$root/config/policy.json" "$share/policy.json"
 cp "$here/guest/policy-vts.json" "$share/policy-vts.json"

@@ -122,7 +122,7 @@ impl Accountant {
             }
             return Ok(0);
         }
-        let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
+        let scan = self.scanner.scan_all().map_err(Error::from)?;
         let live: HashMap<u32, Process> = inodes
             .iter()
             .flat_map(|i| holders_of(&scan, *i, pid))
@@ -170,12 +170,12 @@ impl Accountant {
         })
     }
 
-    /// Compares the ledger with the procfs truth and repairs it: releases buffers no process
-    /// holds, hands over charges of dead owners, gives back pushes whose receiver never held the
-    /// buffer, follows cgroup moves, reparents removed cgroups, and reports dma-bufs nobody
-    /// charged.
+    /// Compares the ledger with the scanner's truth (BPF or procfs) and repairs it: releases
+    /// buffers no process holds, hands over charges of dead owners, gives back pushes whose
+    /// receiver never held the buffer, follows cgroup moves, reparents removed cgroups, and
+    /// reports dma-bufs nobody charged.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
-        let scan = self.processes.procfs().scan_all().map_err(Error::from)?;
+        let scan = self.scanner.scan_all().map_err(Error::from)?;
         let mut report = ReconcileReport {
             processes_scanned: scan.processes,
             buffers_seen: scan.buffers.len(),

@@ -37,6 +37,7 @@ use crate::identity::{Caller, Processes};
 use crate::journal::{Durability, Journal};
 use crate::kernel::cgroupfs::CgroupFs;
 use crate::kernel::procfs::ProcFs;
+use crate::kernel::scanner::{ScanChoice, Scanner};
 use crate::ledger::Ledger;
 use crate::permission::{self, Op};
 use crate::policy::{Policy, TrustRule};
@@ -58,11 +59,15 @@ pub struct Config {
     pub durability: Durability,
     /// Pin processes with pidfds (only meaningful against the real /proc).
     pub pidfds: bool,
+    /// Which backend finds who holds which dma-buf (reconcile, death hand-over).
+    pub scan: ScanChoice,
 }
 
 pub struct Accountant {
     policy: Policy,
     processes: Processes,
+    /// Chosen once at open: BPF iterators (a full view) or the procfs scan.
+    scanner: Scanner,
     cgroupfs: Option<CgroupFs>,
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
@@ -96,8 +101,11 @@ impl Accountant {
             }
             None => (Ledger::new(), None),
         };
+        let scanner = Scanner::choose(&config.scan, ProcFs::new(&config.proc_root)).map_err(Error::from)?;
+        info!("dma-buf scan: {scanner}");
         let accountant = Accountant {
             policy,
+            scanner,
             processes: Processes::new(ProcFs::new(&config.proc_root), config.pidfds),
             cgroupfs: config.cgroup_root.as_ref().map(CgroupFs::new),
             state: Mutex::new(State::new(ledger, journal)),
@@ -127,6 +135,10 @@ impl Accountant {
 
     pub fn processes(&self) -> &Processes {
         &self.processes
+    }
+
+    pub fn scanner(&self) -> &Scanner {
+        &self.scanner
     }
 
     fn declare_heaps(&self) -> Result<()> {

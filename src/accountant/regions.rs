@@ -158,6 +158,7 @@ mod tests {
             state_dir: Some(dir.path().join("state")),
             durability: Durability::None,
             pidfds: false,
+            scan: crate::kernel::ScanChoice::Procfs,
         };
         let accountant = Accountant::open(config.clone(), Policy::embedded_default()).unwrap();
         let autoconfig = Autoconfig::new(roots, accountant.policy().clone(), config.state_dir.clone());

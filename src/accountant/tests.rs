@@ -40,6 +40,7 @@ fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles()
         state_dir: None,
         durability: Durability::None,
         pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
     let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
@@ -75,6 +76,7 @@ fn with_selinux_the_callers_context_not_its_uid_decides_an_on_behalf_charge() {
         state_dir: None,
         durability: Durability::None,
         pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
     accountant.set_trust_rule(TrustRule::Contexts);
@@ -109,6 +111,7 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
         state_dir: None,
         durability: Durability::None,
         pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
     let (app, driver) = (Caller::new(100, 10001), Caller::new(500, 1003));

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
+use chargetransfer::kernel::{ProcFs, ScanChoice, Scanner};
 use chargetransfer::policy::{format_bytes, TrustRule};
 
 #[derive(Parser)]
@@ -194,7 +195,16 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     if let Command::Probe { root } = &cli.command {
         let roots = root.as_deref().map_or_else(ProbeRoots::system, ProbeRoots::under);
-        println!("{}", Probe::run(&roots).to_json());
+        let mut probe: serde_json::Value =
+            serde_json::from_str(&Probe::run(&roots).to_json()).map_err(|e| format!("probe JSON: {e}"))?;
+        // What the service would choose with `--scan auto` (a tree under --root is not a kernel).
+        let choice = match root {
+            Some(_) => ScanChoice::Procfs,
+            None => ScanChoice::Auto { pin_dir: chargetransfer::kernel::bpf::ANDROID_PIN_DIR.into() },
+        };
+        let scanner = Scanner::choose(&choice, ProcFs::new(&roots.proc)).map_err(|e| e.to_string())?;
+        probe["scan"] = serde_json::json!({ "backend": scanner.name(), "detail": scanner.to_string() });
+        println!("{probe}");
         return Ok(());
     }
     let client = connect(&cli).map_err(|e| e.to_string())?;
@@ -219,6 +229,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 "{:<26} {:<8} {:>9} {:>9} {:<8} {:<24} why",
                 "pool", "class", "capacity", "usage", "enforced", "heaps"
             );
+            let dump = svc.dumpState().map_err(e)?;
+            let scan = dump.lines().find(|l| l.starts_with(chargetransfer::dump::SCAN_PREFIX));
             for r in svc.getRegions().map_err(e)? {
                 let cap = if r.capacity <= 0 { "?".into() } else { format_bytes(r.capacity as u64) };
                 println!(
@@ -232,6 +244,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     r.why
                 );
             }
+            println!("{}", scan.unwrap_or("dma-buf scan: not reported by this service"));
             // The service takes its rule from the same test of this kernel (see TrustRule).
             let selinux = chargetransfer::autoconfig::probe::selinux(&ProbeRoots::system().sys);
             println!("trust: {}", TrustRule::with_selinux(selinux.is_ok()).describe());

@@ -102,6 +102,7 @@ pub fn play(dir: &Path, out: &mut Transcript) -> Result<(), String> {
         state_dir: Some(dir.join("state")),
         durability: Durability::None,
         pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
     };
     let policy = Policy::default_with(&[PLATFORM_CLIENTS]).map_err(|e| format!("the demo policy: {e}"))?;
     let acc = Accountant::open(config, policy).map_err(|e| format!("opening the accountant: {e}"))?;

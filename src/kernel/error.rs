@@ -43,6 +43,9 @@ pub enum KernelError {
     #[error("limit {0} has no kernel file; the service enforces it")]
     NoKernelFile(&'static str),
     /// The heap ran out of memory (ENOMEM) or the dmem limit refused the charge (EAGAIN).
+    /// The BPF backend could not be opened or read: what was being done and why it failed.
+    #[error("BPF: {0}")]
+    Bpf(String),
     #[error("allocating {len} bytes from {}: {errno}", heap.display())]
     HeapAllocFailed { heap: PathBuf, len: u64, errno: rustix::io::Errno },
 }

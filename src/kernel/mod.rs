@@ -6,6 +6,7 @@
 //! [`KernelError::Parse`] naming the file and the 1-based line. Processes exiting mid-read are
 //! normal: they show up as [`KernelError::NoSuchProcess`] or in [`DmaBufScan::vanished`].
 
+pub mod bpf;
 pub mod cgroupfs;
 pub mod dmabuf;
 pub mod dmaheap;
@@ -13,9 +14,12 @@ pub mod error;
 pub mod fake_proc;
 mod parse;
 pub mod procfs;
+pub mod scanner;
 
+pub use bpf::BpfScanner;
 pub use cgroupfs::{CgroupFs, DmemFile, MemoryState};
 pub use dmabuf::{inspect, DmaBufInfo};
 pub use dmaheap::alloc_from_heap;
 pub use error::KernelError;
 pub use procfs::{DmaBufRef, DmaBufScan, Holder, ProcFs, ScannedBuffer};
+pub use scanner::{ScanChoice, Scanner};

@@ -133,7 +133,7 @@ pub fn format_bytes(b: u64) -> String {
     for (name, shift) in UNITS {
         let unit = 1u64 << shift;
         if b >= unit {
-            return if b % unit == 0 {
+            return if b.is_multiple_of(unit) {
                 format!("{} {name}", b >> shift)
             } else {
                 format!("{:.1} {name}", b as f64 / unit as f64)

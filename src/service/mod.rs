@@ -16,6 +16,7 @@ use crate::binder::aidl::vendor::chargetransfer::{
     UsageReport::UsageReport,
 };
 use crate::binder::{self, BinderFeatures, Interface, ParcelFileDescriptor, SpIBinder, Status};
+use crate::catchup::CatchUp;
 use crate::error::Error;
 use crate::identity::Caller;
 use crate::kernel::dmabuf;
@@ -35,6 +36,7 @@ pub struct ChargeTransferService {
     proc_root: PathBuf,
     deaths: Arc<DeathWatch>,
     autoconfigure: Autoconfigure,
+    catch_up: Arc<CatchUp>,
 }
 
 impl Interface for ChargeTransferService {}
@@ -86,8 +88,9 @@ impl ChargeTransferService {
         proc_root: PathBuf,
         deaths: Arc<DeathWatch>,
         autoconfigure: Autoconfigure,
+        catch_up: Arc<CatchUp>,
     ) -> Self {
-        ChargeTransferService { accountant, proc_root, deaths, autoconfigure }
+        ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up }
     }
 
     /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it, with
@@ -255,7 +258,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn reconcile(&self) -> BinderResult<ReconcileReport> {
         let caller = self.caller()?;
         self.accountant.permit(&caller, Op::Reconcile).map_err(status)?;
-        let report = self.accountant.reconcile().map_err(status)?;
+        let (report, _) = self.catch_up.reconcile(&self.accountant).map_err(status)?;
         Ok(convert::reconcile_report(&report))
     }
 
@@ -269,7 +272,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn dumpState(&self) -> BinderResult<String> {
         let caller = self.caller()?;
         match self.accountant.permit(&caller, Op::Dump) {
-            Ok(()) => Ok(crate::dump::render(&self.accountant)),
+            Ok(()) => Ok(crate::dump::render(&self.accountant) + &self.catch_up.render()),
             Err(_) => Ok(crate::dump::render_for_uid(&self.accountant, caller.uid)),
         }
     }

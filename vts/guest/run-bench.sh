@@ -27,6 +27,12 @@ chargetransfer-vts --bench --procs "$BENCH_PROCS" --bufs "$BENCH_BUFS" --calls "
     --scans "$BENCH_SCANS" --chargectl /share/bin/chargectl >"$out/vts-bench.txt" 2>&1
 rc=$?
 cat "$out/vts-bench.txt"
+[ $rc -eq 0 ] || exit $rc
+
+echo "== bench: full-device view, BPF iterators vs procfs"
+chargetransfer-vts --scan-bench --procs "$BENCH_PROCS" --levels 1000,10000,100000 --scans 3 >"$out/scan-bench.txt" 2>&1
+rc=$?
+cat "$out/scan-bench.txt"
 echo "== bench: service log (tail)"
 tail -n 5 "$out/service.log"
 exit $rc

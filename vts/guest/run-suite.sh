@@ -58,6 +58,13 @@ if [ "$faults" -gt 0 ]; then
     # Only one service may be registered: the fault phase starts (and kills) its own.
     kill "$service_pid"
     wait "$service_pid"
+    echo "== lane $LANE: allocator outage"
+    # shellcheck disable=SC2086 # VTS_ARGS is a word list
+    CT_SERVICE_ARGS=$service_args chargetransfer-vts --allocator-outage $VTS_ARGS \
+        --service-log "$out/allocator-service.log" >"$out/allocator.log" 2>&1
+    arc=$?
+    cat "$out/allocator.log"
+    [ "$arc" -ne 0 ] && [ "$rc" -eq 0 ] && rc=1
     # shellcheck disable=SC2086 # VTS_ARGS is a word list
     CT_SERVICE_ARGS=$service_args chargetransfer-vts --faults $VTS_ARGS --kills "$faults" \
         ${FAULT_SEED:+--seed "$FAULT_SEED"} --service-log "$out/faults-service.log" >"$out/faults.log" 2>&1

@@ -306,6 +306,7 @@ fn rss(args: &[String]) -> Result<(), String> {
         state_dir: None,
         durability: chargetransfer::journal::Durability::None,
         pidfds: false,
+        scan: chargetransfer::kernel::ScanChoice::Procfs,
     };
     let accountant =
         Accountant::open(config, chargetransfer::policy::Policy::embedded_default()).map_err(|e| e.to_string())?;

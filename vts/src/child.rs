@@ -135,7 +135,7 @@ fn hog(client: &Client, threads: i64, millis: i64) -> String {
     format!("ok {} {}", calls.into_inner(), failures.into_inner())
 }
 
-fn receive(control: &OwnedFd) -> Result<OwnedFd, String> {
+pub(crate) fn receive(control: &OwnedFd) -> Result<OwnedFd, String> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control_buf = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
@@ -334,7 +334,10 @@ pub fn run() -> ! {
                     format!("ok {}", if d.contains("Owners") { "full" } else { "own" })
                 }
                 "exit" => std::process::exit(0),
-                other => return Err(format!("err 0 unknown command {other:?}")),
+                other => match crate::allocator_outage::command(&args, &mut slots) {
+                    Some(reply) => reply?,
+                    None => return Err(format!("err 0 unknown command {other:?}")),
+                },
             })
         })();
         let text = match reply {

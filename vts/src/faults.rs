@@ -103,8 +103,8 @@ impl Options {
     }
 }
 
-/// The service process, supervised as init would.
-struct Service {
+/// The service process, supervised as init would (also by the allocator outage run).
+pub(crate) struct Service {
     cmd: Vec<String>,
     log: PathBuf,
     binder: Option<String>,
@@ -114,8 +114,18 @@ struct Service {
 }
 
 impl Service {
+    pub(crate) fn new(opts: &Options) -> Service {
+        Service {
+            cmd: opts.service.clone(),
+            log: opts.service_log.clone(),
+            binder: opts.binder.clone(),
+            process: None,
+            downtimes: Vec::new(),
+        }
+    }
+
     /// Starts an instance and waits until it answers a ping through the service manager.
-    fn start(&mut self) -> Result<Client, String> {
+    pub(crate) fn start(&mut self) -> Result<Client, String> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -149,7 +159,7 @@ impl Service {
 
     /// SIGKILLs the running instance, after a SIGTERM `term_first` earlier if given. True when
     /// the SIGKILL is what ended it (a SIGTERM may finish the shutdown first).
-    fn kill(&mut self, term_first: Option<Duration>) -> Result<bool, String> {
+    pub(crate) fn kill(&mut self, term_first: Option<Duration>) -> Result<bool, String> {
         let mut process = self.process.take().ok_or("the service is not running")?;
         if let Some(delay) = term_first {
             let pid = rustix::process::Pid::from_raw(process.id() as i32).ok_or("pid")?;

@@ -11,14 +11,17 @@
 //! `chargetransfer-vts --faults [--kills N] [--seed S] [--service-log FILE]` runs the fault phase
 //! instead (see `faults`): it starts and kills the service itself, from `CT_SERVICE_ARGS`.
 
+mod allocator_outage;
 mod autoconfig_cases;
 mod bench;
+mod bpf_cases;
 mod cases;
 mod child;
 mod dmem_cases;
 mod faults;
 mod harness;
 mod rng;
+mod scan_bench;
 mod selinux_cases;
 mod stress;
 mod transfer_cases;
@@ -110,6 +113,13 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Cases that need the BPF scan backend to load (not the dmem lane's kernel: no BPF_SYSCALL).
+const BPF_CASES: Cases = &[
+    ("bpf_scan_gives_the_procfs_answer", bpf_cases::bpf_scan_gives_the_procfs_answer),
+    ("bpf_scan_stays_whole_while_processes_die", bpf_cases::bpf_scan_stays_whole_while_processes_die),
+    ("bpf_scan_reads_iterators_pinned_in_bpffs", bpf_cases::bpf_scan_reads_iterators_pinned_in_bpffs),
+];
+
 /// Cases that need the kernel to charge the system heap to memcg (`dma_heap.mem_accounting=1`).
 const MEM_ACCOUNTING_CASES: &[(&str, Case)] = &[(
     "on_behalf_bytes_the_kernel_charged_to_the_allocator_count_against_the_app",
@@ -178,11 +188,26 @@ fn main() {
     if let Some(status) = bench::dispatch(&raw) {
         std::process::exit(status);
     }
+    if let Some(status) = scan_bench::dispatch(&raw) {
+        std::process::exit(status);
+    }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
     let binder = take_flag(&mut raw, "--binder");
     let lane = take_flag(&mut raw, "--lane").unwrap_or_else(|| "host".into());
     let cgroup_root =
         take_flag(&mut raw, "--cgroup-root").map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+    if let Some(i) = raw.iter().position(|a| a == "--allocator-outage") {
+        raw.remove(i);
+        let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {
+            Ok(opts) => allocator_outage::run(opts),
+            Err(e) => {
+                eprintln!("vts: --allocator-outage: {e}");
+                2
+            }
+        };
+        println!("allocator outage: lane {lane}, exit {code}");
+        std::process::exit(code);
+    }
     if let Some(i) = raw.iter().position(|a| a == "--faults") {
         raw.remove(i);
         let code = match faults::Options::from_args(&mut raw, binder, cgroup_root) {
@@ -201,7 +226,8 @@ fn main() {
     // A case this lane cannot run is listed as skipped, with the reason, never left out. The
     // selinux lane runs only the SELinux cases and the version check; the other lanes the rest.
     let not_here = "the selinux lane runs only the SELinux cases; the other lanes run this one";
-    let groups: [(Cases, Option<&str>); 4] = [
+    let bpf_absent = bpf_cases::absent();
+    let groups: [(Cases, Option<&str>); 5] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -213,6 +239,7 @@ fn main() {
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
         ),
         (SELINUX_CASES, (!selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
+        (BPF_CASES, bpf_absent.as_deref()),
     ];
     // Over RPC the socket's root object is the one service under test.
     let instances = match &rpc {

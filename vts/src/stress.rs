@@ -363,9 +363,12 @@ impl<'a> World<'a> {
             Some(o) if !self.rng.one_in(5) => o,
             _ => TRUSTED,
         };
-        if by != TRUSTED && self.clients[by].held.contains_key(&inode) {
-            // An owner that still holds the buffer cannot stop paying for it.
+        if Some(by) == owner && self.clients[by].held.contains_key(&inode) {
+            // An owner that still holds the buffer cannot stop paying for it (trusted or not).
             self.refusal(by, &format!("release {inode}"), ErrorCode::INVALID_STATE)?;
+            if by == TRUSTED {
+                return self.alloc();
+            }
             by = TRUSTED;
         }
         if self.rng.one_in(6) {
@@ -451,11 +454,32 @@ impl<'a> World<'a> {
             self.forget_offers(inode);
         }
         self.pending.retain(|p| p.to != pid);
+        // A charge parked on a dead app's cgroup goes at the death of its last holder: any death
+        // makes the service release the parked charges nobody holds any more.
+        let unheld: Vec<u64> = self
+            .charges
+            .iter()
+            .filter(|(&n, ch)| ch.payer.pid == 0 && self.holders(n).is_empty())
+            .map(|(&n, _)| n)
+            .collect();
+        for inode in &unheld {
+            self.charges.remove(inode);
+            self.forget_offers(*inode);
+        }
+        let svc = self.env.client.service();
         if !owned.is_empty() {
-            let svc = self.env.client.service();
             eventually(
                 || Ok(svc.listCharges(pid as i32).map_err(|e| format!("{e:?}"))?.is_empty()),
                 &format!("death of pid {pid} handled"),
+            )?;
+        }
+        if !unheld.is_empty() {
+            eventually(
+                || {
+                    let all = svc.listCharges(0).map_err(|e| format!("{e:?}"))?;
+                    Ok(all.iter().all(|c| !unheld.contains(&(c.inode as u64))))
+                },
+                &format!("parked charges {unheld:?} released at the death of pid {pid}"),
             )?;
         }
         Ok(())

@@ -1,0 +1,181 @@
+//! The full view of who holds which dma-buf, from the BPF iterators of holders.bpf.c: one read of
+//! each replaces the whole procfs scan, and it sees every process whatever its uid or SELinux
+//! domain, where reading other processes' fdinfo needs `sys_ptrace` (which Android's vendor
+//! policy never grants).
+//!
+//! The programs come either from bpffs, where Android's bpfloader pins the vendor partition's
+//! programs at boot, or from the object built into the service, loaded by the service itself
+//! where it may (root, or CAP_BPF + CAP_PERFMON, as in the kernel lanes). Each scan attaches a
+//! fresh iterator link and reads it to the end.
+//!
+//! aya loads the object: pure Rust (so the static guest binaries need no libbpf/libelf/zlib
+//! build), CO-RE relocation against /sys/kernel/btf/vmlinux, and `Iter` programs since 0.14.
+
+mod records;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use aya::programs::Iter;
+use aya::{Btf, Ebpf};
+
+use super::error::KernelError;
+use super::procfs::DmaBufScan;
+use records::Reads;
+
+/// The iterators in the order a scan reads them (holders before buffers, see
+/// [`records::assemble`]): the program's function name and its attach target.
+const ITERATORS: [(&str, &str); 4] =
+    [("fds", "task_file"), ("mappings", "task_vma"), ("processes", "task"), ("buffers", "dmabuf")];
+
+/// The object file's name (without `.o`) as Android's bpfloader derives pin names from it:
+/// `prog_<object>_<section with '/' as '_'>`, e.g. `prog_chargetransfer_holders_iter_dmabuf`.
+pub const OBJECT_NAME: &str = "chargetransfer_holders";
+
+/// Where bpfloader pins programs from the vendor partition (unverified on a device).
+pub const ANDROID_PIN_DIR: &str = "/sys/fs/bpf/vendor";
+
+/// The compiled holders.bpf.c, 8-byte aligned as the ELF reader needs.
+#[cfg(chargetransfer_bpf)]
+static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/holders.bpf.o")));
+
+#[cfg(chargetransfer_bpf)]
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+/// Where the programs came from, for `chargectl probe` and the reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from programs pinned in this directory.
+    Pinned(PathBuf),
+    /// Loaded by the service from the object built into it.
+    Loaded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Pinned(dir) => write!(f, "programs pinned in {}", dir.display()),
+            Origin::Loaded => f.write_str("programs loaded from the built-in object"),
+        }
+    }
+}
+
+enum Programs {
+    Loaded(Ebpf),
+    Pinned(Vec<Iter>),
+}
+
+pub struct BpfScanner {
+    programs: Mutex<Programs>,
+    origin: Origin,
+}
+
+impl fmt::Debug for BpfScanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BpfScanner").field("origin", &self.origin).finish_non_exhaustive()
+    }
+}
+
+fn bpf_err(what: impl fmt::Display, e: impl fmt::Display) -> KernelError {
+    KernelError::Bpf(format!("{what}: {e}"))
+}
+
+/// The pin path bpfloader gives one of the iterators.
+fn pin_path(dir: &Path, target: &str) -> PathBuf {
+    dir.join(format!("prog_{OBJECT_NAME}_iter_{target}"))
+}
+
+impl BpfScanner {
+    /// Pinned programs in `pin_dir` first (how Android runs them), else the object built into
+    /// the service. The error says why neither can be used; the caller falls back to procfs.
+    pub fn open(pin_dir: &Path) -> Result<BpfScanner, KernelError> {
+        let pinned = match BpfScanner::pinned(pin_dir) {
+            Ok(scanner) => return Ok(scanner),
+            Err(e) => e,
+        };
+        BpfScanner::load().map_err(|loaded| KernelError::Bpf(format!("{pinned}; {loaded}")))
+    }
+
+    /// Reads iterators pinned as `prog_chargetransfer_holders_iter_<target>` in `dir`.
+    pub fn pinned(dir: &Path) -> Result<BpfScanner, KernelError> {
+        let programs = ITERATORS
+            .iter()
+            .map(|(_, target)| {
+                let path = pin_path(dir, target);
+                Iter::from_pin(&path).map_err(|e| bpf_err(format_args!("no pinned iterator {}", path.display()), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BpfScanner { programs: Mutex::new(Programs::Pinned(programs)), origin: Origin::Pinned(dir.to_path_buf()) })
+    }
+
+    /// Loads the built-in object, relocated against the running kernel's BTF.
+    pub fn load() -> Result<BpfScanner, KernelError> {
+        let mut ebpf = load_object()?;
+        let btf = Btf::from_sys_fs().map_err(|e| bpf_err("kernel BTF", e))?;
+        for (name, target) in ITERATORS {
+            iter(&mut ebpf, name)?.load(target, &btf).map_err(|e| bpf_err(format_args!("loading iter/{target}"), e))?;
+        }
+        Ok(BpfScanner { programs: Mutex::new(Programs::Loaded(ebpf)), origin: Origin::Loaded })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Pins the loaded programs where [`BpfScanner::pinned`] finds them, as bpfloader would
+    /// (the lanes use this to prove the Android path). `dir` must be on a bpffs.
+    pub fn pin(&self, dir: &Path) -> Result<(), KernelError> {
+        let mut programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, (name, target)) in ITERATORS.iter().enumerate() {
+            let program = match &mut *programs {
+                Programs::Loaded(ebpf) => iter(ebpf, name)?,
+                Programs::Pinned(iters) => &mut iters[i],
+            };
+            let path = pin_path(dir, target);
+            program.pin(&path).map_err(|e| bpf_err(format_args!("pinning {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Every process's dma-bufs, merged by inode: the same answer as
+    /// [`ProcFs::scan_all`](super::ProcFs::scan_all) on a full view, always complete.
+    pub fn scan_all(&self) -> Result<DmaBufScan, KernelError> {
+        let mut programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bytes: [Vec<u8>; 4] = Default::default();
+        for (i, (name, target)) in ITERATORS.iter().enumerate() {
+            let program = match &mut *programs {
+                Programs::Loaded(ebpf) => iter(ebpf, name)?,
+                Programs::Pinned(iters) => &mut iters[i],
+            };
+            read(program, &mut bytes[i]).map_err(|e| bpf_err(format_args!("reading iter/{target}"), e))?;
+        }
+        let [fds, mappings, processes, buffers] = &bytes;
+        records::assemble(Reads { buffers, fds, mappings, processes })
+    }
+}
+
+fn iter<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter, KernelError> {
+    let program = ebpf.program_mut(name).ok_or_else(|| KernelError::Bpf(format!("object has no program {name}")))?;
+    program.try_into().map_err(|e| bpf_err(format_args!("program {name}"), e))
+}
+
+#[cfg(chargetransfer_bpf)]
+fn load_object() -> Result<Ebpf, KernelError> {
+    Ebpf::load(&OBJECT.0).map_err(|e| bpf_err("loading the holders object", e))
+}
+
+#[cfg(not(chargetransfer_bpf))]
+fn load_object() -> Result<Ebpf, KernelError> {
+    Err(KernelError::Bpf("built without the BPF object (no clang when it was compiled)".into()))
+}
+
+/// One pass of an iterator: a new link, an iterator fd from it, read to the end.
+fn read(program: &mut Iter, buf: &mut Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+    let id = program.attach()?;
+    let mut file = program.take_link(id)?.into_file()?;
+    file.read_to_end(buf)?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The scan benchmark for BENCHMARKS.md: the full-device view of who holds which dma-buf, by the
+//! BPF iterators against the procfs scan, on the same processes and buffers in one guest run.
+//! It only measures and prints; nothing here is a test.
+//!
+//! - `--scan-bench [--procs N] [--levels 1000,10000,100000] [--scans S]` (guest, root): N
+//!   holder processes; at each level every holder tops up to level/N buffers of 4 KiB from the
+//!   system heap, then both backends scan S times. Prints `result scan_<level>_<backend>_ns`.
+//! - `--scan-holder` (spawned by `--scan-bench`): for each `hold K` line, allocates until it
+//!   holds K buffers and answers `ok K`; holds them until its stdin closes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chargetransfer::kernel::bpf::BpfScanner;
+use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs};
+
+const BUFFER_SIZE: u64 = 4096;
+
+pub fn dispatch(args: &[String]) -> Option<i32> {
+    let rest = args.get(2..).unwrap_or_default();
+    let result = match args.get(1).map(String::as_str)? {
+        "--scan-holder" => holder(),
+        "--scan-bench" => bench(rest),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vts scan bench: {e}");
+            1
+        }
+    })
+}
+
+fn holder() -> Result<(), String> {
+    let heap = Path::new("/dev/dma_heap/system");
+    let mut held = Vec::new();
+    let mut out = std::io::stdout();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let target: usize = line.strip_prefix("hold ").and_then(|k| k.parse().ok()).ok_or(format!("bad {line:?}"))?;
+        let reply = (|| {
+            while held.len() < target {
+                held.push(chargetransfer::kernel::alloc_from_heap(heap, BUFFER_SIZE)?);
+            }
+            Ok::<_, chargetransfer::kernel::KernelError>(format!("ok {}", held.len()))
+        })()
+        .unwrap_or_else(|e| format!("err {e}"));
+        writeln!(out, "{reply}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct Holder {
+    process: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// `scans` timed runs of `scan`; the last result is kept to report what was seen.
+fn time(scans: usize, scan: impl Fn() -> Result<DmaBufScan, String>) -> Result<(Duration, DmaBufScan), String> {
+    let mut times = Vec::with_capacity(scans);
+    let mut last = None;
+    for _ in 0..scans {
+        let t = Instant::now();
+        let s = scan()?;
+        times.push(t.elapsed());
+        last = Some(s);
+    }
+    Ok((p50(times), last.ok_or("no scans")?))
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let parse = |name: &str, default: &str| flag(args, name).unwrap_or_else(|| default.into());
+    let procs: usize = parse("--procs", "200").parse().map_err(|_| "--procs")?;
+    let scans: usize = parse("--scans", "3").parse().map_err(|_| "--scans")?;
+    let levels: Vec<usize> = parse("--levels", "1000,10000,100000")
+        .split(',')
+        .map(|l| l.parse().map_err(|_| format!("--levels: {l:?}")))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    let bpf = BpfScanner::load().map_err(|e| e.to_string())?;
+    println!("scan bench: BPF iterators loaded in {:.1?}", t.elapsed());
+    let procfs = ProcFs::new("/proc");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut holders = (0..procs)
+        .map(|_| {
+            let mut process = Command::new(&exe)
+                .arg("--scan-holder")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+            let stdin = process.stdin.take();
+            let stdout = BufReader::new(process.stdout.take().expect("piped"));
+            Ok(Holder { process, stdin, stdout })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for level in levels {
+        let per = level.div_ceil(procs);
+        let t = Instant::now();
+        for h in &mut holders {
+            let stdin = h.stdin.as_mut().expect("open");
+            writeln!(stdin, "hold {per}").and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
+        }
+        for h in &mut holders {
+            let mut line = String::new();
+            h.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+            if !line.starts_with("ok") {
+                return Err(format!("holder {}: {}", h.process.id(), line.trim()));
+            }
+        }
+        println!("scan bench: {procs} holders x {per} dma-bufs allocated in {:.1?}", t.elapsed());
+        let (by_bpf, seen_bpf) = time(scans, || bpf.scan_all().map_err(|e| e.to_string()))?;
+        let (by_procfs, seen_procfs) = time(scans, || procfs.scan_all().map_err(|e| e.to_string()))?;
+        if seen_bpf.buffers.len() != seen_procfs.buffers.len() {
+            return Err(format!(
+                "at {level}: BPF saw {} buffers, procfs {}",
+                seen_bpf.buffers.len(),
+                seen_procfs.buffers.len()
+            ));
+        }
+        println!(
+            "scan bench: {} buffers in {} processes: BPF {by_bpf:.1?}, procfs {by_procfs:.1?} (p50 of {scans}): {:.1}x",
+            seen_bpf.buffers.len(),
+            seen_procfs.processes,
+            by_procfs.as_secs_f64() / by_bpf.as_secs_f64()
+        );
+        println!("result scan_{level}_buffers {}", seen_bpf.buffers.len());
+        println!("result scan_{level}_bpf_ns {}", by_bpf.as_nanos());
+        println!("result scan_{level}_procfs_ns {}", by_procfs.as_nanos());
+    }
+    for h in &mut holders {
+        h.stdin.take();
+    }
+    for mut h in holders {
+        let _ = h.process.wait();
+    }
+    Ok(())
+}
