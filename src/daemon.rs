@@ -12,12 +12,12 @@ use log::{error, info, warn};
 
 use crate::accountant::{Accountant, Config};
 use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
-use crate::binder::{self, BinderFeatures, Interface};
+use crate::binder::{self, Interface};
 use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::kernel::ScanChoice;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
 
 #[derive(Parser, Debug, Clone)]
@@ -109,6 +109,9 @@ pub fn run(opts: Options) -> Result<(), String> {
         scan: scan_choice(&opts),
     };
     let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
+    let trust = TrustRule::with_selinux(crate::autoconfig::probe::selinux(&opts.sys_root).is_ok());
+    accountant.set_trust_rule(trust);
+    info!("trust: {}", trust.describe());
     let roots = ProbeRoots {
         cgroup: cgroup_root.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
         proc: opts.proc_root.clone(),
@@ -161,7 +164,7 @@ pub fn run(opts: Options) -> Result<(), String> {
         autoconfigure,
         catch_up,
     );
-    let service = binder::new_service(service, BinderFeatures::default());
+    let service = binder::new_service(service, crate::service::features());
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {

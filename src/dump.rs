@@ -54,6 +54,7 @@ pub fn render(accountant: &Accountant) -> String {
         format_bytes(total),
         accountant.open_offers()
     );
+    let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
     let _ = writeln!(out, "{SCAN_PREFIX}{}", accountant.scanner());
     if let Some(why) = accountant.journal_broken() {
         let _ = writeln!(out, "JOURNAL BROKEN: changes are refused until the service restarts: {why}");
@@ -137,6 +138,8 @@ pub fn render_for_uid(accountant: &Accountant, uid: u32) -> String {
         "chargetransfer: uid {uid} pays for {} buffers (the full dump is for trusted callers)",
         charges.len()
     );
+    // The rule is the kernel's, not another app's data: every caller may see which list decides.
+    let _ = writeln!(out, "trust: {}", accountant.trust_rule().describe());
     if let Some(why) = accountant.journal_broken() {
         let _ = writeln!(out, "JOURNAL BROKEN: changes are refused until the service restarts: {why}");
     }

@@ -21,8 +21,8 @@ use crate::kernel::procfs::ProcFs;
 pub struct Caller {
     pub pid: u32,
     pub uid: u32,
-    /// The caller's SELinux context as binder reports it; `None` on a kernel without SELinux
-    /// (and over the RPC transport).
+    /// The caller's SELinux security context (`u:r:surfaceflinger:s0`) as the binder driver
+    /// delivered it; `None` without SELinux and over the RPC transport.
     pub context: Option<String>,
 }
 

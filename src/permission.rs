@@ -2,13 +2,14 @@
 //! ask for is an [`Op`] in a [`Class`], and [`check`] says whether this caller may do it. The
 //! accountant and the service call it; nothing else compares uids or contexts.
 //!
-//! The trust rule: on a kernel that gives binder a security context, the policy's
-//! `trusted.contexts` decide and a uid alone never makes a caller trusted; without one (no LSM,
-//! the RPC transport), the policy's `trusted.uids` do.
+//! The trust rule ([`TrustRule`]) is the kernel's, chosen once at start, not the caller's: where
+//! SELinux is active the policy's `trusted.contexts` decide, a uid alone never makes a caller
+//! trusted and a caller without a context is not trusted; without SELinux the policy's
+//! `trusted.uids` decide, whatever context a caller carries.
 
 use crate::error::{Error, Result};
 use crate::identity::Caller;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 
 /// Who may do an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,19 +86,12 @@ impl Op {
     }
 }
 
-/// Whether the policy trusts the caller (the rule in the module comment).
-fn is_trusted(policy: &Policy, caller: &Caller) -> bool {
-    match &caller.context {
-        Some(context) => policy.is_trusted_context(context),
-        None => policy.is_trusted_uid(caller.uid),
-    }
-}
-
-/// May `caller` do `op`? A refusal names the caller and the operation only.
-pub fn check(policy: &Policy, caller: &Caller, op: Op) -> Result<()> {
+/// May `caller` do `op` under the kernel's trust `rule`? A refusal names the caller and the
+/// operation only.
+pub fn check(policy: &Policy, rule: TrustRule, caller: &Caller, op: Op) -> Result<()> {
     match op.class(caller) {
         Class::OwnBuffers => Ok(()),
-        Class::Push | Class::Diagnostics if is_trusted(policy, caller) => Ok(()),
+        Class::Push | Class::Diagnostics if policy.trusts(rule, caller.uid, caller.context.as_deref()) => Ok(()),
         Class::Push | Class::Diagnostics => {
             Err(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: op.what() })
         }
@@ -105,8 +99,8 @@ pub fn check(policy: &Policy, caller: &Caller, op: Op) -> Result<()> {
 }
 
 /// Whether `caller` may see other apps' processes and cgroups (in listings and in refusals).
-pub fn sees_others(policy: &Policy, caller: &Caller) -> bool {
-    check(policy, caller, Op::ReadDevice).is_ok()
+pub fn sees_others(policy: &Policy, rule: TrustRule, caller: &Caller) -> bool {
+    check(policy, rule, caller, Op::ReadDevice).is_ok()
 }
 
 #[cfg(test)]
@@ -126,34 +120,51 @@ mod tests {
         let (p, app, gralloc) = (policy(), Caller::new(5, 10001), Caller::new(6, 1003));
         for op in [Op::Charge, Op::ReleaseOwn, Op::Offer, Op::Accept, Op::RegisterClient, Op::ReadUsage { uid: 10001 }]
         {
-            assert!(check(&p, &app, op).is_ok(), "{op:?}");
+            assert!(check(&p, TrustRule::Uids, &app, op).is_ok(), "{op:?}");
         }
         for op in [Op::ChargeOnBehalf, Op::Push, Op::ReportVram, Op::Dump, Op::Reconcile, Op::ReadUsage { uid: 10002 }]
         {
-            assert!(matches!(check(&p, &app, op), Err(Error::NotTrusted { pid: 5, .. })), "{op:?}");
-            assert!(check(&p, &gralloc, op).is_ok(), "{op:?}");
+            assert!(matches!(check(&p, TrustRule::Uids, &app, op), Err(Error::NotTrusted { pid: 5, .. })), "{op:?}");
+            assert!(check(&p, TrustRule::Uids, &gralloc, op).is_ok(), "{op:?}");
         }
     }
 
     #[test]
     fn uid_1000_is_not_trusted_by_the_shipped_policy() {
         let system_server = Caller::new(7, 1000);
-        assert!(check(&Policy::embedded_default(), &system_server, Op::Push).is_err());
+        assert!(check(&Policy::embedded_default(), TrustRule::Uids, &system_server, Op::Push).is_err());
     }
 
     #[test]
-    fn with_a_security_context_the_context_decides_and_the_uid_alone_never_does() {
+    fn with_selinux_the_context_decides_and_the_uid_alone_never_does() {
         let p = policy();
         let gralloc_uid_app_context =
             Caller { pid: 6, uid: 1003, context: Some("u:r:untrusted_app:s0:c12,c257".into()) };
-        assert!(check(&p, &gralloc_uid_app_context, Op::Push).is_err());
-        let surfaceflinger = Caller { pid: 8, uid: 1003, context: Some("u:r:surfaceflinger:s0".into()) };
-        assert!(check(&p, &surfaceflinger, Op::Push).is_ok());
+        assert!(check(&p, TrustRule::Contexts, &gralloc_uid_app_context, Op::Push).is_err());
+        let surfaceflinger = Caller { pid: 8, uid: 1000, context: Some("u:r:surfaceflinger:s0".into()) };
+        assert!(check(&p, TrustRule::Contexts, &surfaceflinger, Op::Push).is_ok());
+    }
+
+    #[test]
+    fn with_selinux_a_caller_without_a_context_is_not_trusted_whatever_its_uid() {
+        assert!(check(&policy(), TrustRule::Contexts, &Caller::new(6, 1003), Op::Push).is_err());
+    }
+
+    #[test]
+    fn without_selinux_the_uid_decides_whatever_context_a_caller_carries() {
+        let p = policy();
+        let gralloc_uid_app_context =
+            Caller { pid: 6, uid: 1003, context: Some("u:r:untrusted_app:s0:c12,c257".into()) };
+        assert!(check(&p, TrustRule::Uids, &gralloc_uid_app_context, Op::Push).is_ok());
+        let surfaceflinger_app_uid = Caller { pid: 8, uid: 10001, context: Some("u:r:surfaceflinger:s0".into()) };
+        assert!(check(&p, TrustRule::Uids, &surfaceflinger_app_uid, Op::Push).is_err());
     }
 
     #[test]
     fn a_refusal_names_only_the_caller() {
-        let err = check(&policy(), &Caller::new(5, 10001), Op::ReadUsage { uid: 10002 }).unwrap_err().to_string();
+        let err = check(&policy(), TrustRule::Uids, &Caller::new(5, 10001), Op::ReadUsage { uid: 10002 })
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("10002"), "{err}");
     }
 }

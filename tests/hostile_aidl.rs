@@ -1279,10 +1279,10 @@ fn accountant_death_handling_past_an_unchargeable_holder_stays_journaled() {
         scan: chargetransfer::kernel::ScanChoice::Procfs,
     };
     let a = Accountant::open(config, policy).unwrap();
-    let caller = &Caller::new(100, 10001);
+    let caller = Caller::new(100, 10001);
     for inode in [1, 2] {
         let buffer = kernel::DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None };
-        a.charge(caller, &buffer, None).unwrap();
+        a.charge(&caller, &buffer, None).unwrap();
     }
     fs::remove_dir_all(proc_root.join("100")).unwrap();
     a.process_died(100).unwrap();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: the formatting and lint gates, unit,
 # fixture and host-IPC tiers with cargo, then the VTS suite in the kernel lanes (Debian's kernel,
-# with and without mem_accounting; the dmem kernel). Any tier that cannot run fails the run.
+# with and without mem_accounting, and with SELinux; the dmem kernel). Any tier that cannot run
+# fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -26,7 +27,7 @@ export BIN_DIR
 
 declare -A passed failed skipped
 total_pass=0 total_fail=0 total_skip=0
-for lane in debian debian-memacct dmem; do
+for lane in debian debian-memacct dmem selinux; do
     echo "== kernel lane: $lane"
     set +e
     vts/run-lane.sh "$lane" 2>&1 | tee "$log_dir/lane-$lane.log"
@@ -46,7 +47,7 @@ for lane in debian debian-memacct dmem; do
     total_pass=$((total_pass + passed[$lane])) total_fail=$((total_fail + failed[$lane]))
     total_skip=$((total_skip + skipped[$lane]))
 done
-for lane in debian debian-memacct dmem; do
+for lane in debian debian-memacct dmem selinux; do
     echo "lane $lane: VTS ${passed[$lane]} passed, ${failed[$lane]} failed, ${skipped[$lane]} skipped"
 done
 echo "run-all: $(( $(date +%s) - start )) s"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the VTS suite in one kernel lane: `debian` (Debian's own kernel, binder module, no dmem;
 # the system heap uncharged by the kernel, so the service enforces), `debian-memacct` (the same
-# kernel booted with dma_heap.mem_accounting=1: the kernel charges the system heap to memcg), or
+# kernel booted with dma_heap.mem_accounting=1: the kernel charges the system heap to memcg),
 # `dmem` (a kernel built from Debian's source with the dmem controller and a CMA heap charged to
-# it). Needs the static binaries from build-guest.sh in
-# BIN_DIR. Exits with the guest suite's status; fails loudly when the lane cannot run.
+# it), or `selinux` (Debian's kernel with SELinux the active LSM, permissive, and the small policy
+# in lane/selinux/: every process in an Android domain). Needs the static binaries from
+# build-guest.sh in BIN_DIR. Exits with the guest suite's status; fails loudly when the lane
+# cannot run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-lane=${1:?usage: run-lane.sh debian|debian-memacct|dmem}
+lane=${1:?usage: run-lane.sh debian|debian-memacct|dmem|selinux}
 bin_dir=${BIN_DIR:?BIN_DIR must point at the static guest binaries}
 share=${LANE_DIR:-$root/target/lane/$lane}
 rm -rf "$share"
@@ -29,6 +31,21 @@ case $lane in
         append=""
         [ "$lane" = debian-memacct ] && append="dma_heap.mem_accounting=1"
         ;;
+    selinux)
+        ct_debian_kernel || { echo "run-lane: FAIL: no Debian kernel" >&2; exit 1; }
+        kernel_args=(--kernel "$KERNEL" --modules "$MODULES")
+        # Debian lists AppArmor before SELinux in CONFIG_LSM; this list makes SELinux the one
+        # that labels tasks (binder delivers only its contexts).
+        append="lsm=landlock,lockdown,yama,loadpin,safesetid,integrity,selinux,bpf enforcing=0"
+        "$here/lane/host-deps.sh" checkpolicy >&2
+        # Version 33: the newest Debian 12's checkpolicy writes; the kernel reads it.
+        checkpolicy -M -U allow -c 33 -o "$share/selinux.policy" "$here/lane/selinux/policy.conf" >&2
+        selinux_policy=/share/selinux.policy
+        # The lane plays a platform that made SurfaceFlinger a client (as the demo phone does):
+        # the shipped policy trusts only what vendor policy can make one.
+        cp "$here/lane/selinux/platform-clients.json" "$share/policy-platform.json"
+        service_policies="--policy /share/policy-platform.json"
+        ;;
     dmem)
         BZIMAGE=$("$here/kernel/build.sh" | sed -n 's/^BZIMAGE=//p' | tail -n 1)
         [ -n "$BZIMAGE" ] || { echo "run-lane: FAIL: the dmem kernel did not build" >&2; exit 1; }
@@ -39,8 +56,9 @@ case $lane in
 esac
 cat >"$share/lane.env" <<ENV
 LANE=$lane
-SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json"
+SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${service_policies:-}"
 VTS_ARGS="--lane $lane"
+SELINUX_POLICY=${selinux_policy:-}
 ENV
 # One vCPU: under TCG, the kernel's int3-based code patching (static keys flipped when the first
 # memcg child appears) raced with the other vCPU and oopsed in kmem_cache_alloc once; with one

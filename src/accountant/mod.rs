@@ -40,7 +40,7 @@ use crate::kernel::procfs::ProcFs;
 use crate::kernel::scanner::{ScanChoice, Scanner};
 use crate::ledger::Ledger;
 use crate::permission::{self, Op};
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 
 pub use cgroup_path::uid_cgroup;
 pub use lifecycle::ReconcileReport;
@@ -76,6 +76,8 @@ pub struct Accountant {
     autoconfig: std::sync::OnceLock<std::sync::Arc<crate::autoconfig::Autoconfig>>,
     /// Top-level owner cgroups (`/uid_<uid>`, `/system`) autoconfig has run for.
     configured: Mutex<BTreeSet<String>>,
+    /// Which trusted list decides; set once at start from the kernel (uids until then).
+    trust_rule: std::sync::OnceLock<TrustRule>,
     /// Heaps the kernel itself charges to memcg, as autoconfig last found them (runtime state,
     /// kept here rather than in the policy, which holds only what was configured).
     kernel_charged: std::sync::RwLock<BTreeSet<String>>,
@@ -110,6 +112,7 @@ impl Accountant {
             regions: Mutex::new(Vec::new()),
             autoconfig: std::sync::OnceLock::new(),
             configured: Mutex::new(BTreeSet::new()),
+            trust_rule: std::sync::OnceLock::new(),
             kernel_charged: std::sync::RwLock::new(BTreeSet::new()),
             receipt_grace_ms: AtomicU64::new(RECEIPT_GRACE.as_millis() as u64),
         };
@@ -180,8 +183,24 @@ impl Accountant {
         Ok(())
     }
 
-    /// Asks the permission module whether `caller` may do `op`.
+    /// Sets the trust rule the kernel calls for ([`TrustRule::with_selinux`]); the first call
+    /// wins, so the rule cannot change while the service runs.
+    pub fn set_trust_rule(&self, rule: TrustRule) {
+        let _ = self.trust_rule.set(rule);
+    }
+
+    pub fn trust_rule(&self) -> TrustRule {
+        self.trust_rule.get().copied().unwrap_or(TrustRule::Uids)
+    }
+
+    /// Asks the permission module whether `caller` may do `op` under the kernel's trust rule.
     pub fn permit(&self, caller: &Caller, op: Op) -> Result<()> {
-        permission::check(&self.policy, caller, op)
+        permission::check(&self.policy, self.trust_rule(), caller, op)
+    }
+
+    /// Whether `caller` may see other apps' processes and cgroups (the permission module's
+    /// answer under the kernel's trust rule).
+    pub fn sees_others(&self, caller: &Caller) -> bool {
+        permission::sees_others(&self.policy, self.trust_rule(), caller)
     }
 }

@@ -62,6 +62,37 @@ fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles()
     assert_eq!(payer(), Some((300, "/uid_10001/pid_300".to_string())));
 }
 
+/// Under the SELinux rule the context decides: gralloc's uid in an app's context may not charge
+/// on another's behalf (and the refusal changes nothing); in gralloc's context it may.
+#[test]
+fn with_selinux_the_callers_context_not_its_uid_decides_an_on_behalf_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc_root = dir.path().join("proc");
+    put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
+    put_process(&proc_root, 200, 1003, "/system/gralloc", &[(7, 4096)]);
+    let config = Config {
+        proc_root: proc_root.clone(),
+        cgroup_root: None,
+        state_dir: None,
+        durability: Durability::None,
+        pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
+    };
+    let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+    accountant.set_trust_rule(TrustRule::Contexts);
+    let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
+    let gralloc_as = |context: &str| Caller { pid: 200, uid: 1003, context: Some(context.into()) };
+
+    let refused = accountant.charge(&gralloc_as("u:r:untrusted_app:s0:c512,c768"), &buffer, Some(100));
+    assert!(matches!(refused, Err(Error::NotTrusted { uid: 1003, .. })), "{refused:?}");
+    assert!(accountant.charges(0).is_empty());
+    let no_context = Caller { pid: 200, uid: 1003, context: None };
+    assert!(matches!(accountant.charge(&no_context, &buffer, Some(100)), Err(Error::NotTrusted { .. })));
+
+    let b = accountant.charge(&gralloc_as("u:r:hal_graphics_allocator_default:s0"), &buffer, Some(100)).unwrap();
+    assert_eq!((b.pid, b.cgroup.as_str()), (100, "/uid_10001/pid_100"));
+}
+
 /// Eviction reported by the GPU driver's userspace (trusted, uid 1003 in the shipped policy): the *owner's* memcg
 /// pays for the evicted bytes, never the reporter's; a restore over the owner's dmem max is
 /// refused and the buffer stays evicted; pins count against the pin limit; untrusted apps
@@ -83,7 +114,7 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
         scan: crate::kernel::ScanChoice::Procfs,
     };
     let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
-    let (app, driver) = (&Caller::new(100, 10001), &Caller::new(500, 1003));
+    let (app, driver) = (Caller::new(100, 10001), Caller::new(500, 1003));
     accountant
         .apply_events(vec![
             Event::RegionAdded { region: vram.into(), capacity: 1 << 30 },
@@ -98,27 +129,27 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
         ])
         .unwrap();
     let buffer = DmaBufInfo { inode: 9, size: 64 * MIB, exporter: "vram".into(), name: None };
-    accountant.charge(app, &buffer, None).unwrap();
+    accountant.charge(&app, &buffer, None).unwrap();
     let usage = |cg: &str, pool: &str| accountant.with_ledger(|l| l.counter(cg, pool).map_or(0, |c| c.usage));
 
-    assert!(matches!(accountant.evict(app, 9), Err(Error::NotTrusted { .. })));
-    accountant.evict(driver, 9).unwrap();
+    assert!(matches!(accountant.evict(&app, 9), Err(Error::NotTrusted { .. })));
+    accountant.evict(&driver, 9).unwrap();
     assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (64 * MIB, 0));
     assert_eq!(usage("/system/gpu", "memcg"), 0, "the reporter never pays");
 
     accountant.with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, 32 * MIB)?]))).unwrap();
-    assert!(matches!(accountant.restore(driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
+    assert!(matches!(accountant.restore(&driver, 9), Err(Error::Ledger(LedgerError::OverLimit { .. }))));
     assert!(accountant.charges(0)[0].evicted, "a refused restore leaves it evicted");
     accountant
         .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::Max, crate::ledger::UNLIMITED)?])))
         .unwrap();
-    accountant.restore(driver, 9).unwrap();
+    accountant.restore(&driver, 9).unwrap();
     assert_eq!((usage("/uid_10001/pid_100", "memcg"), usage("/uid_10001/pid_100", vram)), (0, 64 * MIB));
 
     accountant
         .with_ledger_mut(|l| Ok(((), vec![l.set_limit("/uid_10001", vram, LimitKind::PinMax, 16 * MIB)?])))
         .unwrap();
-    assert!(matches!(accountant.pin(driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
+    assert!(matches!(accountant.pin(&driver, 9, true), Err(Error::Ledger(LedgerError::OverPinLimit { .. }))));
     assert_eq!(accountant.eviction_advice(vram, MIB).unwrap(), [9]);
     accountant.with_ledger(|l| l.check_invariants()).unwrap();
 }

@@ -187,6 +187,15 @@ pub struct Probe {
     pub cmdline: Found<Cmdline>,
     pub reserved_memory: Found<Vec<ReservedMemory>>,
     pub drm: Found<Vec<DrmDevice>>,
+    /// `/sys/fs/selinux/enforce`: present when SELinux is active (selinuxfs mounted), true when
+    /// enforcing. Decides the trust rule ([`crate::policy::TrustRule`]).
+    #[serde(default = "not_probed")]
+    pub selinux: Found<bool>,
+}
+
+/// For probes saved before the field existed.
+fn not_probed<T>() -> Found<T> {
+    Found::absent("not probed")
 }
 
 impl Probe {
@@ -230,6 +239,7 @@ impl Probe {
             cmdline: cmdline(&roots.proc.join("cmdline")).into(),
             reserved_memory: reserved_memory(&roots.proc.join("device-tree/reserved-memory")).into(),
             drm: drm(&roots.sys.join("class/drm")).into(),
+            selinux: selinux(&roots.sys).into(),
         }
     }
 
@@ -272,6 +282,16 @@ fn list(dir: &Path) -> Result<Vec<String>, String> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// Whether SELinux is active under the sysfs root `sys` (`Ok(enforcing)`), or why not.
+pub fn selinux(sys: &Path) -> Result<bool, String> {
+    let path = sys.join("fs/selinux/enforce");
+    match read_text(&path)?.trim() {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        other => Err(format!("{}: {other:?} is neither 0 nor 1", path.display())),
+    }
 }
 
 fn mem_accounting(path: &Path) -> Result<bool, String> {
@@ -441,6 +461,27 @@ mod tests {
         assert!(p.mem_accounting.reason().unwrap().contains("does not exist"));
         assert!(p.dma_heaps.get().is_none() && p.cma_areas.get().is_none() && p.meminfo.get().is_none());
         assert!(p.drm.get().is_none() && p.reserved_memory.get().is_none() && p.cmdline.get().is_none());
+    }
+
+    #[test]
+    fn selinux_is_active_when_selinuxfs_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        assert!(selinux(&sys).unwrap_err().contains("does not exist"));
+        write(dir.path(), "sys/fs/selinux/enforce", "0");
+        assert_eq!(selinux(&sys), Ok(false), "permissive");
+        write(dir.path(), "sys/fs/selinux/enforce", "1");
+        assert_eq!(selinux(&sys), Ok(true), "enforcing");
+    }
+
+    #[test]
+    fn a_probe_saved_before_selinux_was_probed_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_str(&Probe::run(&ProbeRoots::under(dir.path())).to_json()).unwrap();
+        json.as_object_mut().unwrap().remove("selinux");
+        let p = Probe::from_json(&json.to_string()).unwrap();
+        assert_eq!(p.selinux.reason(), Some("not probed"));
     }
 
     #[test]

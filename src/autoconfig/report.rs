@@ -174,6 +174,7 @@ impl fmt::Display for Report {
             None => "not available",
         };
         let _ = writeln!(out, "  dma_heap.mem_accounting: {accounting}");
+        let _ = writeln!(out, "  trust: {}", t.trust.describe());
         let _ = writeln!(out, "  page size: {} (memory limits in whole pages)", format_bytes(t.page_size));
         let _ = writeln!(
             out,

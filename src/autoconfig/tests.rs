@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::probe::{CgroupProbe, CmaArea, DmemRegion, DrmDevice, MemInfo};
 use super::*;
 use crate::ledger::{Counter, Event, HeapClass, LimitKind, MEMCG_POOL, UNLIMITED};
-use crate::policy::{OwnerClass, Policy};
+use crate::policy::{OwnerClass, Policy, TrustRule};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -217,6 +217,7 @@ fn ten_regions_plan_quickly() {
         meminfo: Found::Present(MemInfo { mem_total: 8 * GIB, swap_total: 0, cma_total: None }),
         cmdline: Found::absent("test"),
         reserved_memory: Found::absent("test"),
+        selinux: Found::absent("test"),
         drm: Found::Present(vec![DrmDevice {
             card: "card0".into(),
             device: None,
@@ -405,6 +406,17 @@ fn memory_limits_are_whole_pages_so_they_read_back_unchanged() {
     let max = entry(&plan, OwnerClass::App, MEMORY_POOL, LimitKind::Max);
     assert_eq!(max.value, (1_000_000 + 5000) / 4096 * 4096);
     assert_eq!(entry(&plan, OwnerClass::App, MEMORY_POOL, LimitKind::Low).value, 4096);
+}
+
+#[test]
+fn a_kernel_with_selinux_is_reported_as_trusting_by_context() {
+    let (mut probe, policy) = load_fixture(&fixtures_dir().join("qemu-debian-lane"));
+    assert_eq!(Topology::build(&probe, &policy).trust, TrustRule::Uids);
+    probe.selinux = Found::Present(false);
+    let (topology, plan) = plan(&probe, &policy);
+    assert_eq!(topology.trust, TrustRule::Contexts, "permissive SELinux still delivers contexts");
+    let text = Report { topology, plan, applied: None }.to_string();
+    assert!(text.contains("trust: SELinux contexts (trusted.contexts)"), "{text}");
 }
 
 // ---- issue 21: background signal, page size, owners that are gone, only autoconfig's own limits ----

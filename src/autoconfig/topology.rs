@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::probe::{Found, Probe};
 use crate::ledger::{HeapClass, MEMCG_POOL};
-use crate::policy::{glob_match, Mode, OwnerClass, Policy, RegionClass};
+use crate::policy::{glob_match, Mode, OwnerClass, Policy, RegionClass, TrustRule};
 
 /// Android's per-owner cgroups: `/uid_<uid>` directly under the root.
 pub const OWNER_PREFIX: &str = "/uid_";
@@ -142,6 +142,8 @@ pub struct Topology {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_owners: Vec<String>,
     pub drm: Vec<super::probe::DrmDevice>,
+    /// Which trusted list decides, from whether the probe found SELinux active.
+    pub trust: TrustRule,
     pub notes: Vec<String>,
 }
 
@@ -560,6 +562,7 @@ impl<'a> Builder<'a> {
             owners,
             skipped_owners: Vec::new(),
             drm: self.probe.drm.get().cloned().unwrap_or_default(),
+            trust: TrustRule::with_selinux(self.probe.selinux.get().is_some()),
             notes: self.notes,
         }
     }

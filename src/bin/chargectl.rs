@@ -11,7 +11,7 @@ use chargetransfer::autoconfig::{Probe, ProbeRoots};
 use chargetransfer::binder::aidl::vendor::chargetransfer::{ChargeInfo::ChargeInfo, UsageReport::UsageReport};
 use chargetransfer::client::{Client, ClientError};
 use chargetransfer::kernel::{ProcFs, ScanChoice, Scanner};
-use chargetransfer::policy::format_bytes;
+use chargetransfer::policy::{format_bytes, TrustRule};
 
 #[derive(Parser)]
 #[command(name = "chargectl", about = "Inspect and drive the dma-buf charge-transfer service")]
@@ -245,6 +245,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             println!("{}", scan.unwrap_or("dma-buf scan: not reported by this service"));
+            // The service takes its rule from the same test of this kernel (see TrustRule).
+            let selinux = chargetransfer::autoconfig::probe::selinux(&ProbeRoots::system().sys);
+            println!("trust: {}", TrustRule::with_selinux(selinux.is_ok()).describe());
         }
         Command::Dump => print!("{}", svc.dumpState().map_err(e)?),
         Command::List { pid } => svc.listCharges(pid).map_err(e)?.iter().for_each(print_charge),

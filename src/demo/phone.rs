@@ -199,6 +199,7 @@ impl Phone {
             &roots.proc.join("cmdline"),
             "console=ttyMSM0,115200n8 androidboot.hardware=demo androidboot.selinux=enforcing\n",
         )?;
+        put(&roots.sys.join("fs/selinux/enforce"), "1\n")?;
 
         // Device tree: the CMA areas are reusable pools; secure video is a no-map carve-out.
         let rm = roots.proc.join("device-tree/reserved-memory");

@@ -14,7 +14,7 @@ use super::phone::{
 use super::plot::{self, Series};
 use super::Transcript;
 use crate::accountant::{uid_cgroup, Accountant, Config};
-use crate::autoconfig::Autoconfig;
+use crate::autoconfig::{probe, Autoconfig};
 use crate::binder::aidl::vendor::chargetransfer::ErrorCode::ErrorCode;
 use crate::daemon::autoconfigure;
 use crate::dump::owner_table;
@@ -23,8 +23,9 @@ use crate::error::Error;
 use crate::identity::Caller;
 use crate::journal::Durability;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL, UNLIMITED};
+use crate::permission::Op;
 use crate::policy::format_bytes;
-use crate::policy::Policy;
+use crate::policy::{Policy, TrustRule};
 
 /// Short names of the steps, for the plot's axis and the summary.
 pub const STEPS: [&str; 7] = ["boot", "maps tiles", "double hop", "over limit", "camera", "game dies", "reconcile"];
@@ -105,6 +106,8 @@ pub fn play(dir: &Path, out: &mut Transcript) -> Result<(), String> {
     };
     let policy = Policy::default_with(&[PLATFORM_CLIENTS]).map_err(|e| format!("the demo policy: {e}"))?;
     let acc = Accountant::open(config, policy).map_err(|e| format!("opening the accountant: {e}"))?;
+    // The phone has SELinux, so its domains decide trust: the daemon's rule, from the same probe.
+    acc.set_trust_rule(TrustRule::with_selinux(probe::selinux(&roots.sys).is_ok()));
     let mut day = Day { phone, acc, out, step: 0, samples: Vec::new(), tiles: Vec::new(), window: 0 };
     day.boot(dir)?;
     day.maps_tiles()?;
@@ -193,7 +196,7 @@ impl Day<'_> {
             dir.join("tree").display()
         ));
         for p in PROCESSES {
-            let trusted = if self.acc.policy().is_trusted_uid(p.uid) { "trusted" } else { "" };
+            let trusted = if self.acc.permit(&caller(&p), Op::Push).is_ok() { "trusted" } else { "" };
             self.say(
                 format!("  pid {:<5} uid {:<6} {:<20} {:<15} {trusted}", p.pid, p.uid, p.cgroup(), p.label).trim_end(),
             );

@@ -10,6 +10,7 @@
 
 mod amount;
 mod parse;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use crate::ledger::{HeapClass, HeapSpec};
 
 pub use amount::{format_bytes, parse_amount, parse_bytes, Amount, AmountError};
 pub use parse::merge;
+pub use trust::TrustRule;
 
 /// Android's first application uid (AID_APP_START).
 pub const AID_APP_START: u32 = 10000;

@@ -15,12 +15,12 @@ use crate::binder::aidl::vendor::chargetransfer::{
     ChargeInfo::ChargeInfo, IChargeTransfer::IChargeTransfer, ReconcileReport::ReconcileReport, RegionInfo::RegionInfo,
     UsageReport::UsageReport,
 };
-use crate::binder::{self, Interface, ParcelFileDescriptor, SpIBinder, Status};
+use crate::binder::{self, BinderFeatures, Interface, ParcelFileDescriptor, SpIBinder, Status};
 use crate::catchup::CatchUp;
 use crate::error::Error;
 use crate::identity::Caller;
 use crate::kernel::dmabuf;
-use crate::permission::{self, Op};
+use crate::permission::Op;
 
 pub use death::DeathWatch;
 
@@ -51,7 +51,7 @@ fn status(e: Error) -> Status {
 /// [`status`] for `caller`: to a caller that may not see other apps, the refusal names nobody
 /// else's process or cgroup.
 fn status_for(accountant: &Accountant, caller: &Caller, e: Error) -> Status {
-    if permission::sees_others(accountant.policy(), caller) {
+    if accountant.sees_others(caller) {
         status(e)
     } else {
         status(e.without_others())
@@ -73,6 +73,15 @@ fn pid_arg(name: &str, v: i32) -> BinderResult<u32> {
     }
 }
 
+/// How the service's binder is published: it asks the driver for each caller's security
+/// context, which the trust rule needs where SELinux is active (the binder crate sends the request only
+/// there; on Android SELinux is always active).
+pub fn features() -> BinderFeatures {
+    let mut features = BinderFeatures::default();
+    features.set_requesting_sid = true;
+    features
+}
+
 impl ChargeTransferService {
     pub fn new(
         accountant: Arc<Accountant>,
@@ -84,7 +93,9 @@ impl ChargeTransferService {
         ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up }
     }
 
-    /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it.
+    /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it, with
+    /// its security context where SELinux gives one (the service asks the driver for it: see
+    /// [`features`]).
     fn caller(&self) -> BinderResult<Caller> {
         let pid = binder::calling_pid();
         let uid = binder::calling_uid();
@@ -95,7 +106,7 @@ impl ChargeTransferService {
                 what: "call without a verifiable pid",
             }));
         }
-        Ok(Caller::new(pid as u32, uid))
+        Ok(Caller { pid: pid as u32, uid, context: binder::calling_sid() })
     }
 
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
@@ -200,7 +211,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn listCharges(&self, pid: i32) -> BinderResult<Vec<ChargeInfo>> {
         let caller = self.caller()?;
         let pid = u32::try_from(pid).map_err(|_| invalid(format!("pid must not be negative, got {pid}")))?;
-        let charges = if permission::sees_others(self.accountant.policy(), &caller) {
+        let charges = if self.accountant.sees_others(&caller) {
             self.accountant.charges(pid)
         } else if pid == 0 {
             self.accountant.charges_of_uid(caller.uid)

@@ -15,6 +15,19 @@ export PATH=/tmp/bin:$PATH RUST_LOG=${RUST_LOG:-info}
 out=/share/out
 mkdir -p "$out" /data/vendor/chargetransfer
 service_args="--state-dir /data/vendor/chargetransfer --reconcile-secs 0 $SERVICE_ARGS"
+# The selinux lane: selinuxfs and the policy before any binder process starts (rsbinder asks the
+# driver for callers' contexts only where /sys/fs/selinux/enforce exists, and the driver takes a
+# process's context from the credentials it opened the device with). start_services then runs the
+# hub and the service in their domains.
+if [ -n "${SELINUX_POLICY:-}" ]; then
+    mkdir -p /sys/fs/selinux
+    mount -t selinuxfs selinuxfs /sys/fs/selinux && cat "$SELINUX_POLICY" >/sys/fs/selinux/load || {
+        echo "lane: FAIL: cannot load the SELinux policy"
+        exit 1
+    }
+    echo "lane: selinux policy loaded, enforce=$(cat /sys/fs/selinux/enforce), init runs as $(cat /proc/self/attr/current)"
+    selinux_loaded=1
+fi
 # shellcheck source=vts/guest/services.sh
 . /share/services.sh
 # shellcheck disable=SC2086 # service_args is a word list
@@ -22,6 +35,14 @@ start_services "$out" $service_args || exit 1
 echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?
+if [ -n "${selinux_loaded:-}" ]; then
+    echo "== lane $LANE: SELinux contexts of the service and the service manager"
+    for p in /proc/[0-9]*; do
+        case $(cat "$p/comm" 2>/dev/null) in
+            chargetransferd | rsb_hub) echo "$(cat "$p/comm") pid ${p#/proc/}: $(cat "$p/attr/current")" ;;
+        esac
+    done
+fi
 cat "$out/vts.log"
 chargectl probe >"$out/probe.json" 2>&1
 echo "== lane $LANE: chargectl regions"

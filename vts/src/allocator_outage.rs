@@ -325,6 +325,8 @@ fn run_inner(opts: &crate::faults::Options) -> Result<bool, String> {
         binder: opts.binder.clone(),
         instance: chargetransfer::service::INSTANCE.to_string(),
         client: Client::connect_binder(opts.binder.as_deref(), Duration::from_secs(5)).map_err(|e| e.to_string())?,
+        // The outage runs on the lanes without a loaded SELinux policy.
+        selinux: false,
     };
     let mut rng = Rng::new(opts.seed);
     let mut ok = true;

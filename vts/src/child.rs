@@ -161,6 +161,14 @@ pub fn run() -> ! {
     let mut lines = stdin.lock().lines();
     // Wait until the orchestrator has moved us into our cgroup.
     let _ = lines.next();
+    // Enter our SELinux domain before the binder device is opened: the driver takes the
+    // caller's context from the credentials the device was opened with.
+    if let Some(context) = std::env::var_os("CT_SECURITY_CONTEXT") {
+        if let Err(e) = std::fs::write("/proc/thread-self/attr/current", context.as_encoded_bytes()) {
+            let _ = writeln!(out, "err 0 cannot enter SELinux context {context:?}: {e}");
+            std::process::exit(2);
+        }
+    }
     let mut client = match connect() {
         Ok(c) => c,
         Err(e) => {

@@ -676,6 +676,7 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
         binder: opts.binder.clone(),
         instance: chargetransfer::service::INSTANCE.to_string(),
         client: Client::connect_binder(opts.binder.as_deref(), Duration::from_secs(5)).map_err(|e| e.to_string())?,
+        selinux: false,
     };
     let workload = Workload::new(&env)?;
     let mut rng = Rng::new(opts.seed);

@@ -24,6 +24,24 @@ pub struct Env {
     /// The service name under test (children connect to the same).
     pub instance: String,
     pub client: Client,
+    /// The lane loaded an SELinux policy with Android's domain names: clients run in the domain
+    /// of their role ([`domain_of`]) unless a case picks another.
+    pub selinux: bool,
+}
+
+/// The SELinux domain a client of `uid` runs in, as on Android: the allocator and the
+/// compositor in theirs (both trusted by config/policy.json), everyone else as an app.
+pub fn domain_of(uid: u32) -> &'static str {
+    match uid {
+        AID_GRAPHICS => "hal_graphics_allocator_default",
+        AID_SYSTEM => "surfaceflinger",
+        _ => "untrusted_app",
+    }
+}
+
+/// The full context of a domain in the lane's policy (`vts/lane/selinux/policy.conf`).
+pub fn context_of(domain: &str) -> String {
+    format!("u:r:{domain}:s0")
 }
 
 /// Where a refused command failed: the ErrorCode number and message.
@@ -60,8 +78,14 @@ impl Env {
         Ok(())
     }
 
-    /// Spawns a client as `uid` in `/uid_<uid>/pid_<pid>` (or `cgroup_override`).
+    /// Spawns a client as `uid` in `/uid_<uid>/pid_<pid>` (or `cgroup_override`), in the SELinux
+    /// domain of its role where the lane has SELinux.
     pub fn spawn(&self, uid: u32, cgroup_override: Option<&str>) -> Result<Child, String> {
+        self.spawn_in(uid, cgroup_override, self.selinux.then(|| domain_of(uid)))
+    }
+
+    /// [`Env::spawn`] in the SELinux domain `domain` (`None`: the orchestrator's own).
+    pub fn spawn_in(&self, uid: u32, cgroup_override: Option<&str>, domain: Option<&str>) -> Result<Child, String> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
         rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.exe);
@@ -77,6 +101,9 @@ impl Env {
         }
         if let Some(b) = &self.binder {
             cmd.env("CT_BINDER", b);
+        }
+        if let Some(domain) = domain {
+            cmd.env("CT_SECURITY_CONTEXT", context_of(domain));
         }
         cmd.env("CT_INSTANCE", &self.instance);
         let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;

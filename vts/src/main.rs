@@ -22,6 +22,7 @@ mod faults;
 mod harness;
 mod rng;
 mod scan_bench;
+mod selinux_cases;
 mod stress;
 mod transfer_cases;
 mod trust_cases;
@@ -143,6 +144,14 @@ const DMEM_CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Cases that need SELinux active with the lane's policy: they run in the `selinux` lane, which
+/// runs only them (the other lanes run the rest without SELinux); elsewhere they are reported
+/// skipped with the reason.
+const SELINUX_CASES: Cases = &[
+    ("the_calling_context_reaches_the_service", selinux_cases::the_calling_context_reaches_the_service),
+    ("a_trusted_context_can_push_and_charge_on_behalf", selinux_cases::a_trusted_context_can_push_and_charge_on_behalf),
+    ("a_trusted_uid_in_an_app_context_is_not_trusted", selinux_cases::a_trusted_uid_in_an_app_context_is_not_trusted),
+];
 /// Exit status of a run in which nothing could be tested (automake's SKIP).
 const SKIPPED: i32 = 77;
 
@@ -213,9 +222,12 @@ fn main() {
     }
     let mut args = Arguments::from_iter(raw);
     args.test_threads = Some(1);
-    // A case this lane cannot run is listed as skipped, with the reason, never left out.
+    let selinux = lane == "selinux";
+    // A case this lane cannot run is listed as skipped, with the reason, never left out. The
+    // selinux lane runs only the SELinux cases and the version check; the other lanes the rest.
+    let not_here = "the selinux lane runs only the SELinux cases; the other lanes run this one";
     let bpf_absent = bpf_cases::absent();
-    let groups: [(Cases, Option<&str>); 4] = [
+    let groups: [(Cases, Option<&str>); 5] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -226,6 +238,7 @@ fn main() {
             DMEM_CASES,
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
         ),
+        (SELINUX_CASES, (!selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
         (BPF_CASES, bpf_absent.as_deref()),
     ];
     // Over RPC the socket's root object is the one service under test.
@@ -270,13 +283,17 @@ fn main() {
             binder: binder.clone(),
             instance: instance.clone(),
             client,
+            selinux,
         });
         // Names stay the case names for the usual single instance, so filters keep working.
         let suffix = if instances.len() > 1 { format!("/{instance}") } else { String::new() };
         for (group, unmet) in &groups {
+            let selinux_group = std::ptr::eq(*group, SELINUX_CASES);
             for (name, case) in group.iter() {
                 let env = std::sync::Arc::clone(&env);
                 let case = *case;
+                let elsewhere = selinux && !selinux_group && *name != "version_and_hash_are_served";
+                let unmet = unmet.or(elsewhere.then_some(not_here));
                 let name = format!("{name}{suffix}");
                 if let Some(reason) = unmet {
                     println!("skipped: {name}: {reason}");
