@@ -152,15 +152,6 @@ impl Topology {
         self.regions.binary_search_by(|r| r.name.as_str().cmp(name)).ok().map(|i| &self.regions[i])
     }
 
-    /// Who enforces limits of `pool` (memcg or a region).
-    pub fn pool_enforcer(&self, pool: &str) -> Option<Enforcer> {
-        if pool == MEMCG_POOL {
-            Some(self.memcg.enforced_by)
-        } else {
-            self.region(pool).map(|r| r.enforced_by)
-        }
-    }
-
     /// Owner cgroups of a uid-per-cgroup layout among `paths` (`/uid_10001`), classified by the
     /// policy with each owner's background signal from `oom_score_adj`.
     pub fn owners_from<'a>(

@@ -44,10 +44,6 @@ impl Amount {
             }
         }
     }
-
-    pub fn is_max(self) -> bool {
-        self == Amount::Max
-    }
 }
 
 impl fmt::Display for Amount {
