@@ -169,6 +169,25 @@ pub(super) fn parent_of(cgroup: &str) -> String {
 /// The events that undo `event` on `ledger` as it is before `event` applies. Heaps and regions
 /// are declared once at start and never undone (a failed start fails the open).
 fn inverse(ledger: &Ledger, event: &Event) -> Vec<Event> {
+    let mut undo = inverse_of_change(ledger, event);
+    // Cgroups the event creates go too, deepest first (they hold nothing once the change is
+    // undone): a node left behind would be in memory but in no journaled event.
+    if let Event::Charged { cgroup, .. }
+    | Event::Transferred { cgroup, .. }
+    | Event::Reassigned { cgroup, .. }
+    | Event::Migrated { cgroup, .. }
+    | Event::LimitSet { cgroup, .. } = event
+    {
+        let mut path = cgroup.clone();
+        while path != "/" && ledger.counter(&path, crate::ledger::MEMCG_POOL).is_none() {
+            undo.push(Event::Reparented { cgroup: path.clone() });
+            path = parent_of(&path);
+        }
+    }
+    undo
+}
+
+fn inverse_of_change(ledger: &Ledger, event: &Event) -> Vec<Event> {
     let back = |b: &BufferInfo| Event::Reassigned { inode: b.inode, pid: b.pid, cgroup: b.cgroup.clone() };
     match event {
         Event::RegionAdded { .. } | Event::HeapAdded { .. } => Vec::new(),
