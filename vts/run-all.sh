@@ -8,6 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$(date +%s)
 log_dir="$root/target/test-logs"
+# Every build here is built once: incremental state would only take disk.
+export CARGO_INCREMENTAL=0
 mkdir -p "$log_dir"
 
 echo "== gates: cargo fmt --check, clippy -D warnings (bpfmt -l: in tests/android_files.rs)"
