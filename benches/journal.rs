@@ -48,11 +48,11 @@ fn workload(l: &mut Ledger, records: u64) -> Vec<Event> {
                 0 => {
                     let (pid, cgroup) = app(inode);
                     let heap = if inode % 8 == 3 { "display" } else { "system" };
-                    l.charge(inode, 4096 * (1 + inode % 64), heap, pid, &cgroup)
+                    l.charge(inode, 4096 * (1 + inode % 64), heap, pid, 0, &cgroup)
                 }
                 1 => {
                     let (pid, cgroup) = app(inode * 7 + 3);
-                    l.transfer(inode, pid, &cgroup)
+                    l.transfer(inode, pid, 0, &cgroup)
                 }
                 _ if inode >= LIVE => l.release(inode - LIVE),
                 _ => continue,
@@ -65,7 +65,14 @@ fn workload(l: &mut Ledger, records: u64) -> Vec<Event> {
 
 fn charged(inode: u64) -> Event {
     let (pid, cgroup) = app(inode);
-    Event::Charged { inode, size: 4096 * (1 + inode % 64), heap: "system".into(), pid, cgroup }
+    Event::Charged {
+        inode,
+        size: 4096 * (1 + inode % 64),
+        heap: "system".into(),
+        pid,
+        start: 4_000_000 + inode,
+        cgroup,
+    }
 }
 
 fn per_second(n: u64, d: Duration) -> String {

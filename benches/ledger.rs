@@ -115,7 +115,7 @@ impl Bench {
             .map(|i| ((20_000 + i) as u32, format!("/uid_{}/pid_{}", 10_000 + i / PIDS_PER_APP, 20_000 + i)))
             .collect();
         for (i, (pid, cg)) in cgroups.iter().enumerate() {
-            ledger.charge(u64::MAX - i as u64, 4096, "system", *pid, cg).unwrap();
+            ledger.charge(u64::MAX - i as u64, 4096, "system", *pid, 0, cg).unwrap();
             ledger.release(u64::MAX - i as u64).unwrap();
             if i % PIDS_PER_APP == 0 {
                 // Limits high enough never to refuse: every charge walks and checks them.
@@ -131,7 +131,7 @@ impl Bench {
     fn charge_next(&mut self) {
         let inode = self.next;
         let (pid, cg) = &self.cgroups[self.rng.below(self.cgroups.len())];
-        self.ledger.charge(inode, size_of(inode), HEAPS[(inode % 3) as usize], *pid, cg).unwrap();
+        self.ledger.charge(inode, size_of(inode), HEAPS[(inode % 3) as usize], *pid, 0, cg).unwrap();
         self.next += 1;
     }
 
@@ -143,7 +143,7 @@ impl Bench {
     fn transfer_random(&mut self) {
         let inode = self.oldest + self.rng.next() % (self.next - self.oldest);
         let (pid, cg) = &self.cgroups[self.rng.below(self.cgroups.len())];
-        self.ledger.transfer(inode, *pid, cg).unwrap();
+        self.ledger.transfer(inode, *pid, 0, cg).unwrap();
     }
 
     fn filled(buffers: usize, cgroups: usize) -> Bench {

@@ -225,8 +225,8 @@ impl CatchUp {
 /// events are journaled together; if the second cannot apply, the first is undone.
 fn record_over_limit(accountant: &Accountant, buffer: &DmaBufInfo, payer: &Process) -> Result<()> {
     accountant.with_ledger_mut(|l| {
-        let charged = l.charge(buffer.inode, buffer.size, &buffer.exporter, 0, "/")?;
-        match l.reassign(buffer.inode, payer.pid, &payer.cgroup) {
+        let charged = l.charge(buffer.inode, buffer.size, &buffer.exporter, 0, 0, "/")?;
+        match l.reassign(buffer.inode, payer.pid, payer.start_time, &payer.cgroup) {
             Ok(reassigned) => Ok(((), vec![charged, reassigned])),
             Err(e) => {
                 l.release(buffer.inode)?;

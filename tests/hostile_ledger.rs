@@ -124,11 +124,13 @@ fn heap_class() -> impl Strategy<Value = HeapClass> {
 
 fn ledger_event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        10 => (hostile_inode(), hostile_size(), heap_name(), hostile_pid(), cgroup_path())
-            .prop_map(|(inode, size, heap, pid, cgroup)| Event::Charged { inode, size, heap, pid, cgroup }),
+        10 => (hostile_inode(), hostile_size(), heap_name(), hostile_pid(), any::<u64>(), cgroup_path())
+            .prop_map(|(inode, size, heap, pid, start, cgroup)| Event::Charged { inode, size, heap, pid, start, cgroup }),
         3 => hostile_inode().prop_map(|inode| Event::Released { inode }),
-        3 => (hostile_inode(), hostile_pid(), cgroup_path()).prop_map(|(inode, pid, cgroup)| Event::Transferred { inode, pid, cgroup }),
-        2 => (hostile_inode(), hostile_pid(), cgroup_path()).prop_map(|(inode, pid, cgroup)| Event::Reassigned { inode, pid, cgroup }),
+        3 => (hostile_inode(), hostile_pid(), any::<u64>(), cgroup_path())
+            .prop_map(|(inode, pid, start, cgroup)| Event::Transferred { inode, pid, start, cgroup }),
+        2 => (hostile_inode(), hostile_pid(), any::<u64>(), cgroup_path())
+            .prop_map(|(inode, pid, start, cgroup)| Event::Reassigned { inode, pid, start, cgroup }),
         1 => (hostile_pid(), cgroup_path()).prop_map(|(pid, cgroup)| Event::Migrated { pid, cgroup }),
         2 => cgroup_path().prop_map(|cgroup| Event::Reparented { cgroup }),
         3 => (cgroup_path(), pool_name(), prop::sample::select(LimitKind::ALL.to_vec()), hostile_limit())
@@ -274,7 +276,7 @@ fn ledger_refuses_more_regions_and_heaps_than_it_can_index() {
         }
     }
     assert!(refused_heap.is_some_and(|n| n >= u16::MAX as u32 - 1), "{refused_heap:?}");
-    l.charge(1, 4096, "h0", 1, "/a").unwrap();
+    l.charge(1, 4096, "h0", 1, 0, "/a").unwrap();
     assert_eq!(l.buffer(1).unwrap().heap, "h0");
     l.check_invariants().unwrap();
 }
@@ -287,8 +289,8 @@ fn ledger_eviction_that_would_overflow_memcg_is_refused_and_changes_nothing() {
     for e in phone_events() {
         l.apply(&e).unwrap();
     }
-    l.charge(4, u64::MAX, "vram", 1, "/").unwrap();
-    l.charge(5, u64::MAX, "observed", 1, "/").unwrap();
+    l.charge(4, u64::MAX, "vram", 1, 0, "/").unwrap();
+    l.charge(5, u64::MAX, "observed", 1, 0, "/").unwrap();
     let before = view(&l);
     let err = l.evict(4).unwrap_err();
     assert!(err.to_string().contains("buffer 4") && err.to_string().contains("overflow"), "{err}");

@@ -74,6 +74,7 @@ impl Accountant {
                 size: buffer.size,
                 heap: heap.clone(),
                 pid: owner.pid,
+                start: owner.start_time,
                 cgroup: owner.cgroup.clone(),
             })?;
             state.commit()?;
@@ -136,7 +137,12 @@ impl Accountant {
             if moves {
                 check_kernel_budget_on_move(state, budget.as_ref(), buffer.inode, &current.cgroup, &to)?;
                 state.track(to.clone())?;
-                state.apply(Event::Transferred { inode: buffer.inode, pid: to.pid, cgroup: to.cgroup.clone() })?;
+                state.apply(Event::Transferred {
+                    inode: buffer.inode,
+                    pid: to.pid,
+                    start: to.start_time,
+                    cgroup: to.cgroup.clone(),
+                })?;
             }
             state.commit()?;
             state.tickets.forget_buffer(buffer.inode);

@@ -64,7 +64,8 @@ impl Accountant {
                 // holder in a cgroup the ledger cannot represent (a name with a space) cannot
                 // pay: the next holder, or the parent rule, does.
                 state.track(p.clone())?;
-                match state.apply(Event::Reassigned { inode, pid: p.pid, cgroup: p.cgroup.clone() }) {
+                let to = Event::Reassigned { inode, pid: p.pid, start: p.start_time, cgroup: p.cgroup.clone() };
+                match state.apply(to) {
                     Ok(()) => return Ok(true),
                     Err(e) => warn!("buffer {inode}: holder pid {pid} cannot take the charge: {e}"),
                 }
@@ -75,7 +76,7 @@ impl Accountant {
         if b.pid == 0 {
             return Ok(false);
         }
-        state.apply(Event::Reassigned { inode, pid: 0, cgroup: parent_of(&b.cgroup) })?;
+        state.apply(Event::Reassigned { inode, pid: 0, start: 0, cgroup: parent_of(&b.cgroup) })?;
         Ok(true)
     }
 
@@ -308,7 +309,12 @@ impl Accountant {
             if giver_alive && scan.is_complete() {
                 let giver = live[&r.giver.pid].clone();
                 state.track(giver.clone())?;
-                state.apply(Event::Reassigned { inode, pid: giver.pid, cgroup: giver.cgroup.clone() })?;
+                state.apply(Event::Reassigned {
+                    inode,
+                    pid: giver.pid,
+                    start: giver.start_time,
+                    cgroup: giver.cgroup.clone(),
+                })?;
                 report.moved.push(inode);
             }
         }

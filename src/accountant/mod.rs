@@ -158,20 +158,23 @@ impl Accountant {
     }
 
     /// After a restart, owners recorded in the journal are looked up again; the dead ones are
-    /// handled by the next reconcile. A pid now held by a process of another uid than the app
-    /// cgroup its charges sit in was recycled: those charges are parked on their parent cgroup
-    /// (the dead owner's app), never handed to the newcomer.
+    /// handled by the next reconcile. A pid now held by a process that started at another time
+    /// than the one recorded with its charges was recycled: those charges are parked on their
+    /// parent cgroup (the dead owner's app), never handed to the newcomer. Charges recorded
+    /// without a start time (format version 1) fall back to the uid of their app cgroup.
     fn adopt_owners(&self) -> Result<()> {
         let pids = self.lock().ledger.owner_pids();
         for pid in pids.into_iter().filter(|p| *p != 0) {
             let Ok(process) = self.processes.resolve(pid) else { continue };
             self.change(|state| {
-                let recycled = state
-                    .ledger
-                    .buffers_of_pid(pid)
-                    .into_iter()
-                    .filter_map(|i| state.ledger.buffer(i))
-                    .any(|b| cgroup_path::uid_of_cgroup(&b.cgroup).is_some_and(|uid| uid != process.uid));
+                let recycled =
+                    state.ledger.buffers_of_pid(pid).into_iter().filter_map(|i| state.ledger.buffer(i)).any(|b| {
+                        if b.start != 0 {
+                            b.start != process.start_time
+                        } else {
+                            cgroup_path::uid_of_cgroup(&b.cgroup).is_some_and(|uid| uid != process.uid)
+                        }
+                    });
                 if recycled {
                     state.park_charges_of(pid)
                 } else {

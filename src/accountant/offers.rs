@@ -51,6 +51,7 @@ impl Accountant {
                 state.apply(Event::Transferred {
                     inode: buffer.inode,
                     pid: receiver.pid,
+                    start: receiver.start_time,
                     cgroup: receiver.cgroup.clone(),
                 })?;
             }

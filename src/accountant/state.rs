@@ -136,15 +136,18 @@ impl State {
     pub(super) fn park_charges_of(&mut self, pid: u32) -> Result<()> {
         for inode in self.ledger.buffers_of_pid(pid) {
             let b = self.ledger.buffer(inode).expect("listed");
-            self.apply(Event::Reassigned { inode, pid: 0, cgroup: parent_of(&b.cgroup) })?;
+            self.apply(Event::Reassigned { inode, pid: 0, start: 0, cgroup: parent_of(&b.cgroup) })?;
         }
         self.owners.remove(&pid);
         Ok(())
     }
 
-    /// The recorded owner of `b`, if that is `process` (all of its identity).
+    /// The recorded owner of `b`, if that is `process` (all of its identity; a charge recorded
+    /// without a start time, by format version 1, is matched by the known owner alone).
     pub(super) fn owned_by(&self, b: &BufferInfo, process: &Process) -> bool {
-        b.pid == process.pid && self.owners.get(&b.pid).is_some_and(|o| o.is(process))
+        b.pid == process.pid
+            && (b.start == 0 || b.start == process.start_time)
+            && self.owners.get(&b.pid).is_some_and(|o| o.is(process))
     }
 
     /// If a process moved to another cgroup since it was last seen, its charges follow it.
@@ -188,7 +191,8 @@ fn inverse(ledger: &Ledger, event: &Event) -> Vec<Event> {
 }
 
 fn inverse_of_change(ledger: &Ledger, event: &Event) -> Vec<Event> {
-    let back = |b: &BufferInfo| Event::Reassigned { inode: b.inode, pid: b.pid, cgroup: b.cgroup.clone() };
+    let back =
+        |b: &BufferInfo| Event::Reassigned { inode: b.inode, pid: b.pid, start: b.start, cgroup: b.cgroup.clone() };
     match event {
         Event::RegionAdded { .. } | Event::HeapAdded { .. } => Vec::new(),
         Event::Charged { inode, .. } => vec![Event::Released { inode: *inode }],
@@ -198,6 +202,7 @@ fn inverse_of_change(ledger: &Ledger, event: &Event) -> Vec<Event> {
                 size: b.size,
                 heap: b.heap.clone(),
                 pid: b.pid,
+                start: b.start,
                 cgroup: b.cgroup.clone(),
             }];
             if b.pinned && !b.class.always_pinned() {

@@ -380,7 +380,7 @@ fn a_device_without_cgroups_leaves_everything_to_the_ledger() {
     write(root, "dev/dma_heap/system", "");
     let ac = Autoconfig::new(ProbeRoots::under(root), Policy::embedded_default(), None);
     let mut ledger = Ledger::new();
-    ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap_err();
+    ledger.charge(1, 4096, "system", 42, 0, "/uid_10001/pid_42").unwrap_err();
     let report = run(&ac, &mut ledger, Scope::All, false);
     let applied = report.applied.as_ref().unwrap();
     assert!(report.is_clean(), "{:?}", applied.failures);
@@ -388,7 +388,7 @@ fn a_device_without_cgroups_leaves_everything_to_the_ledger() {
     assert_eq!(report.topology.memcg.memory_enforced_by, Enforcer::Nobody);
     assert!(report.topology.notes.iter().any(|n| n.contains("no cgroup v2")));
     // The heap is declared, so a later charge works and owner cgroups the ledger learns get limits.
-    ledger.charge(1, 4096, "system", 42, "/uid_10001/pid_42").unwrap();
+    ledger.charge(1, 4096, "system", 42, 0, "/uid_10001/pid_42").unwrap();
     let again = run(&ac, &mut ledger, Scope::All, false);
     assert_eq!(again.topology.owners.len(), 1, "owners come from the ledger too");
     assert_eq!(ledger_limit(&ledger, "/uid_10001", MEMCG_POOL, LimitKind::Max), GIB / 2);
@@ -490,7 +490,7 @@ fn owners_the_ledger_remembers_whose_cgroup_is_gone_are_skipped_and_reported() {
     let ac = Autoconfig::new(roots, Policy::embedded_default(), None);
     let mut ledger = Ledger::new();
     assert!(run(&ac, &mut ledger, Scope::All, false).is_clean());
-    ledger.charge(1, 4096, "system", 42, "/uid_10050/pid_42").unwrap();
+    ledger.charge(1, 4096, "system", 42, 0, "/uid_10050/pid_42").unwrap();
     let report = run(&ac, &mut ledger, Scope::All, false);
     assert!(report.is_clean(), "a gone cgroup is no write failure: {report}");
     assert_eq!(report.topology.skipped_owners, ["/uid_10050"]);

@@ -7,8 +7,13 @@
 
 use crate::ledger::{Event, HeapClass, HeapSpec, LimitKind};
 
-/// Format version written in every header; bumped when a payload changes meaning.
-pub(super) const VERSION: u16 = 1;
+/// Format version written in every header; bumped when a payload changes meaning. Version 2
+/// added the owner's start time to `Charged`, `Transferred` and `Reassigned`; version 1 files
+/// are still read (their owners' start times are 0, unknown) and are rewritten at once as 2.
+pub(super) const VERSION: u16 = 2;
+
+/// The oldest format version still read.
+const OLDEST: u16 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -29,6 +34,8 @@ impl Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Header {
     pub(super) kind: Kind,
+    /// The format version the file is written in: [`VERSION`] for every file this build writes.
+    pub(super) version: u16,
     pub(super) generation: u64,
     /// Snapshots: how many event records follow, so a snapshot cut short is never taken as
     /// complete. Journals: 0.
@@ -39,14 +46,15 @@ const HEADER_LEN: usize = 4 + 2 + 8 + 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum HeaderError {
-    /// Our magic, another version: a newer build wrote it. Not damage, and not ours to discard.
+    /// Our magic, a version we cannot read: a newer build wrote it. Not damage, and not ours to
+    /// discard.
     Version(u16),
     Invalid(String),
 }
 
 pub(super) fn encode_header(h: &Header, out: &mut Vec<u8>) {
     out.extend_from_slice(h.kind.magic());
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&h.version.to_le_bytes());
     out.extend_from_slice(&h.generation.to_le_bytes());
     out.extend_from_slice(&h.events.to_le_bytes());
 }
@@ -56,14 +64,14 @@ pub(super) fn decode_header(kind: Kind, p: &[u8]) -> Result<Header, HeaderError>
         return Err(HeaderError::Invalid(format!("no {} header", String::from_utf8_lossy(kind.magic()))));
     }
     let version = u16::from_le_bytes([p[4], p[5]]);
-    if version != VERSION {
+    if !(OLDEST..=VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     if p.len() != HEADER_LEN {
         return Err(HeaderError::Invalid(format!("header of {} bytes, expected {HEADER_LEN}", p.len())));
     }
     let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
-    Ok(Header { kind, generation: u64_at(6), events: u64_at(14) })
+    Ok(Header { kind, version, generation: u64_at(6), events: u64_at(14) })
 }
 
 const REGION_ADDED: u8 = 1;
@@ -103,19 +111,21 @@ pub(super) fn encode(event: &Event, out: &mut Vec<u8>) {
             }
             w.byte(*enforce as u8);
         }
-        Event::Charged { inode, size, heap, pid, cgroup } => {
+        Event::Charged { inode, size, heap, pid, start, cgroup } => {
             w.byte(CHARGED);
             w.uint(*inode);
             w.uint(*size);
             w.str(heap);
             w.uint(*pid as u64);
+            w.uint(*start);
             w.str(cgroup);
         }
         Event::Released { inode } => w.inode(RELEASED, *inode),
-        Event::Transferred { inode, pid, cgroup } | Event::Reassigned { inode, pid, cgroup } => {
+        Event::Transferred { inode, pid, start, cgroup } | Event::Reassigned { inode, pid, start, cgroup } => {
             w.byte(if matches!(event, Event::Transferred { .. }) { TRANSFERRED } else { REASSIGNED });
             w.uint(*inode);
             w.uint(*pid as u64);
+            w.uint(*start);
             w.str(cgroup);
         }
         Event::Migrated { pid, cgroup } => {
@@ -141,8 +151,10 @@ pub(super) fn encode(event: &Event, out: &mut Vec<u8>) {
     }
 }
 
-pub(super) fn decode(payload: &[u8]) -> Result<Event, &'static str> {
+/// Decodes one event of a file written in format `version` (one [`decode_header`] accepted).
+pub(super) fn decode(payload: &[u8], version: u16) -> Result<Event, &'static str> {
     let mut r = Reader { data: payload, pos: 0 };
+    let start = |r: &mut Reader| if version >= 2 { r.uint() } else { Ok(0) };
     let event = match r.byte()? {
         REGION_ADDED => Event::RegionAdded { region: r.str()?, capacity: r.uint()? },
         HEAP_ADDED => {
@@ -155,12 +167,17 @@ pub(super) fn decode(payload: &[u8]) -> Result<Event, &'static str> {
             };
             Event::HeapAdded { heap: HeapSpec { name, class, region }, enforce: r.flag()? }
         }
-        CHARGED => {
-            Event::Charged { inode: r.uint()?, size: r.uint()?, heap: r.str()?, pid: r.pid()?, cgroup: r.str()? }
-        }
+        CHARGED => Event::Charged {
+            inode: r.uint()?,
+            size: r.uint()?,
+            heap: r.str()?,
+            pid: r.pid()?,
+            start: start(&mut r)?,
+            cgroup: r.str()?,
+        },
         RELEASED => Event::Released { inode: r.uint()? },
-        TRANSFERRED => Event::Transferred { inode: r.uint()?, pid: r.pid()?, cgroup: r.str()? },
-        REASSIGNED => Event::Reassigned { inode: r.uint()?, pid: r.pid()?, cgroup: r.str()? },
+        TRANSFERRED => Event::Transferred { inode: r.uint()?, pid: r.pid()?, start: start(&mut r)?, cgroup: r.str()? },
+        REASSIGNED => Event::Reassigned { inode: r.uint()?, pid: r.pid()?, start: start(&mut r)?, cgroup: r.str()? },
         MIGRATED => Event::Migrated { pid: r.pid()?, cgroup: r.str()? },
         REPARENTED => Event::Reparented { cgroup: r.str()? },
         LIMIT_SET => Event::LimitSet {
@@ -280,19 +297,14 @@ mod tests {
             (text(), class, prop::option::of(text()), any::<bool>()).prop_map(|(name, class, region, enforce)| {
                 Event::HeapAdded { heap: HeapSpec { name, class, region }, enforce }
             }),
-            (any::<u64>(), any::<u64>(), text(), any::<u32>(), text())
-                .prop_map(|(inode, size, heap, pid, cgroup)| Event::Charged { inode, size, heap, pid, cgroup }),
+            (any::<u64>(), any::<u64>(), text(), any::<u32>(), any::<u64>(), text()).prop_map(
+                |(inode, size, heap, pid, start, cgroup)| Event::Charged { inode, size, heap, pid, start, cgroup }
+            ),
             any::<u64>().prop_map(|inode| Event::Released { inode }),
-            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Transferred {
-                inode,
-                pid,
-                cgroup
-            }),
-            (any::<u64>(), any::<u32>(), text()).prop_map(|(inode, pid, cgroup)| Event::Reassigned {
-                inode,
-                pid,
-                cgroup
-            }),
+            (any::<u64>(), any::<u32>(), any::<u64>(), text())
+                .prop_map(|(inode, pid, start, cgroup)| { Event::Transferred { inode, pid, start, cgroup } }),
+            (any::<u64>(), any::<u32>(), any::<u64>(), text())
+                .prop_map(|(inode, pid, start, cgroup)| { Event::Reassigned { inode, pid, start, cgroup } }),
             (any::<u32>(), text()).prop_map(|(pid, cgroup)| Event::Migrated { pid, cgroup }),
             text().prop_map(|cgroup| Event::Reparented { cgroup }),
             (text(), text(), limit_kind(), any::<u64>()).prop_map(|(cgroup, pool, kind, value)| Event::LimitSet {
@@ -310,7 +322,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_a_newer_version_is_told_apart() {
-        let h = Header { kind: Kind::Snapshot, generation: 7, events: 42 };
+        let h = Header { kind: Kind::Snapshot, version: VERSION, generation: 7, events: 42 };
         let mut p = Vec::new();
         encode_header(&h, &mut p);
         assert_eq!(decode_header(Kind::Snapshot, &p), Ok(h));
@@ -318,8 +330,10 @@ mod tests {
             matches!(decode_header(Kind::Journal, &p), Err(HeaderError::Invalid(_))),
             "a snapshot is not a journal"
         );
-        p[4] = 2;
-        assert_eq!(decode_header(Kind::Snapshot, &p), Err(HeaderError::Version(2)));
+        p[4] = 1;
+        assert_eq!(decode_header(Kind::Snapshot, &p), Ok(Header { version: 1, ..h }), "version 1 is still read");
+        p[4] = 3;
+        assert_eq!(decode_header(Kind::Snapshot, &p), Err(HeaderError::Version(3)));
     }
 
     #[test]
@@ -329,12 +343,25 @@ mod tests {
             size: 8 << 20,
             heap: "system".into(),
             pid: 12_345,
+            // Ten days after boot at 100 ticks a second.
+            start: 86_400_000,
             cgroup: "/uid_10001/pid_12345".into(),
         };
         let mut p = Vec::new();
         encode(&e, &mut p);
-        assert!(p.len() <= 40, "{} bytes", p.len());
-        assert_eq!(decode(&p), Ok(e));
+        assert!(p.len() <= 44, "{} bytes", p.len());
+        assert_eq!(decode(&p, VERSION), Ok(e));
+    }
+
+    #[test]
+    fn version_1_records_decode_with_an_unknown_start_time() {
+        // CHARGED of format 1: inode 7, size 4096, heap "system", pid 42, cgroup "/a".
+        let v1 = [CHARGED, 7, 0x80, 0x20, 6, b's', b'y', b's', b't', b'e', b'm', 42, 2, b'/', b'a'];
+        let e = Event::Charged { inode: 7, size: 4096, heap: "system".into(), pid: 42, start: 0, cgroup: "/a".into() };
+        assert_eq!(decode(&v1, 1), Ok(e));
+        assert!(decode(&v1, VERSION).is_err(), "format 2 reads a start time where format 1 has the cgroup");
+        let v1 = [TRANSFERRED, 7, 43, 2, b'/', b'b'];
+        assert_eq!(decode(&v1, 1), Ok(Event::Transferred { inode: 7, pid: 43, start: 0, cgroup: "/b".into() }));
     }
 
     proptest! {
@@ -342,15 +369,15 @@ mod tests {
         fn events_round_trip_through_the_binary_codec(e in event()) {
             let mut p = Vec::new();
             encode(&e, &mut p);
-            prop_assert_eq!(decode(&p), Ok(e));
+            prop_assert_eq!(decode(&p, VERSION), Ok(e));
         }
 
         #[test]
         fn any_bytes_decode_to_an_event_or_an_error(p in prop::collection::vec(any::<u8>(), 0..64)) {
-            if let Ok(e) = decode(&p) {
+            if let Ok(e) = decode(&p, VERSION) {
                 let mut again = Vec::new();
                 encode(&e, &mut again);
-                prop_assert_eq!(decode(&again), Ok(e));
+                prop_assert_eq!(decode(&again, VERSION), Ok(e));
             }
         }
 
@@ -359,7 +386,7 @@ mod tests {
             let mut p = Vec::new();
             encode(&e, &mut p);
             let at = cut.index(p.len());
-            prop_assert!(decode(&p[..at]).is_err());
+            prop_assert!(decode(&p[..at], VERSION).is_err());
         }
     }
 }

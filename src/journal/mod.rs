@@ -200,10 +200,17 @@ impl Journal {
             Some(Ok(h)) => Some(h.generation),
             _ => None,
         };
-        if let (Some(s), Some(j)) = (snapshot_gen, journal_gen) {
-            if s == j {
+        if let (Some(s), Some(Ok(h))) = (snapshot_gen, &header) {
+            if s == h.generation {
                 let data = data.as_deref().unwrap_or_default();
-                let journal = Self::resume(dir, durability, &mut ledger, data, records.pos, &mut report, s)?;
+                let mut journal = Self::resume(dir, durability, &mut ledger, data, (h, records.pos), &mut report)?;
+                if h.version < codec::VERSION {
+                    // Appends never mix formats in one file: the state moves to a new generation
+                    // written in this build's format before anything is appended.
+                    info!("{}: format version {} rewritten as {}", journal.dir.display(), h.version, codec::VERSION);
+                    journal.compact(&ledger)?;
+                    report.generation = journal.generation;
+                }
                 for &old in listing.snapshots.iter().filter(|&&g| g < s) {
                     if let Err(e) = remove(&snapshot_path(&journal.dir, old)) {
                         warn!("{e}");
@@ -259,17 +266,17 @@ impl Journal {
         }
     }
 
-    /// Replays `data`, the journal of `generation`, from the end of its header; cuts any
-    /// damaged tail and opens the journal for appends.
+    /// Replays `data`, the journal whose `header` ends at `header_len`; cuts any damaged tail
+    /// and opens the journal for appends.
     fn resume(
         dir: PathBuf,
         durability: Durability,
         ledger: &mut Ledger,
         data: &[u8],
-        header_len: usize,
+        (header, header_len): (&Header, usize),
         report: &mut RecoveryReport,
-        generation: u64,
     ) -> Result<Journal> {
+        let (version, generation) = (header.version, header.generation);
         let path = dir.join(JOURNAL);
         let mut records = Records::new(data);
         records.pos = header_len;
@@ -278,7 +285,7 @@ impl Journal {
             let at = records.pos;
             match records.next_payload() {
                 Ok(None) => break None,
-                Ok(Some(payload)) => match codec::decode(payload) {
+                Ok(Some(payload)) => match codec::decode(payload, version) {
                     Ok(event) => replay.apply(ledger, &event, &path),
                     Err(reason) => {
                         records.pos = at;
@@ -451,7 +458,7 @@ fn start_generation(
 
     let events = ledger.to_events();
     let mut data = Vec::new();
-    let header = Header { kind: Kind::Snapshot, generation, events: events.len() as u64 };
+    let header = Header { kind: Kind::Snapshot, version: codec::VERSION, generation, events: events.len() as u64 };
     record::push(&mut data, |out| codec::encode_header(&header, out)).expect("headers are small");
     for event in &events {
         record::push(&mut data, |out| codec::encode(event, out))
@@ -477,7 +484,7 @@ fn start_generation(
     }
     let tmp = dir.join(JOURNAL_TMP);
     data.clear();
-    let header = Header { kind: Kind::Journal, generation, events: 0 };
+    let header = Header { kind: Kind::Journal, version: codec::VERSION, generation, events: 0 };
     record::push(&mut data, |out| codec::encode_header(&header, out)).expect("headers are small");
     let file = write_new(&tmp, &data, sync).map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -601,7 +608,7 @@ fn load_snapshot(path: &Path, generation: u64) -> Result<Result<(Ledger, u64, u6
         let at = records.pos;
         match records.next_payload() {
             Ok(None) => break,
-            Ok(Some(payload)) => match codec::decode(payload) {
+            Ok(Some(payload)) => match codec::decode(payload, header.version) {
                 Ok(event) => replay.apply(&mut ledger, &event, path),
                 Err(reason) => return Ok(Err(format!("offset {at}: undecodable event: {reason}"))),
             },

@@ -32,6 +32,7 @@ fn charge(inode: Inode, cgroup: &str) -> Event {
         size: 4096 * (inode + 1),
         heap: "system".into(),
         pid: 1000 + inode as u32,
+        start: 50_000 + inode,
         cgroup: cgroup.into(),
     }
 }
@@ -273,16 +274,58 @@ fn a_newer_format_version_is_refused_and_left_untouched() {
     let mut data = fs::read(&path).unwrap();
     let mut header = Vec::new();
     record::push(&mut header, |out| {
-        codec::encode_header(&Header { kind: Kind::Journal, generation: 1, events: 0 }, out);
+        codec::encode_header(&Header { kind: Kind::Journal, version: codec::VERSION, generation: 1, events: 0 }, out);
         out[record::FRAME + 4] = 9;
     })
     .unwrap();
     data[..header.len()].copy_from_slice(&header);
     fs::write(&path, &data).unwrap();
     let err = Journal::open(dir.path(), Durability::None).unwrap_err();
-    assert!(matches!(err, JournalError::Version { found: 9, supported: 1, .. }), "{err}");
+    assert!(matches!(err, JournalError::Version { found: 9, supported: codec::VERSION, .. }), "{err}");
     assert_eq!(fs::read(&path).unwrap(), data);
     assert_eq!(files(dir.path()), ["journal.log", "snapshot.1"]);
+}
+
+/// A state dir an older build wrote in format 1 (no start times): it is read, its owners' start
+/// times are unknown (0), and it is rewritten at once as a new generation in the current format
+/// so that no file mixes the two.
+#[test]
+fn a_version_1_state_dir_is_read_and_rewritten_in_the_current_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = |kind, events| {
+        let mut data = Vec::new();
+        record::push(&mut data, |out| codec::encode_header(&Header { kind, version: 1, generation: 1, events }, out))
+            .unwrap();
+        data
+    };
+    let setup = phone(&mut Ledger::new());
+    let mut snapshot = header(Kind::Snapshot, setup.len() as u64);
+    for e in &setup {
+        record::push(&mut snapshot, |out| codec::encode(e, out)).unwrap();
+    }
+    fs::write(dir.path().join("snapshot.1"), snapshot).unwrap();
+    let cgroup = "/uid_10001/pid_42";
+    let charged =
+        Event::Charged { inode: 7, size: 4096, heap: "system".into(), pid: 42, start: 0, cgroup: cgroup.into() };
+    let mut journal = header(Kind::Journal, 0);
+    record::push(&mut journal, |out| {
+        codec::encode(&charged, out);
+        // Format 1 has no start time: drop its byte (a 0) in front of the cgroup's length.
+        let at = out.len() - cgroup.len() - 2;
+        assert_eq!(out.remove(at), 0);
+    })
+    .unwrap();
+    fs::write(dir.path().join(JOURNAL), journal).unwrap();
+
+    let (j, l, report) = open(dir.path());
+    assert!(clean(&report), "{report:?}");
+    assert_eq!(l.buffer(7).map(|b| (b.pid, b.start, b.cgroup)), Some((42, 0, cgroup.to_string())));
+    assert_eq!(j.generation(), 2);
+    drop(j);
+    assert_eq!(files(dir.path()), ["journal.log", "snapshot.2"]);
+    let (_, again, report) = open(dir.path());
+    assert!(clean(&report), "{report:?}");
+    assert_eq!(state(&again), state(&l));
 }
 
 /// The files of each step of a compaction from generation 1 to 2, as a crash would leave them.
@@ -468,7 +511,7 @@ proptest! {
         let (name, kind) = if as_snapshot { ("snapshot.1", Kind::Snapshot) } else { (JOURNAL, Kind::Journal) };
         let mut data = Vec::new();
         if with_header {
-            record::push(&mut data, |out| codec::encode_header(&Header { kind, generation: 1, events: 3 }, out)).unwrap();
+            record::push(&mut data, |out| codec::encode_header(&Header { kind, version: codec::VERSION, generation: 1, events: 3 }, out)).unwrap();
         }
         data.extend_from_slice(&bytes);
         fs::write(dir.path().join(name), &data).unwrap();

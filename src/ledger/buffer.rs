@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{CgroupId, HeapClass, HeapId, Inode};
+use super::{CgroupId, HeapClass, HeapId, Inode, StartTime};
 
 pub(super) const EVICTED: u8 = 1;
 pub(super) const PINNED: u8 = 2;
@@ -14,6 +14,7 @@ pub(super) struct Buffer {
     pub size: u64,
     pub owner: CgroupId,
     pub pid: u32,
+    pub start: StartTime,
     pub heap: HeapId,
     pub flags: u8,
 }
@@ -36,6 +37,7 @@ pub struct BufferInfo {
     pub heap: String,
     pub class: HeapClass,
     pub pid: u32,
+    pub start: StartTime,
     pub cgroup: String,
     pub pools: Vec<String>,
     pub evicted: bool,
@@ -84,11 +86,12 @@ impl Buffers {
     }
 
     /// Gives a buffer a new owning cgroup and process, moving it between process totals.
-    pub fn set_owner(&mut self, inode: Inode, owner: CgroupId, pid: u32) {
+    pub fn set_owner(&mut self, inode: Inode, owner: CgroupId, pid: u32, start: StartTime) {
         let entry = self.by_inode.get_mut(&inode).expect("set_owner of a live buffer");
         let b = *entry;
         entry.owner = owner;
         entry.pid = pid;
+        entry.start = start;
         if b.pid != pid {
             self.count_pid(b.pid, b.size, false);
             self.count_pid(pid, b.size, true);

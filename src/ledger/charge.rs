@@ -3,7 +3,7 @@
 //! refused charge, release or transfer leaves no trace.
 
 use super::buffer::{Buffer, PINNED};
-use super::{CgroupId, Inode, Ledger, LedgerError, PoolId, PoolSet, Result};
+use super::{CgroupId, Inode, Ledger, LedgerError, PoolId, PoolSet, Result, StartTime};
 
 /// One amount on one chain of cgroups: `size` bytes in `pools` (and pinned in `pin`), counted
 /// from `from` up to, not including, `stop` (or up to the root when `stop` is `None`).
@@ -111,7 +111,15 @@ impl Ledger {
         }
     }
 
-    pub(super) fn do_charge(&mut self, inode: Inode, size: u64, heap: &str, pid: u32, cgroup: &str) -> Result<()> {
+    pub(super) fn do_charge(
+        &mut self,
+        inode: Inode,
+        size: u64,
+        heap: &str,
+        pid: u32,
+        start: StartTime,
+        cgroup: &str,
+    ) -> Result<()> {
         if size == 0 {
             return Err(LedgerError::ZeroSize);
         }
@@ -123,7 +131,7 @@ impl Ledger {
         let h = self.registry.heap(heap_id);
         let flags = if h.spec.class.always_pinned() { PINNED } else { 0 };
         let enforce = h.enforce;
-        let b = Buffer { size, owner: existing, pid, heap: heap_id, flags };
+        let b = Buffer { size, owner: existing, pid, start, heap: heap_id, flags };
         let charge = self.charge_of(&b);
         self.check(cgroup, &charge, enforce)?;
         let id = self.tree.get_or_create(cgroup, self.registry.pool_count())?;
@@ -140,7 +148,14 @@ impl Ledger {
 
     /// Moves a buffer's charge. Counters shared by both sides (the common ancestors) never change,
     /// so a transfer cannot fail because source and destination were counted at once.
-    pub(super) fn move_buffer(&mut self, inode: Inode, pid: u32, cgroup: &str, enforce: bool) -> Result<()> {
+    pub(super) fn move_buffer(
+        &mut self,
+        inode: Inode,
+        pid: u32,
+        start: StartTime,
+        cgroup: &str,
+        enforce: bool,
+    ) -> Result<()> {
         let b = *self.buffers.get(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
         let existing = self.tree.existing_ancestor(cgroup)?;
         let lca = self.tree.lowest_common_ancestor(b.owner, existing);
@@ -151,14 +166,14 @@ impl Ledger {
             self.apply_charge(&leaving, false);
             self.apply_charge(&Charge { from: to, ..leaving }, true);
         }
-        self.buffers.set_owner(inode, to, pid);
+        self.buffers.set_owner(inode, to, pid, start);
         Ok(())
     }
 
-    pub(super) fn do_transfer(&mut self, inode: Inode, pid: u32, cgroup: &str) -> Result<()> {
+    pub(super) fn do_transfer(&mut self, inode: Inode, pid: u32, start: StartTime, cgroup: &str) -> Result<()> {
         let b = self.buffers.get(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
         let enforce = self.registry.heap(b.heap).enforce;
-        self.move_buffer(inode, pid, cgroup, enforce)
+        self.move_buffer(inode, pid, start, cgroup, enforce)
     }
 
     /// The process already moved in the kernel; the ledger follows without refusing (the move
@@ -166,7 +181,8 @@ impl Ledger {
     pub(super) fn do_migrate(&mut self, pid: u32, cgroup: &str) -> Result<()> {
         self.tree.get_or_create(cgroup, self.registry.pool_count())?;
         for inode in self.buffers.of_pid(pid) {
-            self.move_buffer(inode, pid, cgroup, false)?;
+            let start = self.buffers.get(inode).expect("listed above").start;
+            self.move_buffer(inode, pid, start, cgroup, false)?;
         }
         Ok(())
     }

@@ -10,6 +10,11 @@ use super::heap::HeapSpec;
 /// every fd and mapping of it, and what libdmabufinfo keys on.
 pub type Inode = u64;
 
+/// An owner's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the pid it
+/// names one process for good, so a pid recycled while the service was down is told apart.
+/// 0 where it is not known (pid 0, the parent-cgroup owner; records of format version 1).
+pub type StartTime = u64;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Event {
@@ -23,12 +28,14 @@ pub enum Event {
         heap: HeapSpec,
         enforce: bool,
     },
-    /// `size` bytes of `heap` now belong to process `pid` in `cgroup`.
+    /// `size` bytes of `heap` now belong to process `pid` (started at `start`) in `cgroup`.
     Charged {
         inode: Inode,
         size: u64,
         heap: String,
         pid: u32,
+        #[serde(default)]
+        start: StartTime,
         cgroup: String,
     },
     /// The buffer is gone (or no longer ours to count): every pool is uncharged.
@@ -39,6 +46,8 @@ pub enum Event {
     Transferred {
         inode: Inode,
         pid: u32,
+        #[serde(default)]
+        start: StartTime,
         cgroup: String,
     },
     /// The buffer's owner is gone and the charge is handed on (to a surviving holder or the
@@ -46,6 +55,8 @@ pub enum Event {
     Reassigned {
         inode: Inode,
         pid: u32,
+        #[serde(default)]
+        start: StartTime,
         cgroup: String,
     },
     /// A process moved to another cgroup; its buffers follow it.

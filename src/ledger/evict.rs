@@ -74,11 +74,11 @@ mod tests {
         let mut l = Ledger::new();
         l.add_region(VRAM, 1024 * MIB).unwrap();
         l.add_heap(HeapSpec { name: "vram".into(), class: HeapClass::Vram, region: Some(VRAM.into()) }, true).unwrap();
-        l.charge(1, 64 * MIB, "vram", 1, "/bg/pid_1").unwrap();
-        l.charge(2, 32 * MIB, "vram", 1, "/bg/pid_1").unwrap();
-        l.charge(3, 128 * MIB, "vram", 2, "/fg/pid_2").unwrap();
-        l.charge(4, 16 * MIB, "vram", 3, "/sf/pid_3").unwrap();
-        l.charge(5, 256 * MIB, "vram", 1, "/bg/pid_1").unwrap();
+        l.charge(1, 64 * MIB, "vram", 1, 0, "/bg/pid_1").unwrap();
+        l.charge(2, 32 * MIB, "vram", 1, 0, "/bg/pid_1").unwrap();
+        l.charge(3, 128 * MIB, "vram", 2, 0, "/fg/pid_2").unwrap();
+        l.charge(4, 16 * MIB, "vram", 3, 0, "/sf/pid_3").unwrap();
+        l.charge(5, 256 * MIB, "vram", 1, 0, "/bg/pid_1").unwrap();
         l.pin(5).unwrap();
         l.set_limit("/fg", VRAM, LimitKind::Low, 256 * MIB).unwrap();
         l.set_limit("/sf", VRAM, LimitKind::Min, 64 * MIB).unwrap();

@@ -27,7 +27,7 @@ mod vram;
 pub use buffer::BufferInfo;
 pub use counter::{Counter, LimitKind, UNLIMITED};
 pub use error::LedgerError;
-pub use event::{Event, Inode};
+pub use event::{Event, Inode, StartTime};
 pub use heap::{HeapClass, HeapId, HeapSpec, PoolId, PoolSet, MEMCG_POOL};
 
 use buffer::{Buffer, Buffers};
@@ -61,10 +61,12 @@ impl Ledger {
         match event {
             Event::RegionAdded { region, capacity } => self.do_add_region(region, *capacity),
             Event::HeapAdded { heap, enforce } => self.do_add_heap(heap, *enforce),
-            Event::Charged { inode, size, heap, pid, cgroup } => self.do_charge(*inode, *size, heap, *pid, cgroup),
+            Event::Charged { inode, size, heap, pid, start, cgroup } => {
+                self.do_charge(*inode, *size, heap, *pid, *start, cgroup)
+            }
             Event::Released { inode } => self.do_release(*inode),
-            Event::Transferred { inode, pid, cgroup } => self.do_transfer(*inode, *pid, cgroup),
-            Event::Reassigned { inode, pid, cgroup } => self.move_buffer(*inode, *pid, cgroup, false),
+            Event::Transferred { inode, pid, start, cgroup } => self.do_transfer(*inode, *pid, *start, cgroup),
+            Event::Reassigned { inode, pid, start, cgroup } => self.move_buffer(*inode, *pid, *start, cgroup, false),
             Event::Migrated { pid, cgroup } => self.do_migrate(*pid, cgroup),
             Event::Reparented { cgroup } => self.do_reparent(cgroup),
             Event::LimitSet { cgroup, pool, kind, value } => self.do_set_limit(cgroup, pool, *kind, *value),
@@ -89,20 +91,28 @@ impl Ledger {
         self.record(Event::HeapAdded { heap, enforce })
     }
 
-    pub fn charge(&mut self, inode: Inode, size: u64, heap: &str, pid: u32, cgroup: &str) -> Result<Event> {
-        self.record(Event::Charged { inode, size, heap: heap.to_string(), pid, cgroup: cgroup.to_string() })
+    pub fn charge(
+        &mut self,
+        inode: Inode,
+        size: u64,
+        heap: &str,
+        pid: u32,
+        start: StartTime,
+        cgroup: &str,
+    ) -> Result<Event> {
+        self.record(Event::Charged { inode, size, heap: heap.to_string(), pid, start, cgroup: cgroup.to_string() })
     }
 
     pub fn release(&mut self, inode: Inode) -> Result<Event> {
         self.record(Event::Released { inode })
     }
 
-    pub fn transfer(&mut self, inode: Inode, pid: u32, cgroup: &str) -> Result<Event> {
-        self.record(Event::Transferred { inode, pid, cgroup: cgroup.to_string() })
+    pub fn transfer(&mut self, inode: Inode, pid: u32, start: StartTime, cgroup: &str) -> Result<Event> {
+        self.record(Event::Transferred { inode, pid, start, cgroup: cgroup.to_string() })
     }
 
-    pub fn reassign(&mut self, inode: Inode, pid: u32, cgroup: &str) -> Result<Event> {
-        self.record(Event::Reassigned { inode, pid, cgroup: cgroup.to_string() })
+    pub fn reassign(&mut self, inode: Inode, pid: u32, start: StartTime, cgroup: &str) -> Result<Event> {
+        self.record(Event::Reassigned { inode, pid, start, cgroup: cgroup.to_string() })
     }
 
     pub fn migrate(&mut self, pid: u32, cgroup: &str) -> Result<Event> {
@@ -217,6 +227,7 @@ impl Ledger {
             heap: heap.spec.name.clone(),
             class: heap.spec.class,
             pid: b.pid,
+            start: b.start,
             cgroup: self.tree.path(b.owner).to_string(),
             pools: self.pool_set(b).iter().map(|p| self.pool_name(p).to_string()).collect(),
             evicted: b.evicted(),

@@ -24,7 +24,14 @@ impl Ledger {
         for inode in inodes {
             let b = *self.buffers.get(inode).expect("listed above");
             let info = self.info(inode, &b);
-            events.push(Event::Charged { inode, size: b.size, heap: info.heap, pid: b.pid, cgroup: info.cgroup });
+            events.push(Event::Charged {
+                inode,
+                size: b.size,
+                heap: info.heap,
+                pid: b.pid,
+                start: b.start,
+                cgroup: info.cgroup,
+            });
             if b.evicted() {
                 events.push(Event::Evicted { inode });
             }

@@ -65,13 +65,20 @@ pub fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A start time per pid, so snapshots and replays carry one through.
+fn start_of(pid: u32) -> u64 {
+    u64::from(pid) * 1000 + 7
+}
+
 pub fn run(l: &mut Ledger, op: &Op) -> Result<Event> {
     match *op {
-        Op::Charge { inode, size, heap, pid, cg } => l.charge(inode, size, HEAPS[heap], pid, CGROUPS[cg]),
+        Op::Charge { inode, size, heap, pid, cg } => {
+            l.charge(inode, size, HEAPS[heap], pid, start_of(pid), CGROUPS[cg])
+        }
         Op::Release { inode } => l.release(inode),
-        Op::Transfer { inode, pid, cg } => l.transfer(inode, pid, CGROUPS[cg]),
+        Op::Transfer { inode, pid, cg } => l.transfer(inode, pid, start_of(pid), CGROUPS[cg]),
         Op::Migrate { pid, cg } => l.migrate(pid, CGROUPS[cg]),
-        Op::Reassign { inode, pid, cg } => l.reassign(inode, pid, CGROUPS[cg]),
+        Op::Reassign { inode, pid, cg } => l.reassign(inode, pid, start_of(pid), CGROUPS[cg]),
         Op::Reparent { cg } => l.reparent(CGROUPS[cg]),
         Op::Limit { cg, pool, kind, value } => l.set_limit(CGROUPS[cg], POOLS[pool], LimitKind::ALL[kind], value),
         Op::Evict { inode } => l.evict(inode),

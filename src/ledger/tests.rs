@@ -10,7 +10,7 @@ fn usage(l: &Ledger, cg: &str, pool: &str) -> u64 {
 #[test]
 fn cma_charges_memcg_and_region_up_the_tree() {
     let mut l = phone();
-    l.charge(1, 4 * MIB, "display", 100, "/uid_10001/pid_100").unwrap();
+    l.charge(1, 4 * MIB, "display", 100, 0, "/uid_10001/pid_100").unwrap();
     for cg in ["/uid_10001/pid_100", "/uid_10001", "/"] {
         assert_eq!(usage(&l, cg, "memcg"), 4 * MIB, "{cg}");
         assert_eq!(usage(&l, cg, "cma/display"), 4 * MIB, "{cg}");
@@ -24,16 +24,16 @@ fn cma_charges_memcg_and_region_up_the_tree() {
 fn over_limit_charge_is_refused_and_touches_nothing() {
     let mut l = phone();
     l.set_limit("/uid_10001", "memcg", LimitKind::Max, 10 * MIB).unwrap();
-    l.charge(1, 8 * MIB, "system", 100, "/uid_10001/pid_100").unwrap();
+    l.charge(1, 8 * MIB, "system", 100, 0, "/uid_10001/pid_100").unwrap();
     let before = l.counters("/uid_10001").unwrap();
-    let err = l.charge(2, 4 * MIB, "system", 100, "/uid_10001/pid_100").unwrap_err();
+    let err = l.charge(2, 4 * MIB, "system", 100, 0, "/uid_10001/pid_100").unwrap_err();
     assert!(
         matches!(&err, LedgerError::OverLimit { limit_cgroup, pool, .. } if limit_cgroup == "/uid_10001" && pool == "memcg"),
         "{err}"
     );
     assert_eq!(l.counters("/uid_10001").unwrap(), before);
     assert!(l.buffer(2).is_none());
-    l.charge(3, 2 * MIB, "system", 100, "/uid_10001/pid_100").unwrap();
+    l.charge(3, 2 * MIB, "system", 100, 0, "/uid_10001/pid_100").unwrap();
     l.check_invariants().unwrap();
 }
 
@@ -41,7 +41,7 @@ fn over_limit_charge_is_refused_and_touches_nothing() {
 fn dmem_limit_refuses_even_when_memcg_fits() {
     let mut l = phone();
     l.set_limit("/uid_1", "cma/display", LimitKind::Max, 4 * MIB).unwrap();
-    let err = l.charge(1, 5 * MIB, "display", 1, "/uid_1/pid_1").unwrap_err();
+    let err = l.charge(1, 5 * MIB, "display", 1, 0, "/uid_1/pid_1").unwrap_err();
     assert!(matches!(err, LedgerError::OverLimit { ref pool, .. } if pool == "cma/display"));
     assert_eq!(usage(&l, "/uid_1", "memcg"), 0, "memcg part must not be left behind");
 }
@@ -50,7 +50,7 @@ fn dmem_limit_refuses_even_when_memcg_fits() {
 fn observe_mode_lets_charges_through_and_counts_events() {
     let mut l = phone();
     l.set_limit("/uid_1", "memcg", LimitKind::Max, MIB).unwrap();
-    l.charge(1, 2 * MIB, "observed", 1, "/uid_1/pid_1").unwrap();
+    l.charge(1, 2 * MIB, "observed", 1, 0, "/uid_1/pid_1").unwrap();
     let c = l.counter("/uid_1", "memcg").unwrap();
     assert_eq!((c.usage, c.max_events), (2 * MIB, 1));
 }
@@ -58,8 +58,8 @@ fn observe_mode_lets_charges_through_and_counts_events() {
 #[test]
 fn transfer_moves_every_pool_together() {
     let mut l = phone();
-    l.charge(7, 4 * MIB, "display", 1000, "/system/surfaceflinger").unwrap();
-    l.transfer(7, 100, "/uid_10001/pid_100").unwrap();
+    l.charge(7, 4 * MIB, "display", 1000, 0, "/system/surfaceflinger").unwrap();
+    l.transfer(7, 100, 0, "/uid_10001/pid_100").unwrap();
     assert_eq!(usage(&l, "/system/surfaceflinger", "memcg"), 0);
     assert_eq!(usage(&l, "/system/surfaceflinger", "cma/display"), 0);
     assert_eq!(usage(&l, "/uid_10001/pid_100", "memcg"), 4 * MIB);
@@ -74,9 +74,9 @@ fn transfer_moves_every_pool_together() {
 fn transfer_within_a_full_parent_does_not_fail_spuriously() {
     let mut l = phone();
     l.set_limit("/uid_1", "memcg", LimitKind::Max, 4 * MIB).unwrap();
-    l.charge(1, 4 * MIB, "system", 1, "/uid_1/pid_1").unwrap();
+    l.charge(1, 4 * MIB, "system", 1, 0, "/uid_1/pid_1").unwrap();
     // The parent is exactly full; moving between siblings must not count the bytes twice.
-    l.transfer(1, 2, "/uid_1/pid_2").unwrap();
+    l.transfer(1, 2, 0, "/uid_1/pid_2").unwrap();
     assert_eq!(usage(&l, "/uid_1", "memcg"), 4 * MIB);
     assert_eq!(usage(&l, "/uid_1/pid_2", "memcg"), 4 * MIB);
 }
@@ -85,8 +85,8 @@ fn transfer_within_a_full_parent_does_not_fail_spuriously() {
 fn transfer_into_a_full_cgroup_is_refused_and_charge_stays() {
     let mut l = phone();
     l.set_limit("/uid_2", "memcg", LimitKind::Max, MIB).unwrap();
-    l.charge(1, 2 * MIB, "system", 1, "/uid_1/pid_1").unwrap();
-    assert!(matches!(l.transfer(1, 2, "/uid_2/pid_2"), Err(LedgerError::OverLimit { .. })));
+    l.charge(1, 2 * MIB, "system", 1, 0, "/uid_1/pid_1").unwrap();
+    assert!(matches!(l.transfer(1, 2, 0, "/uid_2/pid_2"), Err(LedgerError::OverLimit { .. })));
     assert_eq!(l.buffer(1).unwrap().cgroup, "/uid_1/pid_1");
     l.check_invariants().unwrap();
 }
@@ -94,16 +94,16 @@ fn transfer_into_a_full_cgroup_is_refused_and_charge_stays() {
 #[test]
 fn double_charge_of_one_inode_is_refused() {
     let mut l = phone();
-    l.charge(1, MIB, "system", 1, "/a").unwrap();
-    assert!(matches!(l.charge(1, MIB, "system", 2, "/b"), Err(LedgerError::AlreadyCharged { pid: 1, .. })));
+    l.charge(1, MIB, "system", 1, 0, "/a").unwrap();
+    assert!(matches!(l.charge(1, MIB, "system", 2, 0, "/b"), Err(LedgerError::AlreadyCharged { pid: 1, .. })));
     assert_eq!(usage(&l, "/", "memcg"), MIB);
 }
 
 #[test]
 fn reparent_moves_own_charges_to_parent() {
     let mut l = phone();
-    l.charge(1, MIB, "display", 5, "/uid_1/pid_5").unwrap();
-    l.charge(2, MIB, "system", 6, "/uid_1/pid_6").unwrap();
+    l.charge(1, MIB, "display", 5, 0, "/uid_1/pid_5").unwrap();
+    l.charge(2, MIB, "system", 6, 0, "/uid_1/pid_6").unwrap();
     assert!(matches!(l.reparent("/uid_1"), Err(LedgerError::CgroupHasChildren(_))));
     l.reparent("/uid_1/pid_5").unwrap();
     assert!(!l.has_cgroup("/uid_1/pid_5"));
@@ -118,9 +118,9 @@ fn reparent_moves_own_charges_to_parent() {
 fn migrate_moves_a_process_buffers_even_over_limit() {
     let mut l = phone();
     l.set_limit("/bg", "memcg", LimitKind::Max, MIB).unwrap();
-    l.charge(1, MIB, "system", 9, "/uid_1/pid_9").unwrap();
-    l.charge(2, MIB, "system", 9, "/uid_1/pid_9").unwrap();
-    l.charge(3, MIB, "system", 8, "/uid_1/pid_9").unwrap();
+    l.charge(1, MIB, "system", 9, 0, "/uid_1/pid_9").unwrap();
+    l.charge(2, MIB, "system", 9, 0, "/uid_1/pid_9").unwrap();
+    l.charge(3, MIB, "system", 8, 0, "/uid_1/pid_9").unwrap();
     l.migrate(9, "/bg").unwrap();
     assert_eq!(usage(&l, "/bg", "memcg"), 2 * MIB);
     assert_eq!(l.counter("/bg", "memcg").unwrap().max_events, 1);
@@ -132,7 +132,7 @@ fn migrate_moves_a_process_buffers_even_over_limit() {
 fn eviction_moves_vram_to_the_owners_memcg_and_restore_respects_dmem_max() {
     let mut l = phone();
     let vram = "drm/0000:03:00.0/vram0";
-    l.charge(1, 64 * MIB, "vram", 1, "/uid_1/pid_1").unwrap();
+    l.charge(1, 64 * MIB, "vram", 1, 0, "/uid_1/pid_1").unwrap();
     l.evict(1).unwrap();
     assert_eq!(usage(&l, "/uid_1/pid_1", vram), 0);
     assert_eq!(usage(&l, "/uid_1/pid_1", "memcg"), 64 * MIB);
@@ -151,8 +151,8 @@ fn pin_limit_refuses_and_pinned_buffers_cannot_be_evicted() {
     let mut l = phone();
     let vram = "drm/0000:03:00.0/vram0";
     l.set_limit("/uid_1", vram, LimitKind::PinMax, 16 * MIB).unwrap();
-    l.charge(1, 8 * MIB, "vram", 1, "/uid_1/pid_1").unwrap();
-    l.charge(2, 16 * MIB, "vram", 1, "/uid_1/pid_1").unwrap();
+    l.charge(1, 8 * MIB, "vram", 1, 0, "/uid_1/pid_1").unwrap();
+    l.charge(2, 16 * MIB, "vram", 1, 0, "/uid_1/pid_1").unwrap();
     l.pin(1).unwrap();
     assert!(matches!(l.pin(2), Err(LedgerError::OverPinLimit { .. })));
     assert!(matches!(l.evict(1), Err(LedgerError::InvalidState { .. })));
@@ -166,9 +166,9 @@ fn pin_limit_refuses_and_pinned_buffers_cannot_be_evicted() {
 #[test]
 fn migration_is_never_refused_by_a_pin_limit() {
     let mut l = phone();
-    l.charge(10, MIB, "display", 4, "/uid_2").unwrap();
+    l.charge(10, MIB, "display", 4, 0, "/uid_2").unwrap();
     l.set_limit("/uid_1", "cma/display", LimitKind::PinMax, 0).unwrap();
-    l.charge(9, MIB, "secure", 4, "/").unwrap();
+    l.charge(9, MIB, "secure", 4, 0, "/").unwrap();
     l.migrate(4, "/uid_1").unwrap();
     assert_eq!(l.buffer(9).unwrap().cgroup, "/uid_1");
     assert_eq!(l.buffer(10).unwrap().cgroup, "/uid_1");
@@ -178,15 +178,15 @@ fn migration_is_never_refused_by_a_pin_limit() {
 #[test]
 fn bad_input_is_refused_with_typed_errors() {
     let mut l = phone();
-    assert!(matches!(l.charge(1, 0, "system", 1, "/a"), Err(LedgerError::ZeroSize)));
-    assert!(matches!(l.charge(1, 1, "nope", 1, "/a"), Err(LedgerError::UnknownHeap(_))));
+    assert!(matches!(l.charge(1, 0, "system", 1, 0, "/a"), Err(LedgerError::ZeroSize)));
+    assert!(matches!(l.charge(1, 1, "nope", 1, 0, "/a"), Err(LedgerError::UnknownHeap(_))));
     for bad in ["", "a", "/a/", "/a//b", "/a/../b", "/a b"] {
-        assert!(matches!(l.charge(1, 1, "system", 1, bad), Err(LedgerError::InvalidCgroupPath(_))), "{bad:?}");
+        assert!(matches!(l.charge(1, 1, "system", 1, 0, bad), Err(LedgerError::InvalidCgroupPath(_))), "{bad:?}");
     }
     let no_region = HeapSpec { name: "c".into(), class: HeapClass::Cma, region: None };
     assert!(matches!(l.add_heap(no_region, true), Err(LedgerError::HeapNeedsRegion { .. })));
     assert!(matches!(l.evict(42), Err(LedgerError::UnknownBuffer(42))));
-    l.charge(1, 1, "system", 1, "/a").unwrap();
+    l.charge(1, 1, "system", 1, 0, "/a").unwrap();
     assert!(matches!(l.evict(1), Err(LedgerError::InvalidState { .. })));
     l.check_invariants().unwrap();
 }
@@ -202,7 +202,7 @@ fn ledger_is_shareable_between_binder_threads() {
                 for i in 0..100 {
                     l.lock()
                         .unwrap()
-                        .charge(t * 1000 + i, 4096, "system", t as u32, &format!("/uid_{t}/pid_{t}"))
+                        .charge(t * 1000 + i, 4096, "system", t as u32, 0, &format!("/uid_{t}/pid_{t}"))
                         .unwrap();
                 }
             })

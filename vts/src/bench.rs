@@ -319,7 +319,7 @@ fn rss(args: &[String]) -> Result<(), String> {
                 let app = inode % cgroups;
                 let (pid, cgroup) =
                     (20_000 + app as u32, format!("/uid_{}/pid_{}", FIRST_APP_UID as u64 + app, 20_000 + app));
-                ledger.charge(inode + 1, BUFFER_SIZE * (1 + inode % 16), "system", pid, &cgroup)?;
+                ledger.charge(inode + 1, BUFFER_SIZE * (1 + inode % 16), "system", pid, 0, &cgroup)?;
             }
             Ok(((), events))
         })
