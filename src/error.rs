@@ -29,8 +29,6 @@ pub enum Error {
     InvalidArgument(String),
     #[error("bad ticket {ticket}: {reason}")]
     BadTicket { ticket: u64, reason: &'static str },
-    #[error("pid {pid} does not hold buffer {inode}")]
-    NotHolder { pid: u32, inode: Inode },
     #[error("buffer {0} is already charged to another process")]
     ChargedElsewhere(Inode),
     #[error("internal error: {0}")]
@@ -96,7 +94,6 @@ impl Error {
             Error::NoSuchProcess(_) => ErrorCode::NO_SUCH_PROCESS,
             Error::InvalidArgument(_) => ErrorCode::INVALID_ARGUMENT,
             Error::BadTicket { .. } => ErrorCode::BAD_TICKET,
-            Error::NotHolder { .. } => ErrorCode::NOT_HOLDER,
             // "The operation does not fit the buffer's state": it is still held by the caller.
             Error::StillHeld { .. } => ErrorCode::INVALID_STATE,
             Error::ChargedElsewhere(_) => ErrorCode::ALREADY_CHARGED,

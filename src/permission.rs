@@ -30,9 +30,11 @@ pub enum Op {
     Offer,
     Accept,
     RegisterClient,
-    /// Usage or charges of processes of `uid`: own class for the caller's own uid.
+    /// Usage or charges of processes of `uid`: own class for the caller's own uid. `None`: the
+    /// pid asked about names no process; that is refused like another app's, so an untrusted
+    /// caller cannot learn which pids exist.
     ReadUsage {
-        uid: u32,
+        uid: Option<u32>,
     },
     ChargeOnBehalf,
     Push,
@@ -53,7 +55,7 @@ impl Op {
     pub fn class(self, caller: &Caller) -> Class {
         match self {
             Op::Charge | Op::ReleaseOwn | Op::Offer | Op::Accept | Op::RegisterClient => Class::OwnBuffers,
-            Op::ReadUsage { uid } if uid == caller.uid => Class::OwnBuffers,
+            Op::ReadUsage { uid: Some(uid) } if uid == caller.uid => Class::OwnBuffers,
             Op::ChargeOnBehalf | Op::Push | Op::ReleaseOthers | Op::ReportVram => Class::Push,
             Op::ReadUsage { .. }
             | Op::ReadDevice
@@ -118,11 +120,13 @@ mod tests {
     #[test]
     fn own_buffers_are_everyones_push_and_diagnostics_are_the_trusted_ones() {
         let (p, app, gralloc) = (policy(), Caller::new(5, 10001), Caller::new(6, 1003));
-        for op in [Op::Charge, Op::ReleaseOwn, Op::Offer, Op::Accept, Op::RegisterClient, Op::ReadUsage { uid: 10001 }]
+        for op in
+            [Op::Charge, Op::ReleaseOwn, Op::Offer, Op::Accept, Op::RegisterClient, Op::ReadUsage { uid: Some(10001) }]
         {
             assert!(check(&p, TrustRule::Uids, &app, op).is_ok(), "{op:?}");
         }
-        for op in [Op::ChargeOnBehalf, Op::Push, Op::ReportVram, Op::Dump, Op::Reconcile, Op::ReadUsage { uid: 10002 }]
+        for op in
+            [Op::ChargeOnBehalf, Op::Push, Op::ReportVram, Op::Dump, Op::Reconcile, Op::ReadUsage { uid: Some(10002) }]
         {
             assert!(matches!(check(&p, TrustRule::Uids, &app, op), Err(Error::NotTrusted { pid: 5, .. })), "{op:?}");
             assert!(check(&p, TrustRule::Uids, &gralloc, op).is_ok(), "{op:?}");
@@ -162,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_refusal_names_only_the_caller() {
-        let err = check(&policy(), TrustRule::Uids, &Caller::new(5, 10001), Op::ReadUsage { uid: 10002 })
+        let err = check(&policy(), TrustRule::Uids, &Caller::new(5, 10001), Op::ReadUsage { uid: Some(10002) })
             .unwrap_err()
             .to_string();
         assert!(!err.contains("10002"), "{err}");

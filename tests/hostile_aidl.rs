@@ -989,10 +989,17 @@ impl AidlWorld {
                 let pids: Vec<i32> =
                     fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
                 tally.calls -= 1;
+                // Any live process may be asked about by the trusted caller; one that exited
+                // meanwhile is refused. The untrusted callers are refused everyone else's pids
+                // and pids that name no process alike (no pid-existence oracle).
+                let allowed: &[ErrorCode] = if SERVICE_NAMES[lane] == "trusted" {
+                    &[ErrorCode::NO_SUCH_PROCESS]
+                } else {
+                    &[ErrorCode::NO_SUCH_PROCESS, ErrorCode::NOT_TRUSTED]
+                };
                 for pid in pids {
-                    // Any live process may be asked about; one that exited meanwhile is refused.
                     if let Err(code) = typed(s.getProcessUsage(pid), tally)? {
-                        only(Err::<(), _>(code), &[ErrorCode::NO_SUCH_PROCESS], "usage of a host process")?;
+                        only(Err::<(), _>(code), allowed, "usage of a host process")?;
                     }
                     tally.sweep_queries += 1;
                 }

@@ -109,6 +109,14 @@ impl ChargeTransferService {
         Ok(Caller { pid: pid as u32, uid, context: binder::calling_sid() })
     }
 
+    /// Checks that `caller` may read the usage of `pid` before saying anything about it: a pid
+    /// that names no process is refused like another app's to a caller who may not read those.
+    fn readable_process(&self, caller: &Caller, pid: u32) -> BinderResult<()> {
+        let process = self.accountant.process(pid);
+        self.accountant.permit(caller, Op::ReadUsage { uid: process.as_ref().ok().map(|p| p.uid) }).map_err(status)?;
+        process.map(drop).map_err(status)
+    }
+
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
         dmabuf::inspect(fd.as_fd(), &self.proc_root).map_err(|e| status(e.into()))
     }
@@ -182,8 +190,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn getProcessUsage(&self, pid: i32) -> BinderResult<UsageReport> {
         let caller = self.caller()?;
         let pid = pid_arg("pid", pid)?;
-        let process = self.accountant.process(pid).map_err(status)?;
-        self.accountant.permit(&caller, Op::ReadUsage { uid: process.uid }).map_err(status)?;
+        self.readable_process(&caller, pid)?;
         let usage = self.accountant.process_usage(pid).map_err(status)?;
         Ok(convert::usage_report(&usage))
     }
@@ -191,7 +198,7 @@ impl IChargeTransfer for ChargeTransferService {
     fn getUidUsage(&self, uid: i32) -> BinderResult<UsageReport> {
         let caller = self.caller()?;
         let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid must not be negative, got {uid}")))?;
-        self.accountant.permit(&caller, Op::ReadUsage { uid }).map_err(status)?;
+        self.accountant.permit(&caller, Op::ReadUsage { uid: Some(uid) }).map_err(status)?;
         Ok(convert::usage_report(&self.accountant.uid_usage(uid)))
     }
 
@@ -199,7 +206,7 @@ impl IChargeTransfer for ChargeTransferService {
         let caller = self.caller()?;
         let own = accountant::uid_cgroup(caller.uid);
         let mine = cgroup == own || cgroup.strip_prefix(&own).is_some_and(|rest| rest.starts_with('/'));
-        let op = if mine { Op::ReadUsage { uid: caller.uid } } else { Op::ReadDevice };
+        let op = if mine { Op::ReadUsage { uid: Some(caller.uid) } } else { Op::ReadDevice };
         // A malformed path is refused as such first: that tells nobody anything.
         let usage = self.accountant.cgroup_usage(cgroup).map_err(status)?;
         self.accountant.permit(&caller, op).map_err(status)?;
@@ -216,8 +223,7 @@ impl IChargeTransfer for ChargeTransferService {
         } else if pid == 0 {
             self.accountant.charges_of_uid(caller.uid)
         } else {
-            let process = self.accountant.process(pid).map_err(status)?;
-            self.accountant.permit(&caller, Op::ReadUsage { uid: process.uid }).map_err(status)?;
+            self.readable_process(&caller, pid)?;
             self.accountant.charges(pid)
         };
         Ok(charges.iter().map(|b| convert::charge_info(&self.accountant, b)).collect())

@@ -72,6 +72,15 @@ pub fn an_app_reads_only_its_own_uid(env: &Env) -> Outcome {
     refused(&mut b, &format!("uid_usage {}", a.uid), ErrorCode::NOT_TRUSTED)?;
     refused(&mut b, &format!("process_usage {}", a.pid), ErrorCode::NOT_TRUSTED)?;
     refused(&mut b, &format!("list {}", a.pid), ErrorCode::NOT_TRUSTED)?;
+    // A pid above PID_MAX_LIMIT names no process: the refusal must read exactly as for another
+    // app's pid, or the answer tells which pids exist.
+    for what in ["process_usage", "list"] {
+        let absent = b.cmd(&format!("{what} 4194305")).err().map(|r| (r.code, r.message));
+        let foreign = b.cmd(&format!("{what} {}", a.pid)).err().map(|r| (r.code, r.message));
+        check(absent.is_some() && absent == foreign, || {
+            format!("{what}: a missing pid answered {absent:?}, another app's pid {foreign:?}")
+        })?;
+    }
     let own = b.ok(&format!("uid_usage {}", b.uid))?;
     check(own[0] == MIB.to_string(), || format!("own uid usage answered {own:?}"))?;
     let list = b.ok("list 0")?;

@@ -31,13 +31,18 @@ enum ErrorCode {
     OVER_PIN_LIMIT = 11,
     /** The operation does not fit the buffer's state (evict a pinned buffer, restore a resident one, ...). */
     INVALID_STATE = 12,
-    /** The receiver does not hold the buffer it is asked to pay for. */
+    /**
+     * Reserved; no call returns it. A push or an on-behalf charge is accepted before the receiver
+     * holds the buffer (gralloc charges before it sends the fd); a receiver that never comes to
+     * hold it stops paying at the reconcile after a grace period, when the charge goes back to
+     * whoever made it.
+     */
     NOT_HOLDER = 13,
     /**
      * Something failed that the caller cannot fix: a kernel file the service needed could not be
-     * read (then nothing changed), or the journal could not record a change. In the second case
-     * the change is in effect in memory but may be lost at a restart, until a reconcile derives
-     * it again from the fds the processes hold.
+     * read, or the journal could not record the change. Either way nothing changed. A journal
+     * that cannot be written stays broken: every later change fails with INTERNAL until the
+     * service restarts, queries keep working, and dumpState says why.
      */
     INTERNAL = 14,
 }
