@@ -24,27 +24,12 @@ use std::time::{Duration, SystemTime};
 
 use log::{info, warn};
 
-use crate::accountant::{Accountant, ReconcileReport};
+use crate::accountant::{choose_payer, Accountant, Candidate, ReconcileReport};
 use crate::error::{Error, Result};
 use crate::identity::{Caller, Process};
 use crate::kernel::dmabuf::DmaBufInfo;
-use crate::kernel::procfs::{Holder, ScannedBuffer};
+use crate::kernel::procfs::ScannedBuffer;
 use crate::ledger::{Inode, LedgerError};
-
-/// Android's first app uid (AID_APP_START): below it, platform processes.
-const FIRST_APP_UID: u32 = 10_000;
-
-/// A holder that is a live process the service can resolve.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    pub process: Process,
-    pub holder: Holder,
-}
-
-/// The payer among a buffer's holders, by the rule in the module docs.
-pub fn choose_payer(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates.iter().min_by_key(|c| (c.process.uid < FIRST_APP_UID, c.holder.fd_count == 0, c.process.pid))
-}
 
 /// One buffer charged by catch-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,30 +232,6 @@ mod tests {
     use crate::policy::Policy;
 
     const MIB: u64 = 1 << 20;
-
-    fn candidate(pid: u32, uid: u32, fd_count: u32) -> Candidate {
-        Candidate {
-            process: Process { pid, uid, cgroup: format!("/uid_{uid}/pid_{pid}"), start_time: 1, context: None },
-            holder: Holder { fd_count, map_count: 1 },
-        }
-    }
-
-    #[test]
-    fn an_app_pays_before_the_allocator_that_holds_the_buffer_too() {
-        let gralloc = candidate(50, 1003, 1);
-        let app = candidate(900, 10001, 1);
-        assert_eq!(choose_payer(&[gralloc.clone(), app.clone()]), Some(&app));
-        assert_eq!(choose_payer(std::slice::from_ref(&gralloc)), Some(&gralloc), "a platform holder alone pays itself");
-        assert_eq!(choose_payer(&[]), None);
-    }
-
-    #[test]
-    fn of_several_apps_one_with_an_fd_then_the_lowest_pid_pays() {
-        let mapped_only = candidate(100, 10001, 0);
-        let (a, b) = (candidate(300, 10002, 1), candidate(200, 10003, 2));
-        assert_eq!(choose_payer(&[mapped_only.clone(), a.clone(), b.clone()]), Some(&b));
-        assert_eq!(choose_payer(std::slice::from_ref(&mapped_only)), Some(&mapped_only));
-    }
 
     /// A process in a fake /proc holding `buffers` (inode, size) of the system heap by fd.
     fn put_process(proc_root: &Path, pid: u32, uid: u32, cgroup: &str, buffers: &[(Inode, u64)]) {

@@ -103,6 +103,13 @@ pub fn render(accountant: &Accountant) -> String {
             b.cgroup
         );
     }
+    let refused = accountant.handoffs_refused();
+    if !refused.is_empty() {
+        let _ = writeln!(out, "\nHandoffs refused at the last reconcile (the payer keeps paying):");
+        for (inode, why) in refused {
+            let _ = writeln!(out, "  buffer {inode}: {why}");
+        }
+    }
     let gaps: Vec<String> = accountant
         .with_ledger(|l| l.cgroups())
         .into_iter()

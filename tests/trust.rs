@@ -1,58 +1,13 @@
 //! Issue 12's cases that need a /proc the guest cannot make (a recycled pid, a restart into a
 //! recycled pid): the accountant over a fixture /proc, with a journal where it matters.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+mod fixture;
 
-use chargetransfer::accountant::{Accountant, Config};
+use std::fs;
+
 use chargetransfer::error::Error;
 use chargetransfer::identity::Caller;
-use chargetransfer::journal::Durability;
-use chargetransfer::kernel::DmaBufInfo;
-use chargetransfer::policy::Policy;
-
-/// A process in a fixture /proc holding `buffers` (inode, size) of the system heap by fd.
-fn put_process(proc_root: &Path, pid: u32, uid: u32, start: u64, cgroup: &str, buffers: &[(u64, u64)]) {
-    let dir = proc_root.join(pid.to_string());
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("fdinfo")).unwrap();
-    fs::write(dir.join("status"), format!("Name:\tapp\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")).unwrap();
-    fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
-    fs::write(dir.join("stat"), format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0\n")).unwrap();
-    fs::write(dir.join("maps"), "").unwrap();
-    for (fd, (inode, size)) in buffers.iter().enumerate() {
-        let info = format!(
-            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t{inode}\nsize:\t{size}\ncount:\t1\nexp_name:\tsystem\n"
-        );
-        fs::write(dir.join("fdinfo").join((fd + 3).to_string()), info).unwrap();
-    }
-}
-
-fn buffer(inode: u64) -> DmaBufInfo {
-    DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None }
-}
-
-fn policy() -> Policy {
-    Policy::from_json(r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "trusted": {"uids": [1003]}}"#)
-        .unwrap()
-}
-
-fn open(proc_root: &Path, state: Option<PathBuf>) -> Accountant {
-    let config = Config {
-        proc_root: proc_root.to_path_buf(),
-        cgroup_root: None,
-        state_dir: state,
-        durability: Durability::None,
-        pidfds: false,
-        scan: chargetransfer::kernel::ScanChoice::Procfs,
-    };
-    Accountant::open(config, policy()).unwrap()
-}
-
-/// (pid, cgroup) paying for `inode`.
-fn payer(a: &Accountant, inode: u64) -> Option<(u32, String)> {
-    a.charges(0).into_iter().find(|b| b.inode == inode).map(|b| (b.pid, b.cgroup))
-}
+use fixture::{buffer, open, payer, put_process};
 
 /// Case 3: the owner died and another uid's process got its pid before the reaper ran: it can
 /// neither release nor offer the dead owner's charge, and its own first charge parks the old

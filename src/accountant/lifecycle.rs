@@ -2,25 +2,29 @@
 //! owner, the holder rule's receipts, and reconcile against the procfs truth. Every /proc and
 //! cgroupfs read happens before the state is locked.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use log::{info, warn};
 
 use super::cgroup_path::uid_of_cgroup;
+use super::payer::{choose_payer, Candidate};
 use super::state::{parent_of, State};
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
-use crate::kernel::procfs::DmaBufScan;
+use crate::kernel::procfs::{DmaBufScan, Holder};
 use crate::ledger::{BufferInfo, Event, Inode, LedgerError};
 
 /// What a reconcile pass found and repaired.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReconcileReport {
     pub released: Vec<Inode>,
-    /// Handed over after a death, or given back because the receiver of a push never held it.
+    /// Handed over after a death, handed off because the payer let go of a buffer others hold,
+    /// or given back because the receiver of a push never held it.
     pub moved: Vec<Inode>,
+    /// Handoffs refused because the receiver is over its limit: the payer keeps paying.
+    pub handoffs_refused: Vec<Inode>,
     pub unaccounted: Vec<Inode>,
     pub unaccounted_bytes: u64,
     pub migrated: Vec<u32>,
@@ -80,12 +84,53 @@ impl Accountant {
         Ok(true)
     }
 
+    /// The handoff rule: a live payer that no longer holds its buffer (no fd, no mapping) while
+    /// other processes do stops paying; the holder [`choose_payer`] picks pays instead, within
+    /// its limits as an accept would be (over them, the payer keeps paying and the refusal is
+    /// kept for `dumpState`). Needs no call from either side, so it covers apps handing buffers
+    /// to each other over binder, which cannot call the service. Not while a push or on-behalf
+    /// charge awaits its receiver (the holder rule settles those), and only on a full view.
+    /// `Ok(true)` when the charge moved.
+    fn hand_off(
+        state: &mut State,
+        b: &BufferInfo,
+        holders: &BTreeMap<u32, Holder>,
+        live: &HashMap<u32, Process>,
+    ) -> Result<bool> {
+        let candidates: Vec<Candidate> = holders
+            .iter()
+            .filter_map(|(pid, holder)| Some(Candidate { process: live.get(pid)?.clone(), holder: *holder }))
+            .collect();
+        let Some(to) = choose_payer(&candidates).map(|c| c.process.clone()) else { return Ok(false) };
+        if to.cgroup == b.cgroup && to.pid == b.pid {
+            return Ok(false);
+        }
+        state.track(to.clone())?;
+        let event = Event::Transferred { inode: b.inode, pid: to.pid, start: to.start_time, cgroup: to.cgroup.clone() };
+        match state.apply(event) {
+            Ok(()) => {
+                state.handoffs_refused.remove(&b.inode);
+                Ok(true)
+            }
+            Err(Error::Ledger(e @ (LedgerError::OverLimit { .. } | LedgerError::OverPinLimit { .. }))) => {
+                info!(
+                    "buffer {}: pid {} let go of it; holder pid {} cannot take the charge: {e}",
+                    b.inode, b.pid, to.pid
+                );
+                state.handoffs_refused.insert(b.inode, format!("to pid {} in {}: {e}", to.pid, to.cgroup));
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Forgets what lived beside the ledger for buffers no longer charged.
     fn forget_released(state: &mut State, inodes: &[Inode]) {
         for inode in inodes {
             state.tickets.forget_buffer(*inode);
             state.kernel_payer.remove(inode);
             state.receipts.remove(inode);
+            state.handoffs_refused.remove(inode);
         }
     }
 
@@ -204,6 +249,7 @@ impl Accountant {
         let now = Instant::now();
         self.change(|state| {
             let mut released = Vec::new();
+            state.handoffs_refused.clear();
             let known: Vec<BufferInfo> = state.ledger.buffers().collect();
             for b in &known {
                 let Some(seen) = scan.buffers.get(&b.inode) else {
@@ -216,7 +262,18 @@ impl Accountant {
                     continue;
                 };
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
-                if !owner_alive {
+                let let_go = owner_alive
+                    && scan.is_complete()
+                    && !seen.holders.contains_key(&b.pid)
+                    && !state.receipts.contains_key(&b.inode);
+                if let_go {
+                    let others = &seen.holders;
+                    if Self::hand_off(state, b, others, &live)? {
+                        report.moved.push(b.inode);
+                    } else if state.handoffs_refused.contains_key(&b.inode) {
+                        report.handoffs_refused.push(b.inode);
+                    }
+                } else if !owner_alive {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
                     let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
                     if Self::hand_over(state, b.inode, dead_uid, &holders, &live)? {
@@ -271,6 +328,7 @@ impl Accountant {
         report.released.sort_unstable();
         report.moved.sort_unstable();
         report.moved.dedup();
+        report.handoffs_refused.sort_unstable();
         report.unaccounted.sort_unstable();
         report.migrated.sort_unstable();
         if !report.released.is_empty() || !report.moved.is_empty() {

@@ -5,7 +5,8 @@
 //! - [`state`]: the locked ledger with its journal, offers and owners; every change goes through it;
 //! - [`charges`]: charge, release and the trusted push, with the holder rule;
 //! - [`offers`]: consent-based hand-over (offer, accept);
-//! - [`lifecycle`]: death, hand-over to the next holder, reconcile;
+//! - [`lifecycle`]: death, hand-over to the next holder, the handoff rule, reconcile;
+//! - [`payer`]: which holder pays when the service picks one (catch-up, handoffs);
 //! - [`budget`]: the memory.max check for bytes the kernel charged to someone else;
 //! - [`queries`]: usage and charge listings;
 //! - [`vram`]: eviction, restore and pins reported by the GPU driver's userspace;
@@ -17,6 +18,7 @@ mod cgroup_path;
 mod charges;
 mod lifecycle;
 mod offers;
+mod payer;
 mod queries;
 mod regions;
 mod state;
@@ -44,6 +46,7 @@ use crate::policy::{Policy, TrustRule};
 
 pub use cgroup_path::uid_cgroup;
 pub use lifecycle::ReconcileReport;
+pub use payer::{choose_payer, Candidate};
 pub use queries::{PoolUsage, Usage};
 pub use regions::RegionSummary;
 use state::{journal, State};

@@ -8,7 +8,7 @@
 //! undo it. A journal that cannot be written stays broken: every later change fails with
 //! INTERNAL, queries keep working, and `dumpState` says why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::MutexGuard;
 use std::time::Instant;
 
@@ -43,6 +43,8 @@ pub(super) struct State {
     pub(super) kernel_payer: HashMap<Inode, String>,
     /// Pushes and on-behalf charges awaiting proof that the receiver holds the buffer.
     pub(super) receipts: HashMap<Inode, Receipt>,
+    /// Handoffs the last reconcile could not make (the receiver over its limit): inode → why.
+    pub(super) handoffs_refused: BTreeMap<Inode, String>,
     /// The events of the change in progress with their inverses, not yet journaled.
     pending: Vec<(Event, Vec<Event>)>,
 }
@@ -57,6 +59,7 @@ impl State {
             owners: HashMap::new(),
             kernel_payer: HashMap::new(),
             receipts: HashMap::new(),
+            handoffs_refused: BTreeMap::new(),
             pending: Vec::new(),
         }
     }
@@ -264,6 +267,11 @@ impl Accountant {
     /// Why changes are refused, if the journal cannot be written.
     pub fn journal_broken(&self) -> Option<String> {
         self.lock().journal_broken.clone()
+    }
+
+    /// Handoffs the last reconcile could not make, with why (the receiver over its limit).
+    pub fn handoffs_refused(&self) -> Vec<(Inode, String)> {
+        self.lock().handoffs_refused.iter().map(|(i, why)| (*i, why.clone())).collect()
     }
 
     /// Applies events computed outside (autoconfig) and journals them.

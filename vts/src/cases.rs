@@ -37,7 +37,7 @@ pub fn charged_bytes_of(env: &Env, pid: u32) -> Result<i64, String> {
     Ok(u.bufferBytes)
 }
 
-fn owner_of(env: &Env, inode: u64) -> Result<Option<(i32, String)>, String> {
+pub fn owner_of(env: &Env, inode: u64) -> Result<Option<(i32, String)>, String> {
     let all = env.client.service().listCharges(0).map_err(|e| format!("listCharges: {e:?}"))?;
     Ok(all.into_iter().find(|c| c.inode as u64 == inode).map(|c| (c.ownerPid, c.ownerCgroup)))
 }

@@ -19,6 +19,7 @@ mod cases;
 mod child;
 mod dmem_cases;
 mod faults;
+mod handoff_cases;
 mod harness;
 mod rng;
 mod scan_bench;
@@ -99,6 +100,10 @@ const CASES: &[(&str, Case)] = &[
         trust_cases::a_push_the_receiver_never_holds_goes_back_to_its_maker,
     ),
     ("an_app_reads_only_its_own_uid", trust_cases::an_app_reads_only_its_own_uid),
+    (
+        "a_buffer_apps_pass_on_is_paid_by_whoever_still_holds_it",
+        handoff_cases::a_buffer_apps_pass_on_is_paid_by_whoever_still_holds_it,
+    ),
     (
         "autoconfig_never_overwrites_a_limit_it_did_not_write",
         autoconfig_cases::autoconfig_never_overwrites_a_limit_it_did_not_write,

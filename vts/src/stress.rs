@@ -4,7 +4,8 @@
 //! close without release, charge again, exit/kill with respawn, and reconcile.
 //!
 //! The orchestrator keeps a model of who holds and who pays for every buffer, applying the
-//! documented rules (the handoff rule on death, reconcile releasing what nobody holds), and
+//! documented rules (the hand-over rule on death, reconcile releasing what nobody holds and
+//! moving a charge whose payer let go of the buffer to a holder), and
 //! compares it with the service's ledger after every step. At the end it compares the ledger
 //! with a procfs scan of the whole system: every charged buffer is held by a live process, every
 //! live buffer of a known heap is charged exactly once.
@@ -28,6 +29,8 @@ const SIZES: [u64; 4] = [64 << 10, 128 << 10, 256 << 10, 512 << 10];
 /// Buffers one client holds at most (bounds memory: 8 × 8 × 512 KiB).
 const MAX_HELD: usize = 8;
 const TRUSTED: usize = 0;
+/// Android's first app uid: the handoff rule picks an app holder before a platform one.
+const FIRST_APP_UID: u32 = 10_000;
 /// Long enough for any pending offer to outlive the run; redeemed offers are checked against it.
 const LONG_TTL_MS: u64 = 60_000;
 
@@ -93,6 +96,10 @@ struct World<'a> {
     charges: BTreeMap<u64, Charge>,
     /// Offers made and not redeemed, still valid in the service.
     pending: Vec<Pending>,
+    /// Buffers charged on behalf of or pushed to a receiver that no reconcile has seen holding
+    /// them yet (the service's receipts). Their receivers keep their fds until then: what a
+    /// receipt does past its grace period depends on time, which the model leaves out.
+    awaiting: BTreeSet<u64>,
     done: BTreeMap<Op, usize>,
     refusals: usize,
     exits: usize,
@@ -199,6 +206,15 @@ impl<'a> World<'a> {
         self.clients.iter().enumerate().flat_map(|(i, c)| c.held.keys().map(move |&n| (i, n))).collect()
     }
 
+    /// Held buffers a client may close: not the ones it awaits a reconcile's receipt for.
+    fn closable_pairs(&self) -> Vec<(usize, u64)> {
+        let awaited = |&(c, n): &(usize, u64)| {
+            self.awaiting.contains(&n)
+                && self.charges.get(&n).is_some_and(|ch| ch.payer.pid == self.clients[c].child.pid)
+        };
+        self.held_pairs().into_iter().filter(|p| !awaited(p)).collect()
+    }
+
     fn step(&mut self, op: Op) -> Result<Op, String> {
         match op {
             Op::Alloc => self.alloc(),
@@ -219,7 +235,7 @@ impl<'a> World<'a> {
     fn alloc(&mut self) -> Result<Op, String> {
         let c = self.rng.index(self.clients.len());
         if self.clients[c].held.len() >= MAX_HELD {
-            let inode = *self.clients[c].held.keys().next().expect("full");
+            let Some(&(_, inode)) = self.closable_pairs().iter().find(|(h, _)| *h == c) else { return Ok(Op::Close) };
             self.close(c, inode)?;
             return Ok(Op::Close);
         }
@@ -232,6 +248,7 @@ impl<'a> World<'a> {
             let line = format!("charge_for {slot} {}", payer.pid);
             answered(&self.clients[c].child.ok(&line)?, &payer, &line)?;
             self.charges.insert(inode, Charge { size, payer });
+            self.awaiting.insert(inode);
             self.give(c, inode, app)?;
             if self.rng.one_in(2) {
                 self.close(c, inode)?;
@@ -321,6 +338,7 @@ impl<'a> World<'a> {
             let payer = payer_of(&self.clients[d]);
             answered(&self.clients[d].child.ok(&line)?, &payer, &line)?;
             self.charges.get_mut(&p.inode).expect("charged").payer = payer;
+            self.awaiting.remove(&p.inode);
         } else {
             self.refusal(d, &line, ErrorCode::BAD_TICKET)?;
         }
@@ -349,6 +367,7 @@ impl<'a> World<'a> {
         let line = format!("transfer {} {}", self.clients[TRUSTED].held[&inode], payer.pid);
         answered(&self.clients[TRUSTED].child.ok(&line)?, &payer, &line)?;
         self.charges.get_mut(&inode).expect("charged").payer = payer;
+        self.awaiting.insert(inode);
         self.forget_offers(inode);
         Ok(Op::Transfer)
     }
@@ -379,6 +398,7 @@ impl<'a> World<'a> {
         }
         self.clients[by].child.ok(&format!("release {inode}"))?;
         let size = self.charges.remove(&inode).expect("charged").size;
+        self.awaiting.remove(&inode);
         self.forget_offers(inode);
         let holders = self.holders(inode);
         match self.rng.pick(&holders) {
@@ -400,7 +420,7 @@ impl<'a> World<'a> {
     /// A holder closes its fd without any release: the charge stays until the last holder is
     /// gone and a reconcile notices.
     fn close_one(&mut self) -> Result<Op, String> {
-        let Some((c, inode)) = self.rng.pick(&self.held_pairs()) else { return self.alloc() };
+        let Some((c, inode)) = self.rng.pick(&self.closable_pairs()) else { return self.alloc() };
         self.close(c, inode)?;
         Ok(Op::Close)
     }
@@ -486,13 +506,36 @@ impl<'a> World<'a> {
     }
 
     /// Reconcile from the (root, trusted) orchestrator: what nobody holds is released; a charge
-    /// parked on an app's cgroup goes back to a process of that app holding the buffer.
+    /// parked on an app's cgroup goes back to a process of that app holding the buffer; a payer
+    /// that let go of a buffer others hold hands it off (an app before the allocator, then the
+    /// lowest pid); receipts whose receivers hold their buffers are settled.
     fn reconcile(&mut self) -> Result<Op, String> {
         let released: BTreeSet<u64> = self.charges.keys().copied().filter(|&n| self.holders(n).is_empty()).collect();
         for inode in &released {
             self.charges.remove(inode);
+            self.awaiting.remove(inode);
             self.forget_offers(*inode);
         }
+        let let_go: Vec<u64> = self
+            .charges
+            .iter()
+            .filter(|(n, c)| {
+                c.payer.pid != 0
+                    && !self.awaiting.contains(n)
+                    && !self.holders(**n).iter().any(|&h| self.clients[h].child.pid == c.payer.pid)
+            })
+            .map(|(&n, _)| n)
+            .collect();
+        for inode in let_go {
+            let to = self.holders(inode).into_iter().min_by_key(|&h| {
+                let child = &self.clients[h].child;
+                (child.uid < FIRST_APP_UID, child.pid)
+            });
+            if let Some(h) = to {
+                self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]);
+            }
+        }
+        self.awaiting.clear();
         let parked: Vec<u64> = self.charges.iter().filter(|(_, c)| c.payer.pid == 0).map(|(&n, _)| n).collect();
         for inode in parked {
             let uid = uid_of_cgroup(&self.charges[&inode].payer.cgroup);
@@ -619,6 +662,7 @@ pub fn stress_eight_clients_random_workload_matches_procfs(env: &Env) -> Outcome
         clients: Vec::new(),
         charges: BTreeMap::new(),
         pending: Vec::new(),
+        awaiting: BTreeSet::new(),
         done: BTreeMap::new(),
         refusals: 0,
         exits: 0,

@@ -5,7 +5,10 @@ package vendor.chargetransfer;
 parcelable ReconcileReport {
     /** Charged buffers that no process holds any more: released. */
     long[] releasedInodes;
-    /** Charges whose owner died while others still hold the buffer: moved by the handoff rule. */
+    /**
+     * Charges moved to a holder: the owner died, or let go of the buffer while others still hold
+     * it (the handoff rule), or a push's receiver never held it and it went back to its maker.
+     */
     long[] movedInodes;
     /** Live dma-bufs that nobody charged (unaccounted allocations). */
     long[] unaccountedInodes;
