@@ -34,48 +34,38 @@ fn a_recycled_pid_inherits_nothing_of_the_dead_owner() {
     assert_eq!(payer(&a, 8), Some((4242, "/uid_10002/pid_4242".into())));
 }
 
-/// Case 4: across a restart, a pid recorded as an owner now belongs to another uid's process:
-/// the charge stays with the dead owner's app, not with the newcomer.
+/// Case 4: across a restart, a pid recorded as an owner now belongs to a new process — of
+/// another uid, or of the same uid (told apart by the start time the journal records): the
+/// charge stays with the dead owner's app, and the newcomer neither owns nor can release it.
 #[test]
-fn after_a_restart_a_recycled_pid_of_another_uid_does_not_own_the_dead_apps_charge() {
-    let dir = tempfile::tempdir().unwrap();
-    let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
-    put_process(&proc_root, 4242, 10001, 1000, "/uid_10001/pid_4242", &[(7, 4096)]);
-    let a = open(&proc_root, Some(state.clone()));
-    a.charge(&Caller::new(4242, 10001), &buffer(7), None).unwrap();
-    drop(a);
+fn after_a_restart_a_recycled_pid_does_not_own_the_dead_owners_charge() {
+    for newcomer_uid in [10002, 10001] {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
+        put_process(&proc_root, 4242, 10001, 1000, "/uid_10001/pid_4242", &[(7, 4096)]);
+        let a = open(&proc_root, Some(state.clone()));
+        a.charge(&Caller::new(4242, 10001), &buffer(7), None).unwrap();
+        drop(a);
 
-    put_process(&proc_root, 4242, 10002, 9000, "/uid_10002/pid_4242", &[]);
-    let a = open(&proc_root, Some(state));
-    assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())));
-    assert!(matches!(a.release(&Caller::new(4242, 10002), 7), Err(Error::NotOwner { .. })));
+        let cgroup = format!("/uid_{newcomer_uid}/pid_4242");
+        put_process(&proc_root, 4242, newcomer_uid, 9000, &cgroup, &[]);
+        let a = open(&proc_root, Some(state));
+        assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())), "newcomer of uid {newcomer_uid}");
+        assert!(matches!(a.release(&Caller::new(4242, newcomer_uid), 7), Err(Error::NotOwner { .. })));
+    }
 }
 
-/// Case 4 within one app: the pid went to a new process of the same uid (another start time)
-/// while the service was down. The journal's start time tells them apart: the charge is parked
-/// on the app's cgroup, and the newcomer neither owns nor can release it.
+/// The same process, still running at the next restart, keeps its charge.
 #[test]
-fn after_a_restart_a_recycled_pid_of_the_same_uid_does_not_own_the_dead_owners_charge() {
+fn after_a_restart_a_running_owner_keeps_its_charge() {
     let dir = tempfile::tempdir().unwrap();
     let (proc_root, state) = (dir.path().join("proc"), dir.path().join("state"));
-    put_process(&proc_root, 4242, 10001, 1000, "/uid_10001/pid_4242", &[(7, 4096)]);
-    let a = open(&proc_root, Some(state.clone()));
-    a.charge(&Caller::new(4242, 10001), &buffer(7), None).unwrap();
-    drop(a);
-
-    put_process(&proc_root, 4242, 10001, 9000, "/uid_10001/pid_4242", &[]);
-    let a = open(&proc_root, Some(state.clone()));
-    assert_eq!(payer(&a, 7), Some((0, "/uid_10001".into())));
-    assert!(matches!(a.release(&Caller::new(4242, 10001), 7), Err(Error::NotOwner { .. })));
-    drop(a);
-
-    // The same process, still running at the next restart, keeps its charge.
     put_process(&proc_root, 4243, 10001, 1200, "/uid_10001/pid_4243", &[(9, 4096)]);
-    let a = open(&proc_root, Some(state.clone()));
-    a.charge(&Caller::new(4243, 10001), &buffer(9), None).unwrap();
-    drop(a);
+    open(&proc_root, Some(state.clone())).charge(&Caller::new(4243, 10001), &buffer(9), None).unwrap();
     let a = open(&proc_root, Some(state));
     assert_eq!(payer(&a, 9), Some((4243, "/uid_10001/pid_4243".into())));
+    let refused = a.release(&Caller::new(4243, 10001), 9);
+    assert!(matches!(refused, Err(Error::StillHeld { .. })), "the owner, refused only as a holder: {refused:?}");
 }
 
 /// Case 1: an owner cannot release a buffer it still holds (INVALID_STATE); once closed it can.
