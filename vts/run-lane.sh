@@ -20,6 +20,7 @@ cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts
 cp "$here/guest/run-suite.sh" "$here/guest/services.sh" "$share/"
 cp "$root/config/policy.json" "$share/policy.json"
 cp "$here/guest/policy-vts.json" "$share/policy-vts.json"
+cp "$here/guest/policy-trace.json" "$share/policy-trace.json"
 
 # shellcheck source=vts/lane/lib.sh
 . "$here/lane/lib.sh"
@@ -56,7 +57,7 @@ case $lane in
 esac
 cat >"$share/lane.env" <<ENV
 LANE=$lane
-SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${service_policies:-}"
+SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json --policy /share/policy-trace.json ${service_policies:-}"
 VTS_ARGS="--lane $lane"
 SELINUX_POLICY=${selinux_policy:-}
 ENV

@@ -351,7 +351,7 @@ fn top(client: &Client, iterations: Option<u32>, delay: Duration) -> Result<(), 
         if clear {
             print!("\x1b[H\x1b[2J{text}");
         } else {
-            println!("{}{text}", if shown > 0 { "\n" } else { "" });
+            print!("{}{text}", if shown > 0 { "\n" } else { "" });
         }
         shown += 1;
         if iterations.is_some_and(|n| shown >= n) {

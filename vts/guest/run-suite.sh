@@ -28,6 +28,9 @@ if [ -n "${SELINUX_POLICY:-}" ]; then
     echo "lane: selinux policy loaded, enforce=$(cat /sys/fs/selinux/enforce), init runs as $(cat /proc/self/attr/current)"
     selinux_loaded=1
 fi
+# tracefs before the service starts: it opens trace_marker at start (policy-trace.json turns the
+# trace counters on); the VTS reads the events back from the `trace` file.
+[ -e /sys/kernel/tracing/trace_marker ] || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 # shellcheck source=vts/guest/services.sh
 . /share/services.sh
 # shellcheck disable=SC2086 # service_args is a word list
