@@ -57,7 +57,8 @@ case $lane in
 esac
 cat >"$share/lane.env" <<ENV
 LANE=$lane
-SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json --policy /share/policy-trace.json ${service_policies:-}"
+SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${service_policies:-}"
+TRACE_ARGS="--policy /share/policy-trace.json"
 VTS_ARGS="--lane $lane"
 SELINUX_POLICY=${selinux_policy:-}
 ENV

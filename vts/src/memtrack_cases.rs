@@ -186,8 +186,8 @@ pub fn memtrack_keeps_aosps_vts_contract(_env: &Env) -> Outcome {
 /// memtrackproxy's model: an app reads its own pid only and no GPU list; system (and root,
 /// shell) read any pid. Refusals are EX_SECURITY.
 pub fn memtrack_lets_an_app_read_only_itself_and_system_read_anyone(env: &Env) -> Outcome {
-    let mut app = env.spawn(10170, None)?;
-    let other = env.spawn(10171, None)?;
+    let mut app = env.spawn(10190, None)?;
+    let other = env.spawn(10191, None)?;
     let mut system = env.spawn(AID_SYSTEM, None)?;
     app.ok(&format!("memtrack {}", app.pid))?;
     for line in [format!("memtrack {}", other.pid), "gpus".to_string()] {
@@ -214,7 +214,7 @@ pub fn memtrack_after_the_double_hop_matches_the_ledger_and_the_kernel(env: &Env
     let size = 4 * MIB;
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
     let mut sf = env.spawn(AID_SYSTEM, Some("/system/surfaceflinger"))?;
-    let mut app = env.spawn(10172, None)?;
+    let mut app = env.spawn(10192, None)?;
     let before = view.current(env, &gralloc.cgroup)?;
     let (g_slot, _) = gralloc.alloc(view.heap(), size)?;
     gralloc.ok(&format!("charge_for {g_slot} {}", sf.pid))?;
@@ -262,7 +262,7 @@ pub fn memtrack_after_the_double_hop_matches_the_ledger_and_the_kernel(env: &Env
 pub fn memtrack_after_a_death_matches_the_ledger_and_the_kernel(env: &Env) -> Outcome {
     let view = kernel_view(env);
     let size = 2 * MIB;
-    let mut app = env.spawn(10173, None)?;
+    let mut app = env.spawn(10193, None)?;
     let (pid, cgroup) = (app.pid, app.cgroup.clone());
     let before = view.current(env, &cgroup)?;
     let (slot, _) = app.alloc(view.heap(), size)?;
@@ -318,7 +318,7 @@ pub fn memtrack_after_an_eviction_matches_the_ledger(env: &Env) -> Outcome {
         })
         .ok_or_else(|| format!("no vram region with a dma-heap the service knows: {regions:?}"))?;
     let size = 4 * MIB;
-    let mut app = env.spawn(10174, None)?;
+    let mut app = env.spawn(10194, None)?;
     let (slot, inode) = app.alloc(&heap, size)?;
     app.ok(&format!("charge {slot}"))?;
     let resident = records(app.pid)?;
@@ -339,7 +339,7 @@ pub fn memtrack_after_an_eviction_matches_the_ledger(env: &Env) -> Outcome {
 /// uid, bytes and pools (recorded in the VTS log).
 pub fn chargectl_top_shows_who_pays(env: &Env) -> Outcome {
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
-    let app = env.spawn(10175, None)?;
+    let app = env.spawn(10195, None)?;
     let (slot, _) = gralloc.alloc("system", 3 * MIB)?;
     gralloc.ok(&format!("charge_for {slot} {}", app.pid))?;
     let out = std::process::Command::new("chargectl")
@@ -372,7 +372,7 @@ fn trace_counters(pid: u32) -> Result<Vec<u64>, String> {
 /// release and the app's death write the new totals.
 pub fn trace_counters_reach_tracefs_when_a_total_changes(env: &Env) -> Outcome {
     let _ = std::fs::write(format!("{TRACEFS}/tracing_on"), "1");
-    let mut app = env.spawn(10176, None)?;
+    let mut app = env.spawn(10196, None)?;
     let pid = app.pid;
     let (a, _) = app.alloc("system", MIB)?;
     let (b, b_inode) = app.alloc("system", 2 * MIB)?;
