@@ -1,5 +1,6 @@
 //! Generates the Rust binder stubs from the AIDL in aidl/, stamping IChargeTransfer with the
-//! frozen version and hash so clients can ask the service which API it serves.
+//! frozen version and hash so clients can ask the service which API it serves, and the stubs of
+//! AOSP's android.hardware.memtrack (its frozen version 1 and hash, as AOSP serves them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +28,27 @@ fn main() {
         .output("chargetransfer_aidl.rs")
         .generate()
         .expect("AIDL generation failed");
+    memtrack_stubs();
+}
+
+/// IMemtrack, from the copy of AOSP's hardware/interfaces/memtrack/aidl in
+/// aidl/android/hardware/memtrack (frozen as version 1 under aidl/aidl_api; tests/android_files.rs
+/// checks the copy against AOSP's hash).
+fn memtrack_stubs() {
+    const DIR: &str = "aidl/android/hardware/memtrack";
+    let hash_file = "aidl/aidl_api/android.hardware.memtrack/1/.hash";
+    let hash = std::fs::read_to_string(hash_file).unwrap_or_else(|e| panic!("{hash_file}: {e}"));
+    let mut builder = rsbinder_aidl::Builder::new().include_dir("aidl");
+    for name in ["DeviceInfo", "MemtrackRecord", "MemtrackType"] {
+        builder = builder.source(Path::new(DIR).join(format!("{name}.aidl")));
+    }
+    builder
+        .source(Path::new(DIR).join("IMemtrack.aidl"))
+        .version(1)
+        .hash(hash.trim())
+        .output("memtrack_aidl.rs")
+        .generate()
+        .expect("memtrack AIDL generation failed");
 }
 
 /// Compiles the BPF holder iterators (src/kernel/bpf/holders.bpf.c) with clang when it is there,

@@ -19,17 +19,25 @@ pub use rsbinder::{
 #[cfg(soong)]
 pub use binder::{BinderFeatures, FromIBinder, Interface, ParcelFileDescriptor, SpIBinder, Status, Strong};
 
-/// The generated stubs: `aidl::vendor::chargetransfer::{IChargeTransfer, ErrorCode, ...}`, the same
-/// path as in the AIDL rust backend's crate.
+/// The generated stubs: `aidl::vendor::chargetransfer::{IChargeTransfer, ErrorCode, ...}` and
+/// `aidl::android::hardware::memtrack::{IMemtrack, ...}`, the same paths as in the AIDL rust
+/// backend's crates.
 #[cfg(not(soong))]
 pub mod aidl {
     #![allow(clippy::all, missing_docs, non_snake_case, non_camel_case_types, unused)]
     rsbinder::include_aidl!("chargetransfer_aidl");
+    rsbinder::include_aidl!("memtrack_aidl");
 }
 
+/// Under Soong the two interfaces come from two generated crates: `vendor.chargetransfer-V1-rust`
+/// and AOSP's `android.hardware.memtrack-V1-rust` (crate `android_hardware_memtrack`).
 #[cfg(soong)]
-pub use vendor_chargetransfer::aidl;
+pub mod aidl {
+    pub use android_hardware_memtrack::aidl::android;
+    pub use vendor_chargetransfer::aidl::vendor;
+}
 
+use aidl::android::hardware::memtrack::IMemtrack::{BnMemtrack, IMemtrack};
 use aidl::vendor::chargetransfer::IChargeClient::{BnChargeClient, IChargeClient};
 use aidl::vendor::chargetransfer::IChargeTransfer::{BnChargeTransfer, IChargeTransfer};
 
@@ -69,6 +77,50 @@ pub fn service_specific_error(code: i32, message: String) -> Status {
     return Status::new_service_specific_error_str(code, Some(message));
 }
 
+/// The binder exceptions the memtrack HAL answers with: AOSP's VTS and memtrackproxy expect these
+/// (`EX_ILLEGAL_ARGUMENT`, `EX_SECURITY`), not service-specific codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exception {
+    IllegalArgument,
+    Security,
+}
+
+/// A status carrying `exception` and `message`.
+pub fn exception(exception: Exception, message: String) -> Status {
+    #[cfg(not(soong))]
+    {
+        let code = match exception {
+            Exception::IllegalArgument => rsbinder::ExceptionCode::IllegalArgument,
+            Exception::Security => rsbinder::ExceptionCode::Security,
+        };
+        Status::from((code, message.as_str()))
+    }
+    #[cfg(soong)]
+    {
+        let code = match exception {
+            Exception::IllegalArgument => binder::ExceptionCode::ILLEGAL_ARGUMENT,
+            Exception::Security => binder::ExceptionCode::SECURITY,
+        };
+        Status::new_exception_str(code, Some(message))
+    }
+}
+
+/// The exception a status carries, when it is one of [`Exception`].
+pub fn exception_of(status: &Status) -> Option<Exception> {
+    #[cfg(not(soong))]
+    return match status.exception_code() {
+        rsbinder::ExceptionCode::IllegalArgument => Some(Exception::IllegalArgument),
+        rsbinder::ExceptionCode::Security => Some(Exception::Security),
+        _ => None,
+    };
+    #[cfg(soong)]
+    return match status.exception_code() {
+        binder::ExceptionCode::ILLEGAL_ARGUMENT => Some(Exception::IllegalArgument),
+        binder::ExceptionCode::SECURITY => Some(Exception::Security),
+        _ => None,
+    };
+}
+
 /// The message of a status (libbinder_rs has no getter for it alone: its description, which
 /// contains the message).
 pub fn status_message(status: &Status) -> String {
@@ -87,6 +139,15 @@ pub fn new_service<T: IChargeTransfer + Send + Sync + 'static>(
     return BnChargeTransfer::new_binder_with_features(service, features);
     #[cfg(soong)]
     return BnChargeTransfer::new_binder(service, features);
+}
+
+/// A local IMemtrack binder for `service` (no caller contexts needed: memtrack's rule is by pid
+/// and uid).
+pub fn new_memtrack_service<T: IMemtrack + Send + Sync + 'static>(service: T) -> Strong<dyn IMemtrack> {
+    #[cfg(not(soong))]
+    return BnMemtrack::new_binder(service);
+    #[cfg(soong)]
+    return BnMemtrack::new_binder(service, BinderFeatures::default());
 }
 
 /// A local IChargeClient binder (a death token for `registerClient`).

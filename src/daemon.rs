@@ -17,8 +17,9 @@ use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
 use crate::journal::Durability;
 use crate::kernel::ScanChoice;
+use crate::memtrack::TraceCounters;
 use crate::policy::{Policy, TrustRule};
-use crate::service::{ChargeTransferService, DeathWatch, INSTANCE};
+use crate::service::{ChargeTransferService, DeathWatch, MemtrackService, INSTANCE, MEMTRACK_INSTANCE};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chargetransferd", about = "Charges dma-buf allocations to the apps that use them")]
@@ -70,6 +71,9 @@ pub struct Options {
     /// Binder threads.
     #[arg(long, default_value_t = 8)]
     pub threads: u32,
+    /// Where tracefs is mounted: the policy's `trace.counters` writes to its trace_marker.
+    #[arg(long, default_value = crate::memtrack::counters::TRACEFS)]
+    pub tracefs: PathBuf,
 }
 
 fn scan_choice(opts: &Options) -> ScanChoice {
@@ -109,6 +113,15 @@ pub fn run(opts: Options) -> Result<(), String> {
         scan: scan_choice(&opts),
     };
     let accountant = Arc::new(Accountant::open(config, policy.clone()).map_err(|e| e.to_string())?);
+    if policy.trace_counters() {
+        match TraceCounters::open(&opts.tracefs) {
+            Ok(counters) => {
+                accountant.set_trace_counters(Arc::new(counters));
+                info!("trace counters: per-app totals to {}/trace_marker", opts.tracefs.display());
+            }
+            Err(e) => warn!("trace counters asked for, but {}/trace_marker: {e}", opts.tracefs.display()),
+        }
+    }
     let trust = TrustRule::with_selinux(crate::autoconfig::probe::selinux(&opts.sys_root).is_ok());
     accountant.set_trust_rule(trust);
     info!("trust: {}", trust.describe());
@@ -165,11 +178,12 @@ pub fn run(opts: Options) -> Result<(), String> {
         catch_up,
     );
     let service = binder::new_service(service, crate::service::features());
+    let memtrack = binder::new_memtrack_service(MemtrackService::new(Arc::clone(&accountant), opts.sys_root.clone()));
     spawn_signal_handler(&accountant, &stop, opts.rpc.clone())?;
 
     match &opts.rpc {
         Some(socket) => {
-            info!("serving {INSTANCE} over RPC on {}", socket.display());
+            info!("serving {INSTANCE} over RPC on {} (the RPC root is one object: no memtrack)", socket.display());
             binder::serve_rpc(socket, service.as_binder(), opts.threads, RPC_WIRE_VERSION)
         }
         None => {
@@ -178,6 +192,12 @@ pub fn run(opts: Options) -> Result<(), String> {
             binder::start_thread_pool();
             binder::add_service(INSTANCE, service.as_binder()).map_err(|e| format!("add_service {INSTANCE}: {e}"))?;
             info!("registered {INSTANCE}");
+            // The memtrack HAL is a second face of the same ledger: without it the charges still
+            // work, so a refused registration is logged, not fatal.
+            match binder::add_service(MEMTRACK_INSTANCE, memtrack.as_binder()) {
+                Ok(()) => info!("registered {MEMTRACK_INSTANCE}"),
+                Err(e) => warn!("add_service {MEMTRACK_INSTANCE}: {e}"),
+            }
             binder::join_thread_pool().map_err(|e| format!("thread pool: {e}"))
         }
     }

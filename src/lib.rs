@@ -21,6 +21,7 @@ pub mod journal;
 pub mod kernel;
 pub mod ledger;
 pub mod logging;
+pub mod memtrack;
 pub mod offers;
 pub mod permission;
 pub mod policy;

@@ -6,6 +6,11 @@
 //! SELinux is active the policy's `trusted.contexts` decide, a uid alone never makes a caller
 //! trusted and a caller without a context is not trusted; without SELinux the policy's
 //! `trusted.uids` decide, whatever context a caller carries.
+//!
+//! The memtrack HAL's reads ([`Op::ReadMemtrack`], [`Op::ReadGpuDevices`]) follow the framework's
+//! memtrackproxy instead, because its callers expect that model: a process may read its own pid,
+//! and root, system and shell (memtrackproxy's `CheckUid`) or a trusted caller any. Who reaches
+//! the memtrack service at all is sepolicy's decision (`hal_memtrack` clients), not the uid's.
 
 use crate::error::{Error, Result};
 use crate::identity::Caller;
@@ -21,7 +26,14 @@ pub enum Class {
     Push,
     /// Trusted callers only: state of the whole device and of other apps.
     Diagnostics,
+    /// Memtrack's readers of other processes: memtrackproxy's uids (root, system, shell) or
+    /// trusted callers.
+    SystemReader,
 }
+
+/// The uids memtrackproxy lets read any pid (frameworks/native services/memtrackproxy
+/// `CheckUid`: AID_ROOT, AID_SYSTEM, AID_SHELL; shell for `adb shell dumpsys meminfo`).
+pub const MEMTRACK_READER_UIDS: [u32; 3] = [0, 1000, 2000];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -48,6 +60,12 @@ pub enum Op {
     Reconcile,
     AutoconfigureDryRun,
     AutoconfigureApply,
+    /// memtrack's `getMemory` for `pid`: own class for the caller's own pid.
+    ReadMemtrack {
+        pid: u32,
+    },
+    /// memtrack's `getGpuDeviceInfo`.
+    ReadGpuDevices,
 }
 
 impl Op {
@@ -56,6 +74,8 @@ impl Op {
         match self {
             Op::Charge | Op::ReleaseOwn | Op::Offer | Op::Accept | Op::RegisterClient => Class::OwnBuffers,
             Op::ReadUsage { uid: Some(uid) } if uid == caller.uid => Class::OwnBuffers,
+            Op::ReadMemtrack { pid } if pid == caller.pid => Class::OwnBuffers,
+            Op::ReadMemtrack { .. } | Op::ReadGpuDevices => Class::SystemReader,
             Op::ChargeOnBehalf | Op::Push | Op::ReleaseOthers | Op::ReportVram => Class::Push,
             Op::ReadUsage { .. }
             | Op::ReadDevice
@@ -84,6 +104,8 @@ impl Op {
             Op::Reconcile => "reconcile",
             Op::AutoconfigureDryRun => "read the autoconfig report",
             Op::AutoconfigureApply => "apply autoconfig",
+            Op::ReadMemtrack { .. } => "read another process's memtrack records",
+            Op::ReadGpuDevices => "read the GPU device list",
         }
     }
 }
@@ -93,8 +115,13 @@ impl Op {
 pub fn check(policy: &Policy, rule: TrustRule, caller: &Caller, op: Op) -> Result<()> {
     match op.class(caller) {
         Class::OwnBuffers => Ok(()),
-        Class::Push | Class::Diagnostics if policy.trusts(rule, caller.uid, caller.context.as_deref()) => Ok(()),
-        Class::Push | Class::Diagnostics => {
+        Class::SystemReader if MEMTRACK_READER_UIDS.contains(&caller.uid) => Ok(()),
+        Class::Push | Class::Diagnostics | Class::SystemReader
+            if policy.trusts(rule, caller.uid, caller.context.as_deref()) =>
+        {
+            Ok(())
+        }
+        Class::Push | Class::Diagnostics | Class::SystemReader => {
             Err(Error::NotTrusted { uid: caller.uid, pid: caller.pid, what: op.what() })
         }
     }
@@ -162,6 +189,24 @@ mod tests {
         assert!(check(&p, TrustRule::Uids, &gralloc_uid_app_context, Op::Push).is_ok());
         let surfaceflinger_app_uid = Caller { pid: 8, uid: 10001, context: Some("u:r:surfaceflinger:s0".into()) };
         assert!(check(&p, TrustRule::Uids, &surfaceflinger_app_uid, Op::Push).is_err());
+    }
+
+    #[test]
+    fn memtrack_follows_memtrackproxy_own_pid_for_anyone_any_pid_for_root_system_shell() {
+        let p = policy();
+        for rule in [TrustRule::Uids, TrustRule::Contexts] {
+            let app = Caller { pid: 5, uid: 10001, context: Some("u:r:untrusted_app:s0".into()) };
+            assert!(check(&p, rule, &app, Op::ReadMemtrack { pid: 5 }).is_ok());
+            assert!(check(&p, rule, &app, Op::ReadMemtrack { pid: 6 }).is_err());
+            assert!(check(&p, rule, &app, Op::ReadGpuDevices).is_err());
+            for uid in MEMTRACK_READER_UIDS {
+                let reader = Caller { pid: 7, uid, context: Some("u:r:system_server:s0".into()) };
+                assert!(check(&p, rule, &reader, Op::ReadMemtrack { pid: 6 }).is_ok(), "uid {uid}");
+                assert!(check(&p, rule, &reader, Op::ReadGpuDevices).is_ok(), "uid {uid}");
+            }
+        }
+        let surfaceflinger = Caller { pid: 8, uid: 1003, context: Some("u:r:surfaceflinger:s0".into()) };
+        assert!(check(&p, TrustRule::Contexts, &surfaceflinger, Op::ReadMemtrack { pid: 6 }).is_ok());
     }
 
     #[test]

@@ -18,6 +18,10 @@ const VTS_MODULE: &str = "VtsHalChargeTransferTargetTest";
 const POLICY_MODULE: &str = "chargetransfer_policy.json";
 const RC: &str = "vendor.chargetransfer-service.rc";
 const VINTF: &str = "vendor.chargetransfer-service.xml";
+const MEMTRACK_VINTF: &str = "android.hardware.memtrack-chargetransfer.xml";
+const MEMTRACK_PACKAGE: &str = "android.hardware.memtrack";
+/// AOSP's frozen memtrack version, the one the copy under aidl/ is and build.rs stamps.
+const MEMTRACK_VERSION: u32 = 1;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -526,6 +530,52 @@ fn vintf_instance_is_the_instance_the_service_registers() {
     assert_eq!(vintf_instances(), vec![rust_instance()], "{VINTF} vs chargetransfer::service::INSTANCE");
 }
 
+/// `pub const MEMTRACK_INSTANCE: &str = "...";` in src/service/memtrack.rs.
+fn rust_memtrack_instance() -> String {
+    let src = read("src/service/memtrack.rs");
+    let line = src
+        .lines()
+        .find(|l| l.trim_start().starts_with("pub const MEMTRACK_INSTANCE: &str"))
+        .expect("src/service/memtrack.rs: no `pub const MEMTRACK_INSTANCE: &str = \"...\";`");
+    line.split('"').nth(1).expect("MEMTRACK_INSTANCE is a string literal").to_string()
+}
+
+#[test]
+fn memtrack_fragment_declares_the_instance_the_service_registers_at_aosps_frozen_version() {
+    let xml = read(MEMTRACK_VINTF);
+    assert!(xml.contains("<manifest version=\"1.0\" type=\"device\">"), "{MEMTRACK_VINTF}: a device manifest");
+    let names = xml_tags(&xml, "name");
+    assert_eq!(names, vec![MEMTRACK_PACKAGE.to_string()], "{MEMTRACK_VINTF}: one HAL");
+    let declared: Vec<String> = xml_tags(&xml, "fqname").iter().map(|fq| format!("{}.{fq}", names[0])).collect();
+    assert_eq!(declared, vec![rust_memtrack_instance()], "{MEMTRACK_VINTF} vs service::MEMTRACK_INSTANCE");
+    assert_eq!(xml_tags(&xml, "version"), vec![MEMTRACK_VERSION.to_string()]);
+    assert!(read("build.rs").contains(".version(1)"), "build.rs stamps memtrack's version");
+}
+
+#[test]
+fn memtrack_aidl_is_aosps_frozen_version_byte_for_byte() {
+    // The copy under aidl/android/hardware/memtrack is AOSP's hardware/interfaces/memtrack/aidl;
+    // its frozen dump must hash to AOSP's .hash (so the Cargo build serves what AOSP's stubs do).
+    let frozen = root().join(format!("aidl/aidl_api/{MEMTRACK_PACKAGE}/{MEMTRACK_VERSION}"));
+    let hash = fs::read_to_string(frozen.join(".hash")).unwrap();
+    assert_eq!(hash.trim(), "25438132a462bf5b6f4334d966c95b70824e66c0", "AOSP's hash of android.hardware.memtrack V1");
+    assert_eq!(soong_hash(&frozen, MEMTRACK_VERSION), hash.trim(), "the frozen copy is not AOSP's");
+    let sources = aidl_files(&root().join("aidl/android/hardware/memtrack"));
+    let names: Vec<&str> = sources.keys().map(String::as_str).collect();
+    assert_eq!(names, ["./DeviceInfo.aidl", "./IMemtrack.aidl", "./MemtrackRecord.aidl", "./MemtrackType.aidl"]);
+    for (file, text) in &sources {
+        let text = String::from_utf8_lossy(text);
+        assert!(text.contains("package android.hardware.memtrack;"), "{file}");
+    }
+    assert!(
+        te_text()
+            .split_whitespace()
+            .collect::<String>()
+            .contains("hal_server_domain(hal_vendor_chargetransfer_default,hal_memtrack)"),
+        "sepolicy: the service must be a hal_memtrack server to add IMemtrack/default"
+    );
+}
+
 #[test]
 fn service_contexts_labels_the_registered_instance_as_the_hal_service() {
     let entries = contexts("service_contexts");
@@ -891,7 +941,7 @@ fn android_bp_modules_build_the_cargo_targets() {
     assert_eq!(svc.str("crate_name"), Some("chargetransferd"), "Cargo bin `chargetransferd`");
     assert_eq!(svc.strs("srcs"), vec!["src/bin/chargetransferd.rs"]);
     assert_eq!(svc.strs("init_rc"), vec![RC]);
-    assert_eq!(svc.strs("vintf_fragments"), vec![VINTF]);
+    assert_eq!(svc.strs("vintf_fragments"), vec![VINTF, MEMTRACK_VINTF]);
     assert!(svc.strs("required").contains(&CLI_MODULE.to_string()), "the .rc runs chargectl");
 
     let (_, cli) = module(CLI_MODULE);
@@ -1079,7 +1129,17 @@ fn binder_seam_compiles_against_libbinder_rs_under_cfg_soong() {
     let src = |rel: &str| root().join(rel).to_str().unwrap().to_string();
     let binder = format!("binder={}", meta("binder"));
     let generated = format!("vendor_chargetransfer={}", meta("vendor_chargetransfer"));
+    let memtrack = format!("android_hardware_memtrack={}", meta("android_hardware_memtrack"));
     rustc(&["--crate-name", "binder", "-o", &meta("binder"), &src("tests/soong/libbinder_rs.rs")]);
+    rustc(&[
+        "--crate-name",
+        "android_hardware_memtrack",
+        "-o",
+        &meta("android_hardware_memtrack"),
+        "--extern",
+        &binder,
+        &src("tests/soong/android_hardware_memtrack.rs"),
+    ]);
     rustc(&[
         "--crate-name",
         "vendor_chargetransfer",
@@ -1102,6 +1162,8 @@ fn binder_seam_compiles_against_libbinder_rs_under_cfg_soong() {
         &binder,
         "--extern",
         &generated,
+        "--extern",
+        &memtrack,
         &src("src/binder.rs"),
     ]);
 }
@@ -1130,7 +1192,11 @@ fn soong_modules_for_cargo_dependencies(manifest: &str) -> BTreeSet<String> {
             continue;
         }
         match name.trim() {
-            "rsbinder" => modules.extend(["libbinder_rs".to_string(), format!("{PACKAGE}-V{}-rust", latest_frozen())]),
+            "rsbinder" => modules.extend([
+                "libbinder_rs".to_string(),
+                format!("{PACKAGE}-V{}-rust", latest_frozen()),
+                format!("{MEMTRACK_PACKAGE}-V{MEMTRACK_VERSION}-rust"),
+            ]),
             "chargetransfer" => {
                 modules.insert(LIB_MODULE.to_string());
             }

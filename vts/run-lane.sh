@@ -20,6 +20,7 @@ cp "$bin_dir"/chargetransferd "$bin_dir"/chargectl "$bin_dir"/chargetransfer-vts
 cp "$here/guest/run-suite.sh" "$here/guest/services.sh" "$share/"
 cp "$root/config/policy.json" "$share/policy.json"
 cp "$here/guest/policy-vts.json" "$share/policy-vts.json"
+cp "$here/guest/policy-trace.json" "$share/policy-trace.json"
 
 # shellcheck source=vts/lane/lib.sh
 . "$here/lane/lib.sh"
@@ -57,6 +58,7 @@ esac
 cat >"$share/lane.env" <<ENV
 LANE=$lane
 SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${service_policies:-}"
+TRACE_ARGS="--policy /share/policy-trace.json"
 VTS_ARGS="--lane $lane"
 SELINUX_POLICY=${selinux_policy:-}
 ENV

@@ -87,6 +87,8 @@ pub struct Accountant {
     /// How long the receiver of a push or an on-behalf charge has to come to hold the buffer, in
     /// milliseconds.
     receipt_grace_ms: AtomicU64,
+    /// Per-app totals to the kernel trace after each change (policy `trace.counters`), if on.
+    trace_counters: std::sync::OnceLock<std::sync::Arc<crate::memtrack::TraceCounters>>,
 }
 
 /// The receipt grace unless the daemon sets another: ample for an allocator to hand the fd over.
@@ -118,10 +120,19 @@ impl Accountant {
             trust_rule: std::sync::OnceLock::new(),
             kernel_charged: std::sync::RwLock::new(BTreeSet::new()),
             receipt_grace_ms: AtomicU64::new(RECEIPT_GRACE.as_millis() as u64),
+            trace_counters: std::sync::OnceLock::new(),
         };
         accountant.declare_heaps()?;
         accountant.adopt_owners()?;
         Ok(accountant)
+    }
+
+    /// Writes each app's new total to `counters` after every change that moves it (the first
+    /// call wins).
+    pub fn set_trace_counters(&self, counters: std::sync::Arc<crate::memtrack::TraceCounters>) {
+        if self.trace_counters.set(counters).is_ok() {
+            self.lock().trace_payers();
+        }
     }
 
     pub fn set_receipt_grace(&self, grace: Duration) {

@@ -47,6 +47,8 @@ pub(super) struct State {
     pub(super) handoffs_refused: BTreeMap<Inode, String>,
     /// The events of the change in progress with their inverses, not yet journaled.
     pending: Vec<(Event, Vec<Event>)>,
+    /// Processes whose totals committed changes moved, while trace counters are on (`None`: off).
+    touched: Option<Vec<u32>>,
 }
 
 impl State {
@@ -61,7 +63,22 @@ impl State {
             receipts: HashMap::new(),
             handoffs_refused: BTreeMap::new(),
             pending: Vec::new(),
+            touched: None,
         }
+    }
+
+    /// From now on, remembers whose totals each committed change moves.
+    pub(super) fn trace_payers(&mut self) {
+        self.touched.get_or_insert_with(Vec::new);
+    }
+
+    /// The new totals of the processes committed changes moved since the last call.
+    fn take_touched_totals(&mut self) -> Vec<(u32, u64)> {
+        let Some(touched) = self.touched.as_mut() else { return Vec::new() };
+        let mut pids = std::mem::take(touched);
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter().map(|pid| (pid, self.ledger.pid_totals(pid).1)).collect()
     }
 
     /// Applies one event to the ledger as part of the current change.
@@ -84,6 +101,10 @@ impl State {
         if let Err(e) = self.write(&events) {
             self.undo(pending);
             return Err(e);
+        }
+        if let Some(touched) = &mut self.touched {
+            let moved = pending.iter().flat_map(|(e, undo)| std::iter::once(e).chain(undo));
+            touched.extend(moved.filter_map(crate::memtrack::counters::payer_of));
         }
         Ok(())
     }
@@ -250,7 +271,18 @@ impl Accountant {
             return Err(Error::Internal(format!("journal cannot be written ({why}); nothing changed")));
         }
         match f(&mut state) {
-            Ok(value) => state.commit().map(|()| value),
+            Ok(value) => {
+                state.commit()?;
+                // The marker is taken before the ledger is let go, so markers keep the ledger's
+                // order; the write itself happens unlocked.
+                let totals = state.take_touched_totals();
+                let marker = self.trace_counters.get().filter(|_| !totals.is_empty()).map(|c| c.lock());
+                drop(state);
+                if let Some(mut marker) = marker {
+                    marker.emit(&totals);
+                }
+                Ok(value)
+            }
             Err(e) => {
                 let pending = std::mem::take(&mut state.pending);
                 state.undo(pending);

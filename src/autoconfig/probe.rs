@@ -416,7 +416,8 @@ fn reserved_memory(dir: &Path) -> Result<Vec<ReservedMemory>, String> {
     Ok(out)
 }
 
-fn drm(dir: &Path) -> Result<Vec<DrmDevice>, String> {
+/// The DRM cards under `dir` (`/sys/class/drm`): autoconfig's vram plan and memtrack's GPU list.
+pub fn drm(dir: &Path) -> Result<Vec<DrmDevice>, String> {
     let mut out = Vec::new();
     for card in list(dir)? {
         // card0, card1: not connectors (card0-DP-1) nor render nodes (renderD128).

@@ -122,6 +122,19 @@ enum Command {
         #[arg(long = "transfer-to")]
         transfer_to: Option<i32>,
     },
+    /// Who pays for graphics memory, per app, refreshed like top: app, pid, uid, buffers, bytes,
+    /// change since the last refresh, pools. A trusted caller sees every app, others their uid's.
+    Top {
+        /// Print one table and exit (for scripts).
+        #[arg(long, conflicts_with = "iterations")]
+        once: bool,
+        /// Print N tables, then exit (for scripts).
+        #[arg(short = 'n', long = "iterations", value_name = "N")]
+        iterations: Option<u32>,
+        /// Seconds between refreshes.
+        #[arg(short = 'd', long, default_value_t = 2.0)]
+        delay: f64,
+    },
     /// The interface version and hash the service serves.
     Version,
     /// Print what autoconfig's probe sees on this device, as JSON (no service needed; the
@@ -291,11 +304,61 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", advice.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
         }
         Command::Bench { iterations, heap, transfer_to } => bench(&client, iterations, &heap, transfer_to)?,
+        Command::Top { once, iterations, delay } => {
+            let delay = Duration::try_from_secs_f64(delay).map_err(|err| format!("--delay {delay}: {err}"))?;
+            top(&client, if once { Some(1) } else { iterations }, delay)?
+        }
         Command::Version => {
             println!("version {} hash {}", svc.getInterfaceVersion().map_err(e)?, svc.getInterfaceHash().map_err(e)?);
         }
     }
     Ok(())
+}
+
+/// The name a person knows a process by: an app's package (its argv[0], set by zygote), else
+/// the kernel's comm.
+fn process_name(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().map(|a| String::from_utf8_lossy(a).into_owned());
+    match argv0.filter(|a| !a.is_empty()) {
+        Some(a) => Some(a),
+        None => std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string()),
+    }
+}
+
+/// `chargectl top`: refreshes the per-app table every `delay`, `iterations` times or until killed.
+/// On a terminal each table replaces the last; otherwise tables follow each other.
+fn top(client: &Client, iterations: Option<u32>, delay: Duration) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let clear = iterations.is_none() && std::io::stdout().is_terminal();
+    let mut table = chargetransfer::memtrack::top::Top::default();
+    let mut shown = 0;
+    loop {
+        let charges: Vec<chargetransfer::memtrack::top::Charge> = client
+            .service()
+            .listCharges(0)
+            .map_err(|err| ClientError::from(err).to_string())?
+            .into_iter()
+            .map(|c| chargetransfer::memtrack::top::Charge {
+                pid: c.ownerPid.max(0) as u32,
+                uid: c.ownerUid.max(0) as u32,
+                cgroup: c.ownerCgroup,
+                pools: c.pools,
+                bytes: c.size.max(0) as u64,
+            })
+            .collect();
+        let text = table.refresh(&charges, process_name);
+        if clear {
+            print!("\x1b[H\x1b[2J{text}");
+        } else {
+            print!("{}{text}", if shown > 0 { "\n" } else { "" });
+        }
+        shown += 1;
+        if iterations.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(delay);
+    }
 }
 
 /// Median of per-call times.

@@ -280,9 +280,16 @@ pub struct Policy {
     dmem_limits: BTreeMap<RegionClass, [DmemLimits; 3]>,
     default_dmem_limits: [DmemLimits; 3],
     memcg_limits: [MemcgLimits; 3],
+    /// `trace.counters`: per-app totals to the kernel trace (off by default).
+    trace_counters: bool,
 }
 
 impl Policy {
+    /// Whether per-app totals go to the kernel trace as counters (`trace.counters`).
+    pub fn trace_counters(&self) -> bool {
+        self.trace_counters
+    }
+
     /// One policy document.
     pub fn from_json(text: &str) -> Result<Policy, PolicyError> {
         let value = parse::json(text, None)?;

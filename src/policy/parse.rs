@@ -123,6 +123,10 @@ fn string<'a>(at: &At, v: &'a Value) -> Result<&'a str> {
     v.as_str().map_or_else(|| at.fail(format!("expected a string, found {}", kind(v))), Ok)
 }
 
+fn boolean(at: &At, v: &Value) -> Result<bool> {
+    v.as_bool().map_or_else(|| at.fail(format!("expected true or false, found {}", kind(v))), Ok)
+}
+
 fn array<'a>(at: &At, v: &'a Value) -> Result<&'a [Value]> {
     v.as_array().map_or_else(|| at.fail(format!("expected an array, found {}", kind(v))), |a| Ok(a.as_slice()))
 }
@@ -234,7 +238,7 @@ fn token(at: &At, v: &Value, what: &str) -> Result<String> {
 
 pub(super) fn policy(root: &Value) -> Result<Policy> {
     let at = At(String::new());
-    let fields = object(&at, root, &["version", "heaps", "trusted", "owner_classes", "limits"])?;
+    let fields = object(&at, root, &["version", "heaps", "trusted", "owner_classes", "limits", "trace"])?;
     let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
 
     match get("version") {
@@ -282,9 +286,18 @@ pub(super) fn policy(root: &Value) -> Result<Policy> {
         limits = self::limits(&at.key("limits"), v)?;
     }
 
+    let mut trace_counters = false;
+    if let Some(v) = get("trace") {
+        let at = at.key("trace");
+        for (k, v) in object(&at, v, &["counters"])? {
+            trace_counters = boolean(&at.key(k), v)?;
+        }
+    }
+
     Ok(Policy {
         heaps,
         trusted_uids,
+        trace_counters,
         trusted_contexts,
         owner_rules,
         default_owner_class,

@@ -323,3 +323,15 @@ fn load_merges_vendor_overrides_over_the_base() {
     assert!(msg.starts_with(&format!("{}: line 1", odm.display())), "{msg}");
     assert!(matches!(Policy::load(&[dir.path().join("missing.json")]), Err(PolicyError::Io { .. })));
 }
+
+#[test]
+fn trace_counters_are_off_unless_the_policy_turns_them_on() {
+    assert!(!Policy::embedded_default().trace_counters());
+    assert!(!Policy::from_json(MINIMAL).unwrap().trace_counters());
+    let on = r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "trace": {"counters": true}}"#;
+    assert!(Policy::from_json(on).unwrap().trace_counters());
+    let bad = r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "trace": {"counters": "yes"}}"#;
+    assert_eq!(invalid(bad), ("trace.counters".into(), "expected true or false, found a string".into()));
+    let typo = r#"{"version": 1, "heaps": {"system": {"class": "system"}}, "trace": {"counter": true}}"#;
+    assert_eq!(invalid(typo).0, "trace.counter");
+}

@@ -4,6 +4,7 @@
 
 mod convert;
 mod death;
+mod memtrack;
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::kernel::dmabuf;
 use crate::permission::Op;
 
 pub use death::DeathWatch;
+pub use memtrack::{MemtrackService, MEMTRACK_INSTANCE};
 
 /// The instance the service registers with the service manager (and the VINTF manifest declares).
 pub const INSTANCE: &str = "vendor.chargetransfer.IChargeTransfer/default";

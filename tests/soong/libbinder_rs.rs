@@ -13,11 +13,36 @@ pub type Result<T> = std::result::Result<T, Status>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusCode(pub i32);
 
+/// `error.rs`: the AIDL exception codes.
+#[allow(non_camel_case_types)]
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionCode {
+    NONE = 0,
+    SECURITY = -1,
+    BAD_PARCELABLE = -2,
+    ILLEGAL_ARGUMENT = -3,
+    NULL_POINTER = -4,
+    ILLEGAL_STATE = -5,
+    NETWORK_MAIN_THREAD = -6,
+    UNSUPPORTED_OPERATION = -7,
+    SERVICE_SPECIFIC = -8,
+    PARCELABLE = -9,
+    TRANSACTION_FAILED = -129,
+    JUST_PLAIN_BROKEN = -130,
+}
+
 /// `error.rs`: an AIDL `Status` (exception code, service-specific error, message).
 #[derive(Debug)]
 pub struct Status(());
 
 impl Status {
+    pub fn new_exception_str<T: AsRef<str>>(_exception: ExceptionCode, _message: Option<T>) -> Status {
+        unimplemented!("stand-in")
+    }
+    pub fn exception_code(&self) -> ExceptionCode {
+        unimplemented!("stand-in")
+    }
     pub fn new_service_specific_error_str<T: AsRef<str>>(_err: i32, _message: Option<T>) -> Status {
         unimplemented!("stand-in")
     }

@@ -28,10 +28,15 @@ if [ -n "${SELINUX_POLICY:-}" ]; then
     echo "lane: selinux policy loaded, enforce=$(cat /sys/fs/selinux/enforce), init runs as $(cat /proc/self/attr/current)"
     selinux_loaded=1
 fi
+# tracefs before the service starts: it opens trace_marker at start (TRACE_ARGS turns the trace
+# counters on); the VTS reads the events back from the `trace` file.
+[ -e /sys/kernel/tracing/trace_marker ] || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 # shellcheck source=vts/guest/services.sh
 . /share/services.sh
+# The suite's service has the trace counters on (TRACE_ARGS: policy-trace.json) for the VTS to
+# read back; the timed phases below run the service as shipped (counters off).
 # shellcheck disable=SC2086 # service_args is a word list
-start_services "$out" $service_args || exit 1
+start_services "$out" $service_args ${TRACE_ARGS:-} || exit 1
 echo "== lane $LANE: VTS"
 chargetransfer-vts $VTS_ARGS >"$out/vts.log" 2>&1
 rc=$?

@@ -334,7 +334,9 @@ pub fn run() -> ! {
                     format!("ok {}", if d.contains("Owners") { "full" } else { "own" })
                 }
                 "exit" => std::process::exit(0),
-                other => match crate::allocator_outage::command(&args, &mut slots) {
+                other => match crate::allocator_outage::command(&args, &mut slots)
+                    .or_else(|| crate::memtrack_cases::command(&args))
+                {
                     Some(reply) => reply?,
                     None => return Err(format!("err 0 unknown command {other:?}")),
                 },

@@ -21,6 +21,7 @@ mod dmem_cases;
 mod faults;
 mod handoff_cases;
 mod harness;
+mod memtrack_cases;
 mod rng;
 mod scan_bench;
 mod selinux_cases;
@@ -157,6 +158,34 @@ const SELINUX_CASES: Cases = &[
     ("a_trusted_context_can_push_and_charge_on_behalf", selinux_cases::a_trusted_context_can_push_and_charge_on_behalf),
     ("a_trusted_uid_in_an_app_context_is_not_trusted", selinux_cases::a_trusted_uid_in_an_app_context_is_not_trusted),
 ];
+/// Issue 17: the memtrack HAL the service also registers (kernel binder only), `chargectl top`.
+const MEMTRACK_CASES: Cases = &[
+    ("memtrack_keeps_aosps_vts_contract", memtrack_cases::memtrack_keeps_aosps_vts_contract),
+    (
+        "memtrack_lets_an_app_read_only_itself_and_system_read_anyone",
+        memtrack_cases::memtrack_lets_an_app_read_only_itself_and_system_read_anyone,
+    ),
+    (
+        "memtrack_after_the_double_hop_matches_the_ledger_and_the_kernel",
+        memtrack_cases::memtrack_after_the_double_hop_matches_the_ledger_and_the_kernel,
+    ),
+    (
+        "memtrack_after_a_death_matches_the_ledger_and_the_kernel",
+        memtrack_cases::memtrack_after_a_death_matches_the_ledger_and_the_kernel,
+    ),
+    ("chargectl_top_shows_who_pays", memtrack_cases::chargectl_top_shows_who_pays),
+];
+
+/// Issue 17's eviction case: needs a vram region (a dmem `drm/` region with a dma-heap).
+const MEMTRACK_VRAM_CASES: Cases =
+    &[("memtrack_after_an_eviction_matches_the_ledger", memtrack_cases::memtrack_after_an_eviction_matches_the_ledger)];
+
+/// Issue 17's trace counters: needs tracefs in the guest.
+const TRACE_CASES: Cases = &[(
+    "trace_counters_reach_tracefs_when_a_total_changes",
+    memtrack_cases::trace_counters_reach_tracefs_when_a_total_changes,
+)];
+
 /// Exit status of a run in which nothing could be tested (automake's SKIP).
 const SKIPPED: i32 = 77;
 
@@ -232,7 +261,10 @@ fn main() {
     // selinux lane runs only the SELinux cases and the version check; the other lanes the rest.
     let not_here = "the selinux lane runs only the SELinux cases; the other lanes run this one";
     let bpf_absent = bpf_cases::absent();
-    let groups: [(Cases, Option<&str>); 5] = [
+    let memtrack_absent = memtrack_cases::absent(rpc.is_some());
+    let vram_absent = memtrack_cases::vram_absent();
+    let trace_absent = memtrack_cases::trace_absent();
+    let groups: [(Cases, Option<&str>); 8] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -245,6 +277,9 @@ fn main() {
         ),
         (SELINUX_CASES, (!selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
         (BPF_CASES, bpf_absent.as_deref()),
+        (MEMTRACK_CASES, memtrack_absent),
+        (MEMTRACK_VRAM_CASES, memtrack_absent.or(vram_absent.as_deref())),
+        (TRACE_CASES, memtrack_absent.or(trace_absent.as_deref())),
     ];
     // Over RPC the socket's root object is the one service under test.
     let instances = match &rpc {
