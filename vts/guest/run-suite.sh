@@ -28,6 +28,16 @@ if [ -n "${SELINUX_POLICY:-}" ]; then
     echo "lane: selinux policy loaded, enforce=$(cat /sys/fs/selinux/enforce), init runs as $(cat /proc/self/attr/current)"
     selinux_loaded=1
 fi
+# The dmem lane's simulated VRAM (vts/kernel/vramsim): its region must exist before the service
+# probes the regions. /dev/vramsim is opened by the apps' clients too (restore in their context).
+if [ -n "${VRAMSIM_MODULE:-}" ]; then
+    insmod "$VRAMSIM_MODULE" size_mb="${VRAMSIM_MB:-4096}" || {
+        echo "lane: FAIL: insmod $VRAMSIM_MODULE"
+        exit 1
+    }
+    chmod 0666 /dev/vramsim
+    echo "lane: vramsim loaded: $(head -n 1 /dev/vramsim)"
+fi
 # shellcheck source=vts/guest/services.sh
 . /share/services.sh
 # shellcheck disable=SC2086 # service_args is a word list

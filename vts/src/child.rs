@@ -336,7 +336,10 @@ pub fn run() -> ! {
                 "exit" => std::process::exit(0),
                 other => match crate::allocator_outage::command(&args, &mut slots) {
                     Some(reply) => reply?,
-                    None => return Err(format!("err 0 unknown command {other:?}")),
+                    None => match crate::vram_cases::command(&args) {
+                        Some(reply) => reply?,
+                        None => return Err(format!("err 0 unknown command {other:?}")),
+                    },
                 },
             })
         })();
