@@ -57,6 +57,11 @@ cat "$out/vts.log"
 chargectl probe >"$out/probe.json" 2>&1
 echo "== lane $LANE: chargectl regions"
 chargectl regions 2>&1
+if [ -n "${VRAMSIM_MODULE:-}" ]; then
+    echo "== lane $LANE: autoconfig report (dry run) and the vram device"
+    chargectl autoconfig --dry-run 2>&1
+    cat /dev/vramsim
+fi
 echo "== lane $LANE: chargectl bench"
 chargectl bench --iterations "${BENCH_ITERATIONS:-300}" 2>&1
 echo "== lane $LANE: service log (tail)"
