@@ -146,7 +146,7 @@ pub fn the_vram_region_is_registered_and_served(env: &Env) -> Outcome {
 
 pub fn eviction_moves_vram_from_dmem_to_the_owner_memcg_and_restore_moves_it_back(env: &Env) -> Outcome {
     let mut gpu = env.spawn(AID_GRAPHICS, None)?;
-    let mut app = env.spawn(10070, None)?;
+    let mut app = env.spawn(10170, None)?;
     let size = 8 * MIB;
     let dmem0 = kernel_dmem(env, &app.cgroup)?;
     let (slot, ino) = app.alloc(HEAP, size)?;
@@ -174,7 +174,7 @@ pub fn eviction_moves_vram_from_dmem_to_the_owner_memcg_and_restore_moves_it_bac
 
 pub fn an_on_behalf_vram_buffer_is_evicted_to_the_app_memcg(env: &Env) -> Outcome {
     let mut gpu = env.spawn(AID_GRAPHICS, None)?;
-    let mut app = env.spawn(10071, None)?;
+    let mut app = env.spawn(10171, None)?;
     let size = 4 * MIB;
     let (slot, ino) = gpu.alloc(HEAP, size)?;
     let app_slot = gpu.give(slot, &mut app)?;
@@ -202,7 +202,7 @@ pub fn an_on_behalf_vram_buffer_is_evicted_to_the_app_memcg(env: &Env) -> Outcom
 
 pub fn reclaim_evicts_the_least_recently_restored_unpinned_buffer_and_never_a_pinned_one(env: &Env) -> Outcome {
     let mut gpu = env.spawn(AID_GRAPHICS, None)?;
-    let mut app = env.spawn(10072, None)?;
+    let mut app = env.spawn(10172, None)?;
     let size = 4 * MIB;
     let mut inodes = Vec::new();
     for _ in 0..3 {
@@ -237,7 +237,7 @@ pub fn reclaim_evicts_the_least_recently_restored_unpinned_buffer_and_never_a_pi
 
 pub fn eviction_advice_covers_the_request_and_never_names_a_pinned_buffer(env: &Env) -> Outcome {
     let mut gpu = env.spawn(AID_GRAPHICS, None)?;
-    let mut app = env.spawn(10073, None)?;
+    let mut app = env.spawn(10173, None)?;
     let mut inodes = Vec::new();
     for size in [2 * MIB, 4 * MIB, 4 * MIB] {
         let (slot, ino) = app.alloc(HEAP, size)?;
@@ -268,7 +268,7 @@ pub fn eviction_advice_covers_the_request_and_never_names_a_pinned_buffer(env: &
 
 pub fn pinning_past_the_region_pin_max_is_refused_with_a_typed_error(env: &Env) -> Outcome {
     let mut gpu = env.spawn(AID_GRAPHICS, None)?;
-    let mut app = env.spawn(10074, None)?;
+    let mut app = env.spawn(10174, None)?;
     let mut inodes = Vec::new();
     for _ in 0..3 {
         let (slot, ino) = app.alloc(HEAP, 4 * MIB)?;
@@ -303,7 +303,7 @@ pub fn vram_larger_than_ram_follows_the_region_and_advice_keeps_to_the_eviction_
     let region = capacity.iter().find(|(r, _)| r == REGION).map(|(_, s)| *s).ok_or("no vram region")?;
     let ram = mem_total()?;
     check(region > ram, || format!("the lane's region ({region}) is not larger than RAM ({ram})"))?;
-    let mut app = env.spawn(10075, None)?;
+    let mut app = env.spawn(10175, None)?;
     let mut big = Vec::new();
     for _ in 0..12 {
         let (slot, ino) = app.alloc(HEAP, 128 * MIB)?;
@@ -364,9 +364,9 @@ fn fill(app: &mut Child, chunks: u64) -> Result<Vec<u64>, String> {
 pub fn the_foreground_app_keeps_its_vram_when_the_full_region_needs_room(env: &Env) -> Outcome {
     let (size, resident) = device_resident()?;
     check(resident == 0, || format!("the region is not empty at the start: {resident} bytes resident"))?;
-    let mut fg = env.spawn(10076, None)?;
-    let mut bg = env.spawn(10077, None)?;
-    let mut filler = env.spawn(10078, None)?;
+    let mut fg = env.spawn(10176, None)?;
+    let mut bg = env.spawn(10177, None)?;
+    let mut filler = env.spawn(10178, None)?;
     set_oom_score_adj(bg.pid, 200)?;
     set_oom_score_adj(filler.pid, 200)?;
     // fg 3/8 of the region, first (so its buffers are the oldest); bg half; filler the rest.
