@@ -35,7 +35,9 @@ if [ -n "${VRAMSIM_MODULE:-}" ]; then
         echo "lane: FAIL: insmod $VRAMSIM_MODULE"
         exit 1
     }
-    chmod 0666 /dev/vramsim
+    # Loaded after guest-init made the other heaps world-usable: the same for this one (apps
+    # allocate from it themselves).
+    chmod 0666 /dev/vramsim /dev/dma_heap/vramsim
     echo "lane: vramsim loaded: $(head -n 1 /dev/vramsim)"
 fi
 # shellcheck source=vts/guest/services.sh
