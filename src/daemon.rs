@@ -262,8 +262,8 @@ fn spawn_lifecycle(
                     if let Err(e) = c.reconcile(&a) {
                         warn!("periodic reconcile: {e}");
                     }
-                    // An owner whose processes changed state (background signal) gets its new
-                    // class's limits.
+                    // An owner whose processes changed state (the background or foreground signal)
+                    // gets its new class's limits.
                     if let Some(ac) = &ac {
                         let changed = ac.reclassified();
                         if !changed.is_empty() {

@@ -48,8 +48,13 @@ case $lane in
         service_policies="--policy /share/policy-platform.json"
         ;;
     dmem)
-        BZIMAGE=$("$here/kernel/build.sh" | sed -n 's/^BZIMAGE=//p' | tail -n 1)
-        [ -n "$BZIMAGE" ] || { echo "run-lane: FAIL: the dmem kernel did not build" >&2; exit 1; }
+        built=$("$here/kernel/build.sh")
+        BZIMAGE=$(sed -n 's/^BZIMAGE=//p' <<<"$built" | tail -n 1)
+        VRAMSIM_KO=$(sed -n 's/^VRAMSIM_KO=//p' <<<"$built" | tail -n 1)
+        [ -n "$BZIMAGE" ] && [ -n "$VRAMSIM_KO" ] || { echo "run-lane: FAIL: the dmem kernel did not build" >&2; exit 1; }
+        # The simulated-VRAM test device, loaded by run-suite.sh before the service starts.
+        cp "$VRAMSIM_KO" "$share/vramsim.ko"
+        vramsim_module=/share/vramsim.ko
         kernel_args=(--kernel "$BZIMAGE")
         append="cma=64M"
         ;;
@@ -61,6 +66,7 @@ SERVICE_ARGS="--policy /share/policy.json --policy /share/policy-vts.json ${serv
 TRACE_ARGS="--policy /share/policy-trace.json"
 VTS_ARGS="--lane $lane"
 SELINUX_POLICY=${selinux_policy:-}
+VRAMSIM_MODULE=${vramsim_module:-}
 ENV
 # One vCPU: under TCG, the kernel's int3-based code patching (static keys flipped when the first
 # memcg child appears) raced with the other vCPU and oopsed in kmem_cache_alloc once; with one

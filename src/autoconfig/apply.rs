@@ -16,6 +16,12 @@
 //! kernel now holds a limit; a write that failed leaves that limit with the ledger, which keeps
 //! enforcing it, and the failure is reported with who enforces it instead.
 //! A dry run reads, compares and reports, and writes nothing (not even the ledger).
+//!
+//! Lowering a `dmem.max` below the pool's usage makes a 7.3 kernel call the region's reclaim
+//! callback (the driver evicts) before the write returns; what cannot move (pinned buffers, a
+//! region without a callback) stays above the limit. Such a write is repeated at most
+//! [`MAX_LIMIT_WRITES`] times while usage stays above it or the kernel answers EBUSY, and the
+//! report says what was reclaimed and what is left over.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +57,22 @@ pub struct FailedWrite {
     pub enforced_by: Enforcer,
 }
 
+/// A `dmem.max` written below the pool's usage: what the kernel's reclaim freed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    /// The file and region (`/uid_10001/dmem.max drm/0000:03:00.0/vram`).
+    pub file: String,
+    pub limit: u64,
+    pub usage_before: u64,
+    pub usage_after: u64,
+    /// Writes made (the first and the bounded retries).
+    pub writes: u32,
+}
+
+/// How often a `dmem.max` is written while usage stays above it (each write runs the reclaim
+/// callback again; 7.3 itself retries a callback that makes no progress 16 times per write).
+pub const MAX_LIMIT_WRITES: u32 = 3;
+
 /// A limit another component set: autoconfig did not write it and leaves it as it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeftAlone {
@@ -70,6 +92,8 @@ pub struct Applied {
     pub left_alone: Vec<LeftAlone>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_writes: Vec<FailedWrite>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<Reclaim>,
     /// Ledger events applied (in a dry run: that would be applied).
     pub events: Vec<Event>,
     /// Refused ledger events and other failures.
@@ -159,6 +183,38 @@ fn write_limit(fs: &CgroupFs, e: &LimitEntry, value: u64) -> Result<(), KernelEr
     }
 }
 
+fn dmem_usage(fs: &CgroupFs, e: &LimitEntry) -> Option<u64> {
+    fs.dmem(&e.cgroup, DmemFile::Current).ok().map(|m| m.get(&e.pool).copied().unwrap_or(0))
+}
+
+/// Writes `e`; a `dmem.max` below usage is written again (bounded) while the kernel answers
+/// EBUSY or the reclaim it ran left usage above it, and what was reclaimed is returned.
+fn write_reclaiming(fs: &CgroupFs, e: &LimitEntry, key: &str) -> (Result<(), KernelError>, Option<Reclaim>) {
+    if e.pool == MEMORY_POOL || e.kind != LimitKind::Max {
+        return (write_limit(fs, e, e.value), None);
+    }
+    let before = dmem_usage(fs, e);
+    let mut writes = 0;
+    let result = loop {
+        writes += 1;
+        let r = write_limit(fs, e, e.value);
+        let busy =
+            matches!(&r, Err(KernelError::Write { source, .. }) if source.kind() == std::io::ErrorKind::ResourceBusy);
+        let over = r.is_ok() && dmem_usage(fs, e).is_some_and(|u| u > e.value);
+        if writes >= MAX_LIMIT_WRITES || !(busy || over) {
+            break r;
+        }
+    };
+    let reclaim = before.filter(|b| *b > e.value).map(|usage_before| Reclaim {
+        file: key.to_string(),
+        limit: e.value,
+        usage_before,
+        usage_after: dmem_usage(fs, e).unwrap_or(usage_before),
+        writes,
+    });
+    (result, reclaim)
+}
+
 /// Writes the kernel's share of the plan for `entries` (the owners in scope); remembers what it
 /// wrote in `writes`. No ledger access.
 pub fn apply_kernel<'a>(
@@ -226,7 +282,9 @@ pub fn apply_kernel<'a>(
             out.held.insert(id);
             continue;
         }
-        match write_limit(fs, e, e.value) {
+        let (written, reclaim) = write_reclaiming(fs, e, &key);
+        out.applied.reclaims.extend(reclaim);
+        match written {
             Ok(()) => {
                 let reads = read_limit(fs, e).unwrap_or(e.value);
                 if e.value == default {

@@ -16,9 +16,18 @@
 //! - when the kernel charges system-heap buffers to memcg (`mem_accounting`), memory.max is the
 //!   class's own memory plus its dma-buf budget, so those buffers have room; otherwise memory.max
 //!   is the own memory alone and the ledger holds the dma-buf budget;
-//! - vram: evicted buffers land in the owner's memcg, so a vram max is capped at the owner's
-//!   dma-buf budget (or RAM + swap when the budget is unlimited): evicting everything an owner
-//!   holds always fits — this is what keeps a 24 GiB GPU on a 16 GiB machine bounded;
+//! - vram: a vram max follows the region (the class's share of it), also where VRAM is larger
+//!   than RAM. Evicted buffers land in the owner's memcg, so what may be evicted is bounded
+//!   instead: an owner's *eviction budget* is its dma-buf budget in memcg (or RAM + swap when
+//!   that is unlimited); the ledger's eviction advice never names a buffer whose owner's memcg
+//!   could not take it, and the kernel refuses an eviction past the owner's memory.max, so the
+//!   rest of its vram stays resident and reclaim moves on to other owners (README, "Eviction");
+//! - foreground protection: an app owner in the foreground (a process at Android's
+//!   `FOREGROUND_APP_ADJ`, `oom_score_adj` 0 or below: the top app) gets its vram regions' `low`
+//!   raised to its `max`, so the kernel's reclaim and a driver's eviction take from background
+//!   apps first; it drops back to the class's `low` when the app leaves the foreground (the
+//!   service re-reads `oom_score_adj` after each periodic reconcile). `low`, not `min`: when only
+//!   the foreground app is left to evict, eviction still proceeds;
 //! - low, min and pin.max are clamped to max;
 //! - shares are rounded down to whole pages of the kernel's page size (the probe's), and memory.*
 //!   values always: the kernel keeps memory limits in pages and reads them back rounded down, so
@@ -120,12 +129,40 @@ fn resolve(amount: Amount, capacity: Option<u64>, page: u64) -> Option<u64> {
     })
 }
 
-/// An owner class's dma-buf budget in RAM, which bounds its vram limits (evicted vram lands there).
+/// An owner class's dma-buf budget in RAM: its eviction budget (evicted vram lands there).
 struct Budget {
     bytes: Option<u64>,
     amount: Amount,
     /// RAM + swap: the bound when the budget is unlimited.
     ram_swap: Option<u64>,
+}
+
+/// Android's `ProcessList.FOREGROUND_APP_ADJ`: the top app's `oom_score_adj`.
+pub const FOREGROUND_APP_ADJ: i32 = 0;
+
+/// An app owner with a process at or below [`FOREGROUND_APP_ADJ`].
+pub fn is_foreground(o: &Owner) -> bool {
+    o.class == OwnerClass::App && o.oom_score_adj.is_some_and(|adj| adj <= FOREGROUND_APP_ADJ)
+}
+
+/// Raises each vram region's `low` among one owner's `entries` to that region's `max`.
+fn protect_foreground(entries: &mut [LimitEntry], vram: &[&str], adj: i32) {
+    let max_of = |entries: &[LimitEntry], pool: &str| {
+        entries.iter().find(|e| e.pool == pool && e.kind == LimitKind::Max).map(|e| e.value)
+    };
+    for i in 0..entries.len() {
+        let e = &entries[i];
+        if e.kind != LimitKind::Low || !vram.contains(&e.pool.as_str()) {
+            continue;
+        }
+        if let Some(max) = max_of(entries, &e.pool).filter(|m| *m > e.value) {
+            let e = &mut entries[i];
+            e.value = max;
+            e.adjusted = Some(format!(
+                "foreground (oom_score_adj {adj}): raised to max so reclaim takes from background apps first"
+            ));
+        }
+    }
 }
 
 /// A protection or pin limit above max means nothing more than max.
@@ -143,7 +180,9 @@ impl Plan {
             plan.class_defaults(topology, policy, class);
         }
         sort(&mut plan.defaults);
-        plan.instantiate(&topology.owners);
+        let vram: Vec<&str> =
+            topology.regions.iter().filter(|r| r.kind == HeapClass::Vram).map(|r| r.name.as_str()).collect();
+        plan.instantiate(&topology.owners, &vram);
         plan.cma_note(topology);
         plan
     }
@@ -158,9 +197,19 @@ impl Plan {
             .collect()
     }
 
-    /// Replaces `entries` with the defaults instantiated for `owners`.
-    pub fn instantiate(&mut self, owners: &[Owner]) {
-        self.entries = owners.iter().flat_map(|o| self.for_cgroup(&o.cgroup, o.class)).collect();
+    /// Replaces `entries` with the defaults instantiated for `owners`; foreground app owners get
+    /// their `vram` regions' `low` raised to their `max`.
+    pub fn instantiate(&mut self, owners: &[Owner], vram: &[&str]) {
+        self.entries = owners
+            .iter()
+            .flat_map(|o| {
+                let mut entries = self.for_cgroup(&o.cgroup, o.class);
+                if let Some(adj) = o.oom_score_adj.filter(|_| is_foreground(o)) {
+                    protect_foreground(&mut entries, vram, adj);
+                }
+                entries
+            })
+            .collect();
         sort(&mut self.entries);
     }
 
@@ -267,26 +316,27 @@ impl Plan {
         let l = policy.dmem_limits(r.class, class);
         let cap = r.capacity;
         let of = format!("{} region", r.class);
-        let Some(mut max) = resolve(l.max, cap, page) else { return };
-        let mut adjusted = None;
-        if r.kind == HeapClass::Vram {
-            let bound = match dmabuf {
-                Some(d) if d != UNLIMITED => {
-                    Some((d, format!("the dma-buf budget ({})", explain(dmabuf_amount, ram_swap, "RAM"))))
-                }
-                _ => ram_swap.map(|b| (b, format!("RAM + swap ({})", format_bytes(b)))),
-            };
-            if let Some((bound, what)) = bound.filter(|(b, _)| max > *b) {
-                max = bound;
-                adjusted = Some(format!("capped at {what} so evicted vram fits in memcg"));
-            }
-        }
+        let Some(max) = resolve(l.max, cap, page) else { return };
         let (by, pin_by) = match r.enforced_by {
             Enforcer::Kernel => (Enforcer::Kernel, Enforcer::Service),
             other => (other, other),
         };
         let why = |amount: Amount, enforcement: &str| format!("{}; {enforcement}", explain(amount, cap, &of));
-        self.push(class, &r.name, LimitKind::Max, max, by, l.max.to_string(), adjusted, why(l.max, &r.why));
+        let mut max_why = why(l.max, &r.why);
+        if r.kind == HeapClass::Vram {
+            let evictable = match dmabuf {
+                Some(d) if d != UNLIMITED => Some(format!(
+                    "the dma-buf budget {} ({})",
+                    format_bytes(d),
+                    explain(dmabuf_amount, ram_swap, "RAM")
+                )),
+                _ => ram_swap.map(|b| format!("RAM + swap {}", format_bytes(b))),
+            };
+            if let Some(evictable) = evictable {
+                max_why.push_str(&format!("; eviction budget: {evictable} in memcg, the rest stays resident"));
+            }
+        }
+        self.push(class, &r.name, LimitKind::Max, max, by, l.max.to_string(), None, max_why);
         for (kind, amount) in [(LimitKind::Low, l.low), (LimitKind::Min, l.min)] {
             if let Some(v) = resolve(amount, cap, page) {
                 let (v, adjusted) = clamp(v, Some(max));

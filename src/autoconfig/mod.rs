@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-pub use apply::{Applied, FailedWrite, FileChange, LeftAlone};
+pub use apply::{Applied, FailedWrite, FileChange, LeftAlone, Reclaim, MAX_LIMIT_WRITES};
 pub use limits::{LimitEntry, Plan, MEMORY_POOL};
 pub use probe::{Found, Probe, ProbeRoots};
 pub use report::{PoolSummary, Report};
@@ -71,7 +71,7 @@ pub struct Autoconfig {
     state_dir: Option<PathBuf>,
     writes: Mutex<Writes>,
     /// Each owner's class at the last pass, to notice when the background signal changes it.
-    classes: Mutex<BTreeMap<String, OwnerClass>>,
+    classes: Mutex<BTreeMap<String, (OwnerClass, bool)>>,
     /// Said once, in the first report: why no earlier write counts as autoconfig's.
     load_warning: Mutex<Option<String>>,
     /// Kernel writes that failed and have not succeeded since, by file and region: the ledger
@@ -166,7 +166,7 @@ impl Autoconfig {
             }
             let mut classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
             for o in topology.owners.iter().filter(|o| scope.covers(&o.cgroup)) {
-                classes.insert(o.cgroup.clone(), o.class);
+                classes.insert(o.cgroup.clone(), (o.class, limits::is_foreground(o)));
             }
             for gone in &topology.skipped_owners {
                 classes.remove(gone);
@@ -186,15 +186,19 @@ impl Autoconfig {
         report.pools_with(&failed)
     }
 
-    /// Owners whose class differs from the one their limits were set for (the background signal
-    /// changed), from a fresh probe; empty when none did. Cheap enough for every reconcile.
+    /// Owners whose class or foreground state differs from the one their limits were set for
+    /// (the `oom_score_adj` signal changed), from a fresh probe; empty when none did. Cheap enough for every reconcile.
     pub fn reclassified(&self) -> Vec<String> {
         let probe = Probe::run(&self.roots);
         let adj = probe.cgroup.get().map(|c| c.oom_score_adj.clone()).unwrap_or_default();
         let children = probe.cgroup.get().map(|c| c.children.as_slice()).unwrap_or_default();
         let owners = Topology::owners_from(&self.policy, children.iter().map(String::as_str), &adj);
         let classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
-        owners.into_iter().filter(|o| classes.get(&o.cgroup).is_some_and(|c| *c != o.class)).map(|o| o.cgroup).collect()
+        owners
+            .into_iter()
+            .filter(|o| classes.get(&o.cgroup).is_some_and(|c| *c != (o.class, limits::is_foreground(o))))
+            .map(|o| o.cgroup)
+            .collect()
     }
 }
 

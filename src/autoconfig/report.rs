@@ -153,6 +153,13 @@ impl Report {
         for f in footnotes {
             let _ = writeln!(out, "    {f}");
         }
+        // Vram: what each class may have evicted at once (the plan's eviction guarantee).
+        for class in OwnerClass::ALL {
+            let max = entries.iter().find(|e| e.owner == class && e.kind == LimitKind::Max);
+            if let Some(budget) = max.and_then(|e| e.why.split_once("eviction budget: ")).map(|(_, b)| b) {
+                let _ = writeln!(out, "    eviction budget {class}: {budget}");
+            }
+        }
     }
 }
 
@@ -301,6 +308,27 @@ impl fmt::Display for Report {
                         _ => "nobody enforces this limit (the service keeps no copy of memory.*)",
                     };
                     let _ = writeln!(out, "  - {} -> {}: {}; {instead}", f.file, f.to, f.error);
+                }
+            }
+            if !a.reclaims.is_empty() {
+                let _ = writeln!(out, "\nreclaim ({}): dmem.max written below usage", a.reclaims.len());
+                for r in &a.reclaims {
+                    let left = r.usage_after.saturating_sub(r.limit);
+                    let partial = if left > 0 {
+                        format!("; partial: {} still above the limit (pinned or not evictable)", format_bytes(left))
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {}: usage {} -> {} at limit {}, {} reclaimed in {} write(s){partial}",
+                        r.file,
+                        format_bytes(r.usage_before),
+                        format_bytes(r.usage_after),
+                        format_bytes(r.limit),
+                        format_bytes(r.usage_before.saturating_sub(r.usage_after)),
+                        r.writes
+                    );
                 }
             }
             if !a.failures.is_empty() {

@@ -31,6 +31,18 @@ fi
 # tracefs before the service starts: it opens trace_marker at start (TRACE_ARGS turns the trace
 # counters on); the VTS reads the events back from the `trace` file.
 [ -e /sys/kernel/tracing/trace_marker ] || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+# The dmem lane's simulated VRAM (vts/kernel/vramsim): its region must exist before the service
+# probes the regions. /dev/vramsim is opened by the apps' clients too (restore in their context).
+if [ -n "${VRAMSIM_MODULE:-}" ]; then
+    insmod "$VRAMSIM_MODULE" size_mb="${VRAMSIM_MB:-4096}" || {
+        echo "lane: FAIL: insmod $VRAMSIM_MODULE"
+        exit 1
+    }
+    # Loaded after guest-init made the other heaps world-usable: the same for this one (apps
+    # allocate from it themselves).
+    chmod 0666 /dev/vramsim /dev/dma_heap/vramsim
+    echo "lane: vramsim loaded: $(head -n 1 /dev/vramsim)"
+fi
 # shellcheck source=vts/guest/services.sh
 . /share/services.sh
 # The suite's service has the trace counters on (TRACE_ARGS: policy-trace.json) for the VTS to
@@ -52,6 +64,11 @@ cat "$out/vts.log"
 chargectl probe >"$out/probe.json" 2>&1
 echo "== lane $LANE: chargectl regions"
 chargectl regions 2>&1
+if [ -n "${VRAMSIM_MODULE:-}" ]; then
+    echo "== lane $LANE: autoconfig report (dry run) and the vram device"
+    chargectl autoconfig --dry-run 2>&1
+    cat /dev/vramsim
+fi
 echo "== lane $LANE: chargectl bench"
 chargectl bench --iterations "${BENCH_ITERATIONS:-300}" 2>&1
 echo "== lane $LANE: service log (tail)"

@@ -16,7 +16,8 @@
 #   CT_KERNEL_JOBS          make -j (default nproc)
 #   CT_KERNEL_VERBOSE=1     stream make output to stderr instead of a log file
 #
-# Progress goes to stderr; the last line on stdout is BZIMAGE=<path>.
+# Progress goes to stderr; stdout ends with VRAMSIM_KO=<path> (vts/kernel/vramsim, the
+# simulated-VRAM test module) and, last, BZIMAGE=<path>.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,13 +25,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/../lane/lib.sh"
 FRAGMENT=$HERE/dmem.config
 PATCH=$HERE/cma-dmem.patch
+VRAMSIM=$HERE/vramsim   # the simulated-VRAM test module, built against the tree
 CACHE=$CT_CACHE
 SUITE=$CT_SUITE
 WANT_PKG=${CT_KERNEL_SOURCE_PKG:-linux-source-7.3}
 JOBS=${CT_KERNEL_JOBS:-$(nproc)}
 # Everything in the recipe that changes the output but is not in the fragment or the
 # patch. Bump "recipe-N" when the steps below change in a way that matters.
-RECIPE="recipe-1 defconfig=x86_64_defconfig extra=kvm_guest.config target=bzImage arch=x86_64"
+RECIPE="recipe-2 defconfig=x86_64_defconfig extra=kvm_guest.config target=bzImage+modules arch=x86_64"
 DEPS=(build-essential bc bison flex libelf-dev libssl-dev xz-utils python3 cpio kmod patch)
 
 FETCH_ONLY=0
@@ -90,11 +92,12 @@ fi
 VSAFE=${VERSION//[:\/]/_}
 
 # ---------------------------------------------------------------- cache key
-KEY_HASH=$( { echo "$RECIPE"; echo "$PKG $VERSION"; echo "--- fragment"; cat "$FRAGMENT"; echo "--- patch"; cat "$PATCH"; } | sha256sum | cut -c1-16)
+KEY_HASH=$( { echo "$RECIPE"; echo "$PKG $VERSION"; echo "--- fragment"; cat "$FRAGMENT"; echo "--- patch"; cat "$PATCH"; echo "--- vramsim"; cat "$VRAMSIM"/Kbuild "$VRAMSIM"/*.[ch]; } | sha256sum | cut -c1-16)
 KEY="$VSAFE-$KEY_HASH"
 OUT=$CACHE/dmem-kernel/$KEY
-if [ "$FORCE" = 0 ] && [ "$FETCH_ONLY" = 0 ] && [ -s "$OUT/bzImage" ]; then
+if [ "$FORCE" = 0 ] && [ "$FETCH_ONLY" = 0 ] && [ -s "$OUT/bzImage" ] && [ -s "$OUT/vramsim.ko" ]; then
     log "cache hit: $KEY"
+    echo "VRAMSIM_KO=$OUT/vramsim.ko"
     echo "BZIMAGE=$OUT/bzImage"
     exit 0
 fi
@@ -252,17 +255,25 @@ if ! cmp -s "$CFG/.config" "$BUILD/.config"; then
 fi
 
 # ---------------------------------------------------------------- build
-log "make -j$JOBS bzImage (nice 10; log $WORK/build.log)"
+log "make -j$JOBS bzImage modules (nice 10; log $WORK/build.log)"
 TB=$(now)
-run_make "$WORK/build.log" O="$BUILD" -j"$JOBS" bzImage || die "kernel build failed"
+# `modules` as well: it writes Module.symvers, which modpost needs for vts/kernel/vramsim.
+run_make "$WORK/build.log" O="$BUILD" -j"$JOBS" bzImage modules || die "kernel build failed"
 log "make took $(( $(now) - TB ))s"
+# The module is built from a copy, so the repository's directory gets no build products.
+MODSRC=$WORK/vramsim
+rm -rf "$MODSRC"; mkdir -p "$MODSRC"
+cp "$VRAMSIM"/Kbuild "$VRAMSIM"/*.[ch] "$MODSRC/"
+run_make "$WORK/vramsim.log" O="$BUILD" M="$MODSRC" modules || die "vramsim module build failed"
 
 mkdir -p "$OUT"
 cp "$BUILD/arch/x86/boot/bzImage" "$OUT/bzImage.tmp"
 cp "$BUILD/.config" "$OUT/config"
 cp "$PATCH" "$OUT/cma-dmem.patch"
+cp "$MODSRC/vramsim.ko" "$OUT/vramsim.ko"
 printf 'package=%s\nversion=%s\nkernelrelease=%s\nkey=%s\n' "$PKG" "$VERSION" \
     "$(cat "$BUILD/include/config/kernel.release" 2>/dev/null || echo unknown)" "$KEY" >"$OUT/info"
 ct_publish "$OUT/bzImage.tmp" "$OUT/bzImage"
 log "done in $(( $(now) - T0 ))s"
+echo "VRAMSIM_KO=$OUT/vramsim.ko"
 echo "BZIMAGE=$OUT/bzImage"

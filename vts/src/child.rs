@@ -338,7 +338,10 @@ pub fn run() -> ! {
                     .or_else(|| crate::memtrack_cases::command(&args))
                 {
                     Some(reply) => reply?,
-                    None => return Err(format!("err 0 unknown command {other:?}")),
+                    None => match crate::vram_cases::command(&args) {
+                        Some(reply) => reply?,
+                        None => return Err(format!("err 0 unknown command {other:?}")),
+                    },
                 },
             })
         })();

@@ -28,6 +28,7 @@ mod selinux_cases;
 mod stress;
 mod transfer_cases;
 mod trust_cases;
+mod vram_cases;
 mod world;
 
 use std::path::PathBuf;
@@ -150,6 +151,39 @@ const DMEM_CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// Cases that need the simulated VRAM device (`vts/kernel/vramsim`, loaded in the dmem lane).
+const VRAM_CASES: Cases = &[
+    ("the_vram_region_is_registered_and_served", vram_cases::the_vram_region_is_registered_and_served),
+    (
+        "eviction_moves_vram_from_dmem_to_the_owner_memcg_and_restore_moves_it_back",
+        vram_cases::eviction_moves_vram_from_dmem_to_the_owner_memcg_and_restore_moves_it_back,
+    ),
+    (
+        "an_on_behalf_vram_buffer_is_evicted_to_the_app_memcg",
+        vram_cases::an_on_behalf_vram_buffer_is_evicted_to_the_app_memcg,
+    ),
+    (
+        "reclaim_evicts_the_least_recently_restored_unpinned_buffer_and_never_a_pinned_one",
+        vram_cases::reclaim_evicts_the_least_recently_restored_unpinned_buffer_and_never_a_pinned_one,
+    ),
+    (
+        "eviction_advice_covers_the_request_and_never_names_a_pinned_buffer",
+        vram_cases::eviction_advice_covers_the_request_and_never_names_a_pinned_buffer,
+    ),
+    (
+        "pinning_past_the_region_pin_max_is_refused_with_a_typed_error",
+        vram_cases::pinning_past_the_region_pin_max_is_refused_with_a_typed_error,
+    ),
+    (
+        "vram_larger_than_ram_follows_the_region_and_advice_keeps_to_the_eviction_budget",
+        vram_cases::vram_larger_than_ram_follows_the_region_and_advice_keeps_to_the_eviction_budget,
+    ),
+    (
+        "the_foreground_app_keeps_its_vram_when_the_full_region_needs_room",
+        vram_cases::the_foreground_app_keeps_its_vram_when_the_full_region_needs_room,
+    ),
+];
+
 /// Cases that need SELinux active with the lane's policy: they run in the `selinux` lane, which
 /// runs only them (the other lanes run the rest without SELinux); elsewhere they are reported
 /// skipped with the reason.
@@ -264,7 +298,7 @@ fn main() {
     let memtrack_absent = memtrack_cases::absent(rpc.is_some());
     let vram_absent = memtrack_cases::vram_absent();
     let trace_absent = memtrack_cases::trace_absent();
-    let groups: [(Cases, Option<&str>); 8] = [
+    let groups: [(Cases, Option<&str>); 9] = [
         (CASES, None),
         (
             MEM_ACCOUNTING_CASES,
@@ -274,6 +308,11 @@ fn main() {
         (
             DMEM_CASES,
             (lane != "dmem").then_some("needs the dmem controller and a CMA heap charged to it (the dmem lane)"),
+        ),
+        (
+            VRAM_CASES,
+            (lane != "dmem" || !std::path::Path::new("/dev/vramsim").exists())
+                .then_some("needs the simulated VRAM device vts/kernel/vramsim (loaded in the dmem lane)"),
         ),
         (SELINUX_CASES, (!selinux).then_some("needs SELinux active with the lane's policy (the selinux lane)")),
         (BPF_CASES, bpf_absent.as_deref()),
