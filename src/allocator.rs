@@ -157,6 +157,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Drops a real-time policy the connector inherited from the thread that started the client
+/// (SurfaceFlinger's main thread runs SCHED_FIFO): reconnecting and replaying are background work,
+/// and at the caller's own FIFO priority they would keep the CPU from the allocating thread
+/// itself, since equal FIFO priorities do not preempt each other. rustix has no
+/// sched_setscheduler, hence libc.
+fn in_background() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler of the calling thread (0) reads `param` only during the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } != 0 {
+        debug!("connector keeps its scheduling policy: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn inode_of(fd: BorrowedFd<'_>) -> Result<u64> {
     Ok(rustix::fs::fstat(fd).map_err(std::io::Error::from)?.st_ino)
 }
@@ -281,6 +294,7 @@ impl Shared {
     /// The connector: connects with backoff while there is no connection, replays the queue
     /// when there is, and otherwise sleeps until woken.
     fn run_connector(&self) {
+        in_background();
         let mut backoff = BACKOFF_MIN;
         while !self.stop.load(Ordering::Relaxed) {
             drop(std::mem::take(&mut *lock(&self.retired)));

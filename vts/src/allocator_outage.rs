@@ -228,7 +228,8 @@ fn pair(env: &Env, app_uid: u32) -> Result<Pair, String> {
     // SCHED_FIFO 2, and binder passes an RT caller's priority on to the allocator HAL's thread.
     // Here too, so that the service's start-up on the emulated single CPU cannot delay the
     // allocator's wake-up past its deadline (at nice -20 it still did, by < 1 ms, once in
-    // ~2000 calls). Threads the allocator starts later inherit the policy.
+    // ~2000 calls). Threads the allocator starts later inherit the policy; the library's connector
+    // drops it (reconnects and replays are background work).
     let param = libc::sched_param { sched_priority: ALLOCATOR_FIFO_PRIORITY };
     // SAFETY: sched_setscheduler reads `param` only during the call; the pid is our child's.
     if unsafe { libc::sched_setscheduler(gralloc.pid as i32, libc::SCHED_FIFO, &param) } != 0 {
