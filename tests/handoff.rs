@@ -91,7 +91,7 @@ fn a_receiver_over_its_limit_leaves_the_charge_with_the_payer_and_the_refusal_is
 }
 
 #[test]
-fn an_on_behalf_charge_waiting_for_its_receiver_is_not_handed_to_the_allocator() {
+fn an_apps_charge_is_never_handed_to_the_allocator() {
     let dir = tempfile::tempdir().unwrap();
     let proc_root = dir.path().join("proc");
     put_process(&proc_root, 300, 1003, 900, "/system/gralloc", &[(7, 4096)]);
@@ -102,11 +102,12 @@ fn an_on_behalf_charge_waiting_for_its_receiver_is_not_handed_to_the_allocator()
     // gralloc holds it, the app does not yet: within the grace period the app keeps paying.
     assert!(a.reconcile().unwrap().moved.is_empty());
     assert_eq!(payer(&a, 7), Some((A.0, A.2.into())));
-    // Once the app held it the receipt is settled; when it later lets go while gralloc still
-    // holds it, the allocator pays (the only holder).
+    // Once the app held it the receipt is settled; when it later lets go while only gralloc
+    // holds it, the app keeps paying: a platform process never takes an app's charge (else an
+    // app could shed its buffers onto the allocator or the compositor by closing its fds).
     holds(&proc_root, A, &[7]);
     a.reconcile().unwrap();
     holds(&proc_root, A, &[]);
-    assert_eq!(a.reconcile().unwrap().moved, [7]);
-    assert_eq!(payer(&a, 7), Some((300, "/system/gralloc".into())));
+    assert!(a.reconcile().unwrap().moved.is_empty());
+    assert_eq!(payer(&a, 7), Some((A.0, A.2.into())));
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use log::{info, warn};
 
 use super::cgroup_path::uid_of_cgroup;
-use super::payer::{choose_payer, Candidate};
+use super::payer::{choose_payer, is_app, Candidate};
 use super::state::{parent_of, State};
 use super::Accountant;
 use crate::error::{Error, Result};
@@ -85,7 +85,8 @@ impl Accountant {
     }
 
     /// The handoff rule: a live payer that no longer holds its buffer (no fd, no mapping) while
-    /// other processes do stops paying; the holder [`choose_payer`] picks pays instead, within
+    /// other processes do stops paying; the holder [`choose_payer`] picks pays instead (an app's
+    /// charge only ever goes to another app: it keeps paying what only platform processes hold), within
     /// its limits as an accept would be (over them, the payer keeps paying and the refusal is
     /// kept for `dumpState`). Needs no call from either side, so it covers apps handing buffers
     /// to each other over binder, which cannot call the service. Not while a push or on-behalf
@@ -97,14 +98,15 @@ impl Accountant {
         holders: &BTreeMap<u32, Holder>,
         live: &HashMap<u32, Process>,
     ) -> Result<bool> {
+        // An app's charge never goes to a platform process: SurfaceFlinger holds every app's
+        // queued buffers, and an app closing its own fds must not make the compositor pay.
+        let app_payer = state.owners.get(&b.pid).is_some_and(|o| is_app(o.uid));
         let candidates: Vec<Candidate> = holders
             .iter()
             .filter_map(|(pid, holder)| Some(Candidate { process: live.get(pid)?.clone(), holder: *holder }))
+            .filter(|c| !app_payer || is_app(c.process.uid))
             .collect();
         let Some(to) = choose_payer(&candidates).map(|c| c.process.clone()) else { return Ok(false) };
-        if to.cgroup == b.cgroup && to.pid == b.pid {
-            return Ok(false);
-        }
         state.track(to.clone())?;
         let event = Event::Transferred { inode: b.inode, pid: to.pid, start: to.start_time, cgroup: to.cgroup.clone() };
         match state.apply(event) {

@@ -8,6 +8,11 @@ use crate::kernel::procfs::Holder;
 /// Android's first app uid (AID_APP_START): below it, platform processes.
 const FIRST_APP_UID: u32 = 10_000;
 
+/// Whether `uid` is an app's (Android's app range), not a platform process's.
+pub fn is_app(uid: u32) -> bool {
+    uid >= FIRST_APP_UID
+}
+
 /// A holder that is a live process the service can resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -19,7 +24,7 @@ pub struct Candidate {
 /// and SurfaceFlinger hold buffers for others), a holder with an fd before one that only maps
 /// it, then the lowest pid — deterministic, so every pass picks the same one.
 pub fn choose_payer(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates.iter().min_by_key(|c| (c.process.uid < FIRST_APP_UID, c.holder.fd_count == 0, c.process.pid))
+    candidates.iter().min_by_key(|c| (!is_app(c.process.uid), c.holder.fd_count == 0, c.process.pid))
 }
 
 #[cfg(test)]

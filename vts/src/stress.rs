@@ -507,8 +507,8 @@ impl<'a> World<'a> {
 
     /// Reconcile from the (root, trusted) orchestrator: what nobody holds is released; a charge
     /// parked on an app's cgroup goes back to a process of that app holding the buffer; a payer
-    /// that let go of a buffer others hold hands it off (an app before the allocator, then the
-    /// lowest pid); receipts whose receivers hold their buffers are settled.
+    /// that let go of a buffer others hold hands it off (to the lowest-pid app holder; an app's
+    /// charge never goes to the allocator); receipts whose receivers hold their buffers are settled.
     fn reconcile(&mut self) -> Result<Op, String> {
         let released: BTreeSet<u64> = self.charges.keys().copied().filter(|&n| self.holders(n).is_empty()).collect();
         for inode in &released {
@@ -527,10 +527,17 @@ impl<'a> World<'a> {
             .map(|(&n, _)| n)
             .collect();
         for inode in let_go {
-            let to = self.holders(inode).into_iter().min_by_key(|&h| {
-                let child = &self.clients[h].child;
-                (child.uid < FIRST_APP_UID, child.pid)
-            });
+            // An app's charge only goes to another app, never to the allocator.
+            let payer = self.charges[&inode].payer.pid;
+            let app_payer = self.clients.iter().any(|c| c.child.pid == payer && c.child.uid >= FIRST_APP_UID);
+            let to = self
+                .holders(inode)
+                .into_iter()
+                .filter(|&h| !app_payer || self.clients[h].child.uid >= FIRST_APP_UID)
+                .min_by_key(|&h| {
+                    let child = &self.clients[h].child;
+                    (child.uid < FIRST_APP_UID, child.pid)
+                });
             if let Some(h) = to {
                 self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]);
             }
