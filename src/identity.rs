@@ -5,13 +5,14 @@
 //!
 //! Resolved processes are cached with their pidfd: while the pidfd does not report an exit, the
 //! pid still names the same process, so a repeat caller costs one poll instead of four /proc
-//! reads. A cached cgroup can be stale after a migration; reconcile refreshes it. An exited entry
+//! reads. The background reaper polls every cached pidfd in one system call per 1024, outside
+//! the cache's lock, so calls never wait behind it. A cached cgroup can be stale after a migration; reconcile refreshes it. An exited entry
 //! that a new process with the same pid replaces is kept for [`Processes::reap_exited`], so its
 //! death is still seen.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::kernel::procfs::ProcFs;
@@ -68,7 +69,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub struct Processes {
     procfs: ProcFs,
     pidfds: bool,
-    live: Mutex<HashMap<u32, (Process, OwnedFd)>>,
+    live: Mutex<HashMap<u32, (Process, Arc<OwnedFd>)>>,
     /// Cached processes found exited when their pid was resolved again: reported once by
     /// [`Processes::reap_exited`].
     exited: Mutex<Vec<Process>>,
@@ -89,18 +90,24 @@ impl Processes {
         &self.procfs
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Process, OwnedFd)>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Process, Arc<OwnedFd>)>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The process `pid`, from the cache while its pidfd says it is alive.
     pub fn resolve(&self, pid: u32) -> Result<Process> {
-        if let Some((p, fd)) = self.live().get(&pid) {
-            if !exited(fd) {
-                return Ok(p.clone());
-            }
+        match self.cached(pid) {
+            Some(p) => Ok(p),
+            None => self.resolve_fresh(pid),
         }
-        self.resolve_fresh(pid)
+    }
+
+    /// The process `pid` if it is cached and its pidfd says it is alive: a caller or an owner
+    /// already resolved (never a kernel thread), at the cost of one poll.
+    pub fn cached(&self, pid: u32) -> Option<Process> {
+        let live = self.live();
+        let (p, fd) = live.get(&pid)?;
+        (!exited(fd)).then(|| p.clone())
     }
 
     /// The process `pid` for a query about it (usage, an offer's receiver): from the cache if
@@ -146,7 +153,7 @@ impl Processes {
         };
         let process = self.read(pid)?;
         if let Some(fd) = pidfd {
-            if let Some((old, old_fd)) = self.live().insert(pid, (process.clone(), fd)) {
+            if let Some((old, old_fd)) = self.live().insert(pid, (process.clone(), Arc::new(fd))) {
                 if !old.is(&process) || exited(&old_fd) {
                     self.exited.lock().unwrap_or_else(|p| p.into_inner()).push(old);
                 }
@@ -179,9 +186,25 @@ impl Processes {
     /// dropped from the cache.
     pub fn reap_exited(&self) -> Vec<Process> {
         let mut dead = std::mem::take(&mut *self.exited.lock().unwrap_or_else(|p| p.into_inner()));
+        let cached: Vec<(u32, Arc<OwnedFd>)> =
+            self.live().iter().map(|(pid, (_, fd))| (*pid, Arc::clone(fd))).collect();
+        let mut gone = Vec::new();
+        for chunk in cached.chunks(1024) {
+            let mut fds: Vec<_> =
+                chunk.iter().map(|(_, fd)| rustix::event::PollFd::new(&**fd, rustix::event::PollFlags::IN)).collect();
+            let now = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+            if rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0) {
+                let ready = fds.iter().map(|f| !f.revents().is_empty());
+                gone.extend(chunk.iter().zip(ready).filter(|(_, r)| *r).map(|((pid, fd), _)| (*pid, Arc::clone(fd))));
+            }
+        }
         let mut live = self.live();
-        let pids: Vec<u32> = live.iter().filter(|(_, (_, fd))| exited(fd)).map(|(pid, _)| *pid).collect();
-        dead.extend(pids.iter().filter_map(|pid| live.remove(pid)).map(|(p, _)| p));
+        for (pid, fd) in gone {
+            // Only the entry polled: a new process may have taken the pid meanwhile.
+            if live.get(&pid).is_some_and(|(_, cur)| Arc::ptr_eq(cur, &fd)) {
+                dead.extend(live.remove(&pid).map(|(p, _)| p));
+            }
+        }
         dead
     }
 

@@ -24,8 +24,14 @@ impl Accountant {
     }
 
     /// The receiver of a push or an on-behalf charge: a live process with memory of its own,
-    /// other than init and the service itself.
+    /// other than init and the service itself. A cached process was a caller or a receiver
+    /// already, so its /proc stat is read only the first time.
     fn receiver(&self, pid: u32) -> Result<Process> {
+        if pid != 1 && pid != std::process::id() {
+            if let Some(p) = self.processes.cached(pid) {
+                return Ok(p);
+            }
+        }
         if pid == 1 || pid == std::process::id() || self.processes.is_kernel_thread(pid) {
             return Err(Error::InvalidArgument(format!(
                 "pid {pid} (init, a kernel thread or the service) cannot be charged for a buffer"
@@ -97,28 +103,41 @@ impl Accountant {
 
     /// Releases a charge: its owner, once it no longer holds the buffer, or a trusted caller.
     /// An owner that still holds the buffer is refused (INVALID_STATE): releasing would let it
-    /// keep the memory while nobody pays for it.
+    /// keep the memory while nobody pays for it. Only an owner's fds and mappings are read
+    /// (before locking); should the buffer become the caller's meanwhile, they are read then.
     pub fn release(&self, caller: &Caller, inode: Inode) -> Result<()> {
         let me = self.processes.resolve_caller(caller)?;
-        // Read before locking: the caller's fds and mappings.
-        let holds = self.processes.procfs().dmabufs(me.pid).map(|refs| refs.iter().any(|r| r.inode == inode));
-        self.change(|state| {
-            let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
-            if state.owned_by(&b, &me) {
-                self.permit(caller, Op::ReleaseOwn)?;
-                if holds.unwrap_or(true) {
-                    return Err(Error::StillHeld { pid: me.pid, inode });
-                }
-            } else {
-                self.permit(caller, Op::ReleaseOthers).map_err(|_| Error::NotOwner { caller: caller.pid, inode })?;
+        let owns = |state: &State| state.ledger.buffer(inode).is_some_and(|b| state.owned_by(&b, &me));
+        let mut holds: Option<bool> = None;
+        loop {
+            if holds.is_none() && owns(&self.lock()) {
+                let dev = crate::kernel::dmabuf::dmabuf_dev();
+                holds = Some(self.processes.procfs().holds(me.pid, inode, dev).unwrap_or(true));
             }
-            state.apply(Event::Released { inode })?;
-            state.commit()?;
-            state.tickets.forget_buffer(inode);
-            state.kernel_payer.remove(&inode);
-            state.receipts.remove(&inode);
-            Ok(())
-        })
+            let released = self.change(|state| {
+                let b = state.ledger.buffer(inode).ok_or(LedgerError::UnknownBuffer(inode))?;
+                if state.owned_by(&b, &me) {
+                    self.permit(caller, Op::ReleaseOwn)?;
+                    match holds {
+                        None => return Ok(false),
+                        Some(true) => return Err(Error::StillHeld { pid: me.pid, inode }),
+                        Some(false) => {}
+                    }
+                } else {
+                    self.permit(caller, Op::ReleaseOthers)
+                        .map_err(|_| Error::NotOwner { caller: caller.pid, inode })?;
+                }
+                state.apply(Event::Released { inode })?;
+                state.commit()?;
+                state.tickets.forget_buffer(inode);
+                state.kernel_payer.remove(&inode);
+                state.receipts.remove(&inode);
+                Ok(true)
+            })?;
+            if released {
+                return Ok(());
+            }
+        }
     }
 
     /// Trusted push: the caller presented the buffer (so it holds it) and is a trusted

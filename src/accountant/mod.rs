@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::identity::{Caller, Processes};
 use crate::journal::{Durability, Journal};
 use crate::kernel::cgroupfs::CgroupFs;
+use crate::kernel::counters::OpenCounters;
 use crate::kernel::procfs::ProcFs;
 use crate::kernel::scanner::{ScanChoice, Scanner};
 use crate::ledger::Ledger;
@@ -72,6 +73,8 @@ pub struct Accountant {
     /// Chosen once at open: BPF iterators (a full view) or the procfs scan.
     scanner: Scanner,
     cgroupfs: Option<CgroupFs>,
+    /// The usage counters of cgroupfs, kept open for queries.
+    counters: Option<OpenCounters>,
     state: Mutex<State>,
     /// The last autoconfig result, per pool.
     regions: Mutex<Vec<RegionSummary>>,
@@ -113,6 +116,7 @@ impl Accountant {
             scanner,
             processes: Processes::new(ProcFs::new(&config.proc_root), config.pidfds),
             cgroupfs: config.cgroup_root.as_ref().map(CgroupFs::new),
+            counters: config.cgroup_root.as_ref().map(|root| OpenCounters::new(CgroupFs::new(root))),
             state: Mutex::new(State::new(ledger, journal)),
             regions: Mutex::new(Vec::new()),
             autoconfig: std::sync::OnceLock::new(),

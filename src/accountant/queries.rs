@@ -6,7 +6,6 @@ use super::state::State;
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
-use crate::kernel::cgroupfs::DmemFile;
 use crate::ledger::{BufferInfo, Counter, Inode, MEMCG_POOL};
 
 /// Usage of a process, uid or cgroup.
@@ -33,12 +32,19 @@ struct KernelUsage {
 }
 
 impl Accountant {
+    /// Read from files kept open ([`OpenCounters`](crate::kernel::counters::OpenCounters)): one
+    /// pread each.
     fn kernel_usage(&self, cgroup: &str) -> KernelUsage {
-        let fs = self.cgroupfs.as_ref();
+        let counters = self.counters.as_ref();
         KernelUsage {
-            memory: fs.and_then(|fs| fs.memory_current(cgroup).ok()),
-            dmem: fs.and_then(|fs| fs.dmem(cgroup, DmemFile::Current).ok()),
+            memory: counters.and_then(|c| c.memory_current(cgroup).ok()),
+            dmem: counters.and_then(|c| c.dmem_current(cgroup).ok()),
         }
+    }
+
+    /// Size and heap of a charged buffer: what an fd of it needs no fdinfo read for.
+    pub fn known_buffer(&self, inode: Inode) -> Option<(u64, String)> {
+        self.lock().ledger.buffer(inode).map(|b| (b.size, b.heap))
     }
 
     fn pool_usages(state: &State, cgroup: &str, kernel: &KernelUsage) -> Vec<PoolUsage> {

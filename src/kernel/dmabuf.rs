@@ -2,6 +2,9 @@
 //!
 //! A dma-buf is recognised the way libdmabufinfo does it: its fdinfo has an `exp_name:` line.
 //! Its identity is the inode (`fstat().st_ino`), which every holder's fdinfo and maps agree on.
+//! Every dma-buf lives on the kernel's one dma-buf filesystem, so once an fdinfo proved an fd a
+//! dma-buf, that filesystem's device is known: a later fd on it whose inode the caller already
+//! knows (a charged buffer) needs only its fstat ([`inspect_known`]).
 //!
 //! This host has no dma-buf heap, so the tests here cover the refusals (pipe, memfd, socket,
 //! regular file, closed fd) and the fdinfo read through a fixture proc root; real dma-buf fds
@@ -10,8 +13,9 @@
 use std::fs;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::error::KernelError;
@@ -30,20 +34,66 @@ pub struct DmaBufInfo {
     pub name: Option<String>,
 }
 
+/// The device of the dma-buf filesystem, once an fdinfo showed an fd on it to be a dma-buf
+/// (`u64::MAX` until then: no device has that number).
+static DMABUF_DEV: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The dma-buf filesystem's device, if an fd on it has been inspected.
+pub fn dmabuf_dev() -> Option<u64> {
+    Some(DMABUF_DEV.load(Ordering::Relaxed)).filter(|d| *d != u64::MAX)
+}
+
 /// Describes `fd` if it is a dma-buf. `proc_root` is `/proc` in production; the fdinfo read is
 /// `<proc_root>/self/fdinfo/<fd>`. The inode always comes from fstat of the fd itself.
 pub fn inspect(fd: BorrowedFd<'_>, proc_root: &Path) -> Result<DmaBufInfo> {
+    inspect_known(fd, proc_root, |_| None)
+}
+
+/// [`inspect`], where `known` gives the size and exporter of a buffer the caller already
+/// recorded: an fd on the dma-buf filesystem with such an inode is described without its
+/// fdinfo (its inode is its identity; size and exporter never change).
+pub fn inspect_known(
+    fd: BorrowedFd<'_>,
+    proc_root: &Path,
+    known: impl FnOnce(Inode) -> Option<(u64, String)>,
+) -> Result<DmaBufInfo> {
     let stat = rustix::fs::fstat(fd).map_err(|e| match e {
         Errno::BADF => KernelError::NotDmaBuf { reason: "bad file descriptor".to_string() },
         e => KernelError::io(Path::new(&format!("fstat of fd {}", fd.as_raw_fd())), e),
     })?;
+    if dmabuf_dev() == Some(stat.st_dev) {
+        if let Some((size, exporter)) = known(stat.st_ino) {
+            return Ok(DmaBufInfo { inode: stat.st_ino, size, exporter, name: None });
+        }
+    }
     let path = proc_root.join("self/fdinfo").join(fd.as_raw_fd().to_string());
-    let bytes = fs::read(&path).map_err(|e| KernelError::io(&path, e))?;
+    let bytes = read_small(&path)?;
     match parse_fdinfo(&path, &bytes)? {
-        Some(info) => Ok(DmaBufInfo { inode: stat.st_ino, size: info.size, exporter: info.exporter, name: info.name }),
+        Some(info) => {
+            DMABUF_DEV.store(stat.st_dev, Ordering::Relaxed);
+            Ok(DmaBufInfo { inode: stat.st_ino, size: info.size, exporter: info.exporter, name: info.name })
+        }
         None => Err(KernelError::NotDmaBuf {
             reason: format!("{}: no exp_name in fdinfo", describe(fd, stat.st_mode, proc_root)),
         }),
+    }
+}
+
+/// A short procfs file in one open, read and close: a seq_file that fits the buffer comes
+/// whole in the first read, so a short read is the end.
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    let fd = rustix::fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| KernelError::io(path, e))?;
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        let n = rustix::io::read(&fd, &mut buf[len..]).map_err(|e| KernelError::io(path, e))?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
     }
 }
 
@@ -125,6 +175,22 @@ mod tests {
             info,
             DmaBufInfo { inode, size: 8192, exporter: "system".into(), name: Some("gralloc buffer".into()) }
         );
+    }
+
+    #[test]
+    fn a_known_buffer_on_the_learned_device_needs_no_fdinfo_and_an_unknown_one_does() {
+        let tmp = TempDir::new().unwrap();
+        let (first, second) = (tempfile::tempfile_in(tmp.path()).unwrap(), tempfile::tempfile_in(tmp.path()).unwrap());
+        let fdinfo = dmabuf_fdinfo(Some(1), 8192, 1, "system", None);
+        FakeProc::new(tmp.path()).write(format!("self/fdinfo/{}", first.as_fd().as_raw_fd()), fdinfo).unwrap();
+        let learned = inspect(first.as_fd(), tmp.path()).unwrap();
+        assert_eq!(dmabuf_dev(), Some(rustix::fs::fstat(&first).unwrap().st_dev));
+        let inode = rustix::fs::fstat(&second).unwrap().st_ino;
+        let known = inspect_known(second.as_fd(), tmp.path(), |i| (i == inode).then(|| (4096, "system".into())));
+        assert_eq!(known.unwrap(), DmaBufInfo { inode, size: 4096, exporter: "system".into(), name: None });
+        // Unknown to the caller: its fdinfo is read, and this one has none.
+        assert!(matches!(inspect_known(second.as_fd(), tmp.path(), |_| None), Err(KernelError::Io { .. })));
+        assert_eq!(learned.size, 8192);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod cgroupfs;
+pub mod counters;
 pub mod dmabuf;
 pub mod dmaheap;
 pub mod error;

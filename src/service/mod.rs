@@ -119,8 +119,10 @@ impl ChargeTransferService {
         process.map(drop).map_err(status)
     }
 
+    /// What the fd is: for a buffer the ledger holds, its fstat only; otherwise its fdinfo too.
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
-        dmabuf::inspect(fd.as_fd(), &self.proc_root).map_err(|e| status(e.into()))
+        dmabuf::inspect_known(fd.as_fd(), &self.proc_root, |inode| self.accountant.known_buffer(inode))
+            .map_err(|e| status(e.into()))
     }
 }
 

@@ -72,6 +72,55 @@ impl ProcFs {
         self.scan_pid(pid, &mut Vec::new())
     }
 
+    /// Whether process `pid` holds the dma-buf `inode` by an fd or a mapping ([`ProcFs::dmabufs`]
+    /// for one buffer). With `dev`, the dma-buf filesystem's device, each fd is matched by one
+    /// stat of its /proc link instead of an open, read and close of its fdinfo.
+    pub fn holds(&self, pid: u32, inode: Inode, dev: Option<u64>) -> Result<bool> {
+        let Some(dev) = dev else { return Ok(self.dmabufs(pid)?.iter().any(|r| r.inode == inode)) };
+        let pid_path = self.pid_dir(pid);
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let pid_dir = rustix::fs::openat(CWD, &pid_path, dir_flags, Mode::empty())
+            .map_err(|e| pid_err(pid, || pid_path.clone())(e.into()))?;
+        let fdinfo = rustix::fs::openat(&pid_dir, "fdinfo", dir_flags, Mode::empty())
+            .map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+        let mut dir = Dir::new(fdinfo).map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+        let mut buf = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+            let name = entry.file_name();
+            let Ok(fd_name) = std::str::from_utf8(name.to_bytes()) else { continue };
+            if fd_name.is_empty() || !fd_name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            match rustix::fs::statat(&pid_dir, format!("fd/{fd_name}"), AtFlags::empty()) {
+                Ok(stat) if stat.st_dev == dev && stat.st_ino == inode => return Ok(true),
+                Ok(_) => continue,
+                // No link to stat (the fd was closed, or a tree without fd links): its fdinfo.
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(pid_err(pid, || pid_path.join("fd").join(fd_name))(e.into())),
+            }
+            let entry_path = || pid_path.join("fdinfo").join(fd_name);
+            let dir_fd = dir.fd().map_err(|e| KernelError::io(&entry_path(), e))?;
+            let file = match rustix::fs::openat(dir_fd, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+                Ok(file) => file,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(pid_err(pid, entry_path)(e.into())),
+            };
+            read_fd(file, &mut buf).map_err(pid_err(pid, entry_path))?;
+            if parse_fdinfo(&entry_path(), &buf)?.is_some_and(|info| info.ino == Some(inode)) {
+                return Ok(true);
+            }
+        }
+        drop(dir);
+        let maps_path = || pid_path.join("maps");
+        let maps = rustix::fs::openat(pid_dir.as_fd(), "maps", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| pid_err(pid, maps_path)(e.into()))?;
+        read_fd(maps, &mut buf).map_err(pid_err(pid, maps_path))?;
+        let mut mapped = false;
+        for_each_dmabuf_mapping(&maps_path(), &buf, |m| mapped |= m.inode == inode)?;
+        Ok(mapped)
+    }
+
     /// Every process's dma-bufs, merged by inode.
     pub fn scan_all(&self) -> Result<DmaBufScan> {
         let mut scan = DmaBufScan::default();
@@ -304,6 +353,21 @@ mod tests {
     use super::super::testing::{fixture, parse_error};
     use super::*;
     use crate::kernel::fake_proc::FakeProc;
+
+    #[test]
+    fn holds_agrees_with_the_full_scan_of_one_process_with_and_without_the_dmabuf_device() {
+        let (_tmp, proc, fd6_inode) = fixture();
+        let held: Vec<Inode> = proc.dmabufs(100).unwrap().into_iter().map(|r| r.inode).collect();
+        // The fixture's fd 6 link stands in for a dma-buf: its file's device plays the dma-buf
+        // filesystem's; the other fds have no link, so their fdinfo answers.
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(proc.root().join("100/fd/6")).unwrap());
+        for dev in [None, Some(dev)] {
+            for inode in held.iter().copied().chain([fd6_inode, 1, 999_999]) {
+                assert_eq!(proc.holds(100, inode, dev).unwrap(), held.contains(&inode), "inode {inode}, dev {dev:?}");
+            }
+            assert!(proc.holds(424_242, 5001, dev).unwrap_err().is_vanished());
+        }
+    }
 
     #[test]
     fn finds_a_processs_dmabufs_by_fd_and_by_mapping() {
