@@ -3,7 +3,9 @@
 # service on the kernel binder driver, times binder calls with `chargectl bench` on an empty
 # ledger, then runs `chargetransfer-vts --bench` (holder processes with real dma-bufs, the
 # service's per-app usage vs a /proc scan, the service's RSS, and `chargectl bench` again under
-# that load). Raw outputs land in /share/out/*.txt. Settings come from /share/lane.env.
+# that load), then `chargetransfer-vts --calls-bench` (each caller's methods against a null call,
+# 1-8 concurrent clients, at two ledger sizes; with strace in /share/strace, the service's system
+# calls per method). Raw outputs land in /share/out/*.txt. Settings come from /share/lane.env.
 set -u
 # shellcheck source=/dev/null # written by vts/benchmarks.sh
 . /share/lane.env
@@ -33,6 +35,15 @@ echo "== bench: full-device view, BPF iterators vs procfs"
 chargetransfer-vts --scan-bench --procs "$BENCH_PROCS" --levels 1000,10000,100000 --scans 3 >"$out/scan-bench.txt" 2>&1
 rc=$?
 cat "$out/scan-bench.txt"
+echo "== bench: callers, concurrency and the service's system calls per method"
+trace=""
+[ -x /share/strace/run ] && trace="--strace /share/strace/run"
+# shellcheck disable=SC2086 # trace is a word list
+chargetransfer-vts --calls-bench --live "$BENCH_LIVE" --clients "$BENCH_CLIENTS" --iters "$BENCH_ITERS" \
+    --holders "$BENCH_PROCS" --out "$out" $trace >"$out/calls-bench.txt" 2>&1
+rc2=$?
+cat "$out/calls-bench.txt"
+[ $rc -eq 0 ] && rc=$rc2
 echo "== bench: service log (tail)"
 tail -n 5 "$out/service.log"
 exit $rc

@@ -46,11 +46,11 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
     })
 }
 
-fn result(key: &str, value: impl std::fmt::Display) {
+pub(crate) fn result(key: &str, value: impl std::fmt::Display) {
     println!("result {key} {value}");
 }
 
-fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+pub(crate) fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
     match args.iter().position(|a| a == name) {
         Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a value")),
         None => Ok(default),
@@ -112,14 +112,14 @@ fn holder() -> Result<(), String> {
     Ok(())
 }
 
-struct Holder {
-    pid: u32,
+pub(crate) struct Holder {
+    pub(crate) pid: u32,
     process: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
-fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, String> {
+pub(crate) fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, String> {
     let mut cmd = Command::new(exe);
     cmd.arg("--holder").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::uid(&mut cmd, uid);
@@ -135,12 +135,18 @@ fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, Strin
 }
 
 impl Holder {
-    fn send(&mut self, line: &str) -> Result<(), String> {
+    pub(crate) fn send(&mut self, line: &str) -> Result<(), String> {
         let stdin = self.stdin.as_mut().expect("open until the end");
         writeln!(stdin, "{line}").and_then(|_| stdin.flush()).map_err(|e| format!("holder {}: {e}", self.pid))
     }
 
-    fn wait_ok(&mut self) -> Result<(), String> {
+    /// Closes its stdin (it drops its buffers and exits) and waits for it.
+    pub(crate) fn stop(mut self) {
+        self.stdin.take();
+        let _ = self.process.wait();
+    }
+
+    pub(crate) fn wait_ok(&mut self) -> Result<(), String> {
         let mut line = String::new();
         self.stdout.read_line(&mut line).map_err(|e| format!("holder {}: {e}", self.pid))?;
         if line.starts_with("ok") {
@@ -151,7 +157,7 @@ impl Holder {
     }
 }
 
-fn service_pid(proc: &ProcFs) -> Result<u32, String> {
+pub(crate) fn service_pid(proc: &ProcFs) -> Result<u32, String> {
     let pids = proc.pids().map_err(|e| e.to_string())?;
     pids.into_iter()
         .find(|&p| proc.comm(p).is_ok_and(|c| c == "chargetransferd"))

@@ -15,6 +15,7 @@ mod allocator_outage;
 mod autoconfig_cases;
 mod bench;
 mod bpf_cases;
+mod calls_bench;
 mod cases;
 mod child;
 mod dmem_cases;
@@ -257,6 +258,9 @@ fn main() {
         std::process::exit(status);
     }
     if let Some(status) = scan_bench::dispatch(&raw) {
+        std::process::exit(status);
+    }
+    if let Some(status) = calls_bench::dispatch(&raw) {
         std::process::exit(status);
     }
     let rpc = take_flag(&mut raw, "--rpc").map(PathBuf::from);
