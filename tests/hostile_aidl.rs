@@ -1207,8 +1207,10 @@ fn aidl_random_call_sequences_get_typed_answers_and_the_service_survives() {
         let (rss, fds) = (l.daemon.status_kib("VmRSS:"), l.daemon.open_fds());
         memory.push(format!("{} RSS {} → {} KiB, fds {} → {fds}", l.daemon.name, l.rss_start_kib, rss, l.fds_start));
         assert!(rss < l.rss_start_kib + 64 * 1024, "{}: RSS grew from {} to {rss} KiB", l.daemon.name, l.rss_start_kib);
+        // Kept open on purpose: a pidfd per cached process and the usage counters of the
+        // fixture's few cgroups; a leak of received fds over thousands of calls is far more.
         assert!(
-            fds <= l.fds_start + 16,
+            fds <= l.fds_start + 32,
             "{}: fds grew from {} to {fds}; received fds leak?",
             l.daemon.name,
             l.fds_start

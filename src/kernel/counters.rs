@@ -21,7 +21,8 @@ use super::parse::{self, Result};
 
 /// How long a file that could not be opened is taken as absent.
 const RETRY: Duration = Duration::from_secs(1);
-const MAX_OPEN: usize = 4096;
+/// Two files per app cgroup of a phone's few hundred processes, well inside a service's fd limit.
+const MAX_OPEN: usize = 1024;
 
 enum Slot {
     Open(Arc<OwnedFd>),
