@@ -41,14 +41,7 @@ pub(super) fn check_kernel_budget(
     size: u64,
 ) -> Result<()> {
     let Some(KernelBudget { level, max, current }) = budget else { return Ok(()) };
-    let elsewhere: u64 = state
-        .kernel_payer
-        .iter()
-        .filter(|(_, payer)| !in_subtree(payer, level))
-        .filter_map(|(inode, _)| state.ledger.buffer(*inode))
-        .filter(|b| in_subtree(&b.cgroup, level))
-        .fold(0u64, |sum, b| sum.saturating_add(b.size));
-    let usage = current.saturating_add(elsewhere);
+    let usage = current.saturating_add(state.kernel_charged.unseen(level));
     if usage.saturating_add(size) > *max {
         return Err(LedgerError::OverLimit {
             cgroup: owner.cgroup.clone(),
@@ -73,7 +66,7 @@ pub(super) fn check_kernel_budget_on_move(
     to: &Process,
 ) -> Result<()> {
     let level = owner_level(&to.cgroup);
-    let misattributed = state.kernel_payer.get(&inode).is_some_and(|payer| !in_subtree(payer, level));
+    let misattributed = state.kernel_charged.charged_outside(inode, level);
     if misattributed && !in_subtree(from, level) {
         let size = state.ledger.buffer(inode).map_or(0, |b| b.size);
         check_kernel_budget(state, budget, to, size)?;

@@ -3,6 +3,7 @@
 //! push or an on-behalf charge is a receipt until the receiver is seen holding the buffer, and
 //! an owner cannot release a buffer it still holds.
 
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use super::budget::{check_kernel_budget, check_kernel_budget_on_move};
@@ -27,12 +28,15 @@ impl Accountant {
     /// other than init and the service itself. A cached process was a caller or a receiver
     /// already, so its /proc stat is read only the first time.
     fn receiver(&self, pid: u32) -> Result<Process> {
-        if pid != 1 && pid != std::process::id() {
+        // The service never forks, so its pid is read once (getpid is a system call).
+        static SERVICE: LazyLock<u32> = LazyLock::new(std::process::id);
+        let never = pid == 1 || pid == *SERVICE;
+        if !never {
             if let Some(p) = self.processes.cached(pid) {
                 return Ok(p);
             }
         }
-        if pid == 1 || pid == std::process::id() || self.processes.is_kernel_thread(pid) {
+        if never || self.processes.is_kernel_thread(pid) {
             return Err(Error::InvalidArgument(format!(
                 "pid {pid} (init, a kernel thread or the service) cannot be charged for a buffer"
             )));
@@ -85,7 +89,7 @@ impl Accountant {
             })?;
             state.commit()?;
             if kernel_charged {
-                state.kernel_payer.entry(buffer.inode).or_insert_with(|| caller_proc.cgroup.clone());
+                state.kernel_charged.insert(buffer.inode, caller_proc.cgroup.clone(), &state.ledger);
             }
             if owner.pid != caller_proc.pid {
                 self.expect_receipt(state, buffer.inode, caller_proc.clone(), owner.clone());
@@ -130,7 +134,7 @@ impl Accountant {
                 state.apply(Event::Released { inode })?;
                 state.commit()?;
                 state.tickets.forget_buffer(inode);
-                state.kernel_payer.remove(&inode);
+                state.kernel_charged.remove(inode);
                 state.receipts.remove(&inode);
                 Ok(true)
             })?;

@@ -130,7 +130,7 @@ impl Accountant {
     fn forget_released(state: &mut State, inodes: &[Inode]) {
         for inode in inodes {
             state.tickets.forget_buffer(*inode);
-            state.kernel_payer.remove(inode);
+            state.kernel_charged.remove(*inode);
             state.receipts.remove(inode);
             state.handoffs_refused.remove(inode);
         }

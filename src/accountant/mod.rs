@@ -8,6 +8,7 @@
 //! - [`lifecycle`]: death, hand-over to the next holder, the handoff rule, reconcile;
 //! - [`payer`]: which holder pays when the service picks one (catch-up, handoffs);
 //! - [`budget`]: the memory.max check for bytes the kernel charged to someone else;
+//! - [`kernel_charged`]: where the kernel charged such bytes, summed per owner level;
 //! - [`queries`]: usage and charge listings;
 //! - [`vram`]: eviction, restore and pins reported by the GPU driver's userspace;
 //! - [`regions`]: autoconfig runs (all owners, and each new owner alone) and what it found;
@@ -16,6 +17,7 @@
 mod budget;
 mod cgroup_path;
 mod charges;
+mod kernel_charged;
 mod lifecycle;
 mod offers;
 mod payer;

@@ -132,6 +132,6 @@ impl Accountant {
     }
 
     pub fn kernel_payer(&self, inode: Inode) -> Option<String> {
-        self.lock().kernel_payer.get(&inode).cloned()
+        self.lock().kernel_charged.payer(inode).map(str::to_string)
     }
 }

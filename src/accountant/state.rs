@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use log::{error, warn};
 
+use super::kernel_charged::KernelCharged;
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
@@ -39,8 +40,9 @@ pub(super) struct State {
     /// Processes owning charges, as resolved when they got them (the ledger knows pids only).
     pub(super) owners: HashMap<u32, Process>,
     /// Where the kernel itself charged a buffer (the allocating process's cgroup), for heaps
-    /// the kernel accounts: shown beside the ledger's owner so the gap is visible.
-    pub(super) kernel_payer: HashMap<Inode, String>,
+    /// the kernel accounts: shown beside the ledger's owner so the gap is visible, and summed
+    /// per owner level for the kernel budget. Follows every ledger change.
+    pub(super) kernel_charged: KernelCharged,
     /// Pushes and on-behalf charges awaiting proof that the receiver holds the buffer.
     pub(super) receipts: HashMap<Inode, Receipt>,
     /// Handoffs the last reconcile could not make (the receiver over its limit): inode → why.
@@ -59,7 +61,7 @@ impl State {
             journal_broken: None,
             tickets: Tickets::default(),
             owners: HashMap::new(),
-            kernel_payer: HashMap::new(),
+            kernel_charged: KernelCharged::default(),
             receipts: HashMap::new(),
             handoffs_refused: BTreeMap::new(),
             pending: Vec::new(),
@@ -85,6 +87,7 @@ impl State {
     pub(super) fn apply(&mut self, event: Event) -> Result<()> {
         let undo = inverse(&self.ledger, &event);
         self.ledger.apply(&event)?;
+        self.kernel_charged.follow(&event, &self.ledger);
         self.pending.push((event, undo));
         Ok(())
     }
@@ -135,6 +138,7 @@ impl State {
                 if let Err(err) = self.ledger.apply(&e) {
                     error!("cannot undo {event:?} with {e:?}: {err}");
                 }
+                self.kernel_charged.follow(&e, &self.ledger);
             }
         }
     }
@@ -336,12 +340,20 @@ impl Accountant {
         Ok(())
     }
 
-    /// Syncs journal records written since the last sync (background flusher, batch mode).
+    /// Syncs journal records written since the last sync (background flusher, batch mode). The
+    /// fdatasync runs outside the ledger lock, so calls never wait behind the disk.
     pub fn sync_journal(&self) -> Result<()> {
-        match &mut self.lock().journal {
-            Some(j) => j.flush().map_err(|e| Error::Internal(format!("journal sync: {e}"))),
-            None => Ok(()),
-        }
+        let unsynced = match &mut self.lock().journal {
+            Some(j) => j.take_unsynced().map_err(|e| Error::Internal(format!("journal sync: {e}")))?,
+            None => None,
+        };
+        let Some(file) = unsynced else { return Ok(()) };
+        file.sync_data().map_err(|e| {
+            if let Some(j) = &mut self.lock().journal {
+                j.sync_failed();
+            }
+            Error::Internal(format!("journal sync: {e}"))
+        })
     }
 }
 

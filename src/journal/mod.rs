@@ -385,7 +385,7 @@ impl Journal {
         }
     }
 
-    /// Syncs appends made under [`Durability::Batch`]; a no-op otherwise.
+    /// Syncs appends made under [`Durability::Batch`] now; a no-op otherwise.
     pub fn flush(&mut self) -> Result<()> {
         if self.poisoned {
             return Err(JournalError::Poisoned { dir: self.dir.clone() });
@@ -394,6 +394,31 @@ impl Journal {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// What a background sync of [`Durability::Batch`] appends must make durable: a second
+    /// handle of the journal file while appends are unsynced, else `None`. The caller syncs it
+    /// outside the lock the journal lives under (an fdatasync takes milliseconds on flash and
+    /// every call would wait behind it) and reports a failure with
+    /// [`sync_failed`](Self::sync_failed). Appends made meanwhile mark the journal unsynced
+    /// again; a compaction meanwhile syncs its new files itself, so syncing the old one is
+    /// harmless.
+    pub fn take_unsynced(&mut self) -> Result<Option<File>> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned { dir: self.dir.clone() });
+        }
+        if !self.dirty || self.durability != Durability::Batch {
+            return Ok(None);
+        }
+        let file = self.file.try_clone().map_err(io_err("duplicate", &self.dir.join(JOURNAL)))?;
+        self.dirty = false;
+        Ok(Some(file))
+    }
+
+    /// A sync of the handle from [`take_unsynced`](Self::take_unsynced) failed: as after any
+    /// failed sync, the journal refuses appends until it is reopened.
+    pub fn sync_failed(&mut self) {
+        self.poisoned = true;
     }
 
     fn sync(&mut self) -> Result<()> {

@@ -235,7 +235,7 @@ fn an_oversized_event_is_refused_and_the_journal_stays_usable() {
 }
 
 #[test]
-fn batched_appends_are_readable_after_flush() {
+fn batched_appends_are_readable_after_a_background_sync() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, mut l, _) = Journal::open(dir.path(), Durability::Batch).unwrap();
     let setup = phone(&mut l);
@@ -243,7 +243,12 @@ fn batched_appends_are_readable_after_flush() {
     for inode in 0..100 {
         record(&mut j, &mut l, charge(inode, "/uid_10001/pid_7"));
     }
-    j.flush().unwrap();
+    j.take_unsynced().unwrap().expect("unsynced appends").sync_data().unwrap();
+    assert!(j.take_unsynced().unwrap().is_none(), "synced: nothing left to sync");
+    record(&mut j, &mut l, charge(100, "/uid_10001/pid_7"));
+    assert!(j.take_unsynced().unwrap().is_some(), "a later append is unsynced again");
+    j.sync_failed();
+    assert!(matches!(j.append_all(&[charge(101, "/uid_10001/pid_7")]), Err(JournalError::Poisoned { .. })));
     drop(j);
     let (_, again, report) = Journal::open(dir.path(), Durability::Fsync).unwrap();
     assert!(clean(&report));
