@@ -283,6 +283,27 @@ callers_table() {
     done
 }
 
+# Where a call's time goes, per caller and method at each level: its p50, the mean time the
+# service spent in it (its dumpState call times), and the rest (binder's transport of the call,
+# its fd and reply), each over the same client's null p50.
+service_table() {
+    local l r m p n s
+    echo "| caller | call | live buffers | call p50 | × null | in the service (mean) | × null | the rest: binder and scheduling | × null |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for r in "${roles[@]}"; do
+        for m in charge transfer release getProcessUsage; do
+            for l in $(levels); do
+                p=$(cv "calls_${l}_${r}_${m}_p50_ns") s=$(cv "calls_${l}_${r}_${m}_service_ns")
+                n=$(cv "calls_${l}_${r}_null_p50_ns")
+                [[ -n $p && -n $s && -n $n ]] || continue
+                awk -v p="$p" -v s="$s" -v n="$n" -v r="$r" -v m="$m" -v l="$(cv "live_$l")" -v dp="$(dur "$p")" \
+                    -v ds="$(dur "$s")" -v dr="$(dur "$((p > s ? p - s : 0))")" \
+                    'BEGIN { printf "| %s | `%s` | %s | %s | %.2f | %s | %.2f | %s | %.2f |\n", r, m, l, dp, p / n, ds, s / n, dr, (p > s ? p - s : 0) / n }'
+            done
+        done
+    done
+}
+
 # p99 at the largest level over p99 at the smallest, per caller and method (goal ≤ 1.2).
 p99_table() {
     local lv=() lo hi r m a b cell
@@ -429,6 +450,11 @@ p50 and its ratio to that client's null p50. Goals: charge and transfer ≤ 1.3�
 $(callers_table)
 
 $(noise_note)
+
+Where the time of each call goes (the service times every method from its handler's entry to
+its reply; \`dumpState\` shows those times, read here before and after each client's run):
+
+$(service_table)
 
 p99 at the larger level against p99 at the smaller (goal ≤ 1.2×):
 

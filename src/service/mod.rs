@@ -2,6 +2,7 @@
 //! from the driver, inspects received fds itself, converts to plain types, calls the
 //! [`Accountant`], and maps every refusal to a ServiceSpecificException with an `ErrorCode`.
 
+mod call_times;
 mod convert;
 mod death;
 mod memtrack;
@@ -22,6 +23,7 @@ use crate::error::Error;
 use crate::identity::Caller;
 use crate::kernel::dmabuf;
 use crate::permission::Op;
+use call_times::{CallTimes, Method};
 
 pub use death::DeathWatch;
 pub use memtrack::{MemtrackService, MEMTRACK_INSTANCE};
@@ -39,6 +41,7 @@ pub struct ChargeTransferService {
     deaths: Arc<DeathWatch>,
     autoconfigure: Autoconfigure,
     catch_up: Arc<CatchUp>,
+    times: CallTimes,
 }
 
 impl Interface for ChargeTransferService {}
@@ -92,7 +95,7 @@ impl ChargeTransferService {
         autoconfigure: Autoconfigure,
         catch_up: Arc<CatchUp>,
     ) -> Self {
-        ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up }
+        ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up, times: CallTimes::default() }
     }
 
     /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it, with
@@ -128,6 +131,7 @@ impl ChargeTransferService {
 
 impl IChargeTransfer for ChargeTransferService {
     fn charge(&self, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
+        let _time = self.times.start(Method::Charge);
         let caller = self.caller()?;
         let info = self.inspect(buffer)?;
         let b = self.accountant.charge(&caller, &info, None).map_err(|e| status_for(&self.accountant, &caller, e))?;
@@ -135,6 +139,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn chargeOnBehalf(&self, buffer: &ParcelFileDescriptor, owner_pid: i32) -> BinderResult<ChargeInfo> {
+        let _time = self.times.start(Method::ChargeOnBehalf);
         let caller = self.caller()?;
         let owner = pid_arg("ownerPid", owner_pid)?;
         let info = self.inspect(buffer)?;
@@ -146,6 +151,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn release(&self, inode: i64) -> BinderResult<()> {
+        let _time = self.times.start(Method::Release);
         let caller = self.caller()?;
         self.accountant
             .release(&caller, non_negative("inode", inode)?)
@@ -153,6 +159,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn transfer(&self, buffer: &ParcelFileDescriptor, to_pid: i32) -> BinderResult<ChargeInfo> {
+        let _time = self.times.start(Method::Transfer);
         let caller = self.caller()?;
         let to = pid_arg("toPid", to_pid)?;
         let info = self.inspect(buffer)?;
@@ -161,6 +168,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn offer(&self, buffer: &ParcelFileDescriptor, to_pid: i32, ttl_millis: i32) -> BinderResult<i64> {
+        let _time = self.times.start(Method::Offer);
         let caller = self.caller()?;
         let to = pid_arg("toPid", to_pid)?;
         let ttl = u64::try_from(ttl_millis)
@@ -176,6 +184,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn accept(&self, ticket: i64, buffer: &ParcelFileDescriptor) -> BinderResult<ChargeInfo> {
+        let _time = self.times.start(Method::Accept);
         let caller = self.caller()?;
         let ticket =
             u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
@@ -192,6 +201,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn getProcessUsage(&self, pid: i32) -> BinderResult<UsageReport> {
+        let _time = self.times.start(Method::GetProcessUsage);
         let caller = self.caller()?;
         let pid = pid_arg("pid", pid)?;
         self.readable_process(&caller, pid)?;
@@ -200,6 +210,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn getUidUsage(&self, uid: i32) -> BinderResult<UsageReport> {
+        let _time = self.times.start(Method::GetUidUsage);
         let caller = self.caller()?;
         let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid must not be negative, got {uid}")))?;
         self.accountant.permit(&caller, Op::ReadUsage { uid: Some(uid) }).map_err(status)?;
@@ -207,6 +218,7 @@ impl IChargeTransfer for ChargeTransferService {
     }
 
     fn getCgroupUsage(&self, cgroup: &str) -> BinderResult<UsageReport> {
+        let _time = self.times.start(Method::GetCgroupUsage);
         let caller = self.caller()?;
         let own = accountant::uid_cgroup(caller.uid);
         let mine = cgroup == own || cgroup.strip_prefix(&own).is_some_and(|rest| rest.starts_with('/'));
@@ -220,6 +232,7 @@ impl IChargeTransfer for ChargeTransferService {
     /// Trusted callers see every charge (pid 0) or a process's; others see their own uid's only,
     /// pid 0 meaning all of those.
     fn listCharges(&self, pid: i32) -> BinderResult<Vec<ChargeInfo>> {
+        let _time = self.times.start(Method::ListCharges);
         let caller = self.caller()?;
         let pid = u32::try_from(pid).map_err(|_| invalid(format!("pid must not be negative, got {pid}")))?;
         let charges = if self.accountant.sees_others(&caller) {
@@ -282,12 +295,13 @@ impl IChargeTransfer for ChargeTransferService {
     fn dumpState(&self) -> BinderResult<String> {
         let caller = self.caller()?;
         match self.accountant.permit(&caller, Op::Dump) {
-            Ok(()) => Ok(crate::dump::render(&self.accountant) + &self.catch_up.render()),
+            Ok(()) => Ok(crate::dump::render(&self.accountant) + &self.catch_up.render() + &self.times.render()),
             Err(_) => Ok(crate::dump::render_for_uid(&self.accountant, caller.uid)),
         }
     }
 
     fn ping(&self) -> BinderResult<()> {
+        let _time = self.times.start(Method::Ping);
         Ok(())
     }
 }

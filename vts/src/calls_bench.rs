@@ -279,6 +279,40 @@ impl Caller {
     }
 }
 
+/// The AIDL method the service times for a caller's step (`null` is a ping; gralloc charges on
+/// an app's behalf).
+fn service_method(role: &str, step: &str) -> &'static str {
+    match (role, step) {
+        (_, "null") => "ping",
+        ("gralloc", "charge") => "chargeOnBehalf",
+        (_, "charge") => "charge",
+        (_, "transfer") => "transfer",
+        (_, "release") => "release",
+        _ => "getProcessUsage",
+    }
+}
+
+/// The service's call times so far from its `dumpState`: method → (calls, total ns).
+fn service_times(client: &Client) -> Result<BTreeMap<String, (u64, u64)>, String> {
+    let dump = client.service().dumpState().map_err(|e| format!("dumpState: {e:?}"))?;
+    Ok(parse_service_times(&dump))
+}
+
+/// Lines `  <method> calls N, total T ns, ...` after `Service time per call`.
+fn parse_service_times(dump: &str) -> BTreeMap<String, (u64, u64)> {
+    dump.lines()
+        .skip_while(|l| !l.starts_with("Service time per call"))
+        .skip(1)
+        .map_while(|l| {
+            let rest = l.strip_prefix("  ")?;
+            let (method, rest) = rest.split_once(" calls ")?;
+            let (calls, rest) = rest.split_once(", total ")?;
+            let total = rest.split_once(" ns")?.0;
+            Some((method.to_string(), (calls.parse().ok()?, total.parse().ok()?)))
+        })
+        .collect()
+}
+
 fn percentile(v: &mut [u128], p: f64) -> u128 {
     v.sort_unstable();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -299,12 +333,15 @@ struct Bench {
 }
 
 impl Bench {
-    /// One client per caller: p50/p99 of each method and of its null calls.
-    fn callers(&self, level: usize, iters: usize) -> Result<(), String> {
+    /// One client per caller: p50/p99 of each method and of its null calls, and the mean time
+    /// the service spent in each (its `dumpState` call times, read before and after).
+    fn callers(&self, client: &Client, level: usize, iters: usize) -> Result<(), String> {
         for (role, methods) in ROLES {
             let mut c = spawn_caller(&self.exe, &self.cgroup, role, uid_of(role), self.receiver)?;
             c.call("cycle 5")?;
+            let before = service_times(client)?;
             let mut samples = c.call(&format!("cycle {iters}"))?;
+            let after = service_times(client)?;
             c.stop();
             let null = percentile(samples.get_mut("null").ok_or("no null samples")?, 0.5);
             let mut line = format!("calls: {level} live, {role}: null {null} ns");
@@ -314,6 +351,14 @@ impl Bench {
                 result(&format!("calls_{level}_{role}_{m}_p50_ns"), p50);
                 result(&format!("calls_{level}_{role}_{m}_p99_ns"), p99);
                 line += &format!(", {m} {p50}/{p99} ns ({:.2}x null)", p50 as f64 / null as f64);
+                let method = service_method(role, m);
+                let ((c1, t1), (c0, t0)) =
+                    (after.get(method).copied().unwrap_or_default(), before.get(method).copied().unwrap_or_default());
+                let (calls, total) = (c1 - c0, t1 - t0);
+                if let Some(mean) = total.checked_div(calls) {
+                    result(&format!("calls_{level}_{role}_{m}_service_ns"), mean);
+                    line += &format!(" [service {mean} ns]");
+                }
             }
             println!("{line}");
         }
@@ -487,7 +532,7 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
         let now = live()?;
         println!("calls: {now} live buffers ({need} charged by {holders_n} holders in {:.1?})", t.elapsed());
         result(&format!("live_{level}"), now);
-        bench.callers(level, iters)?;
+        bench.callers(&client, level, iters)?;
         for &n in &concurrency {
             bench.concurrent(level, n, iters)?;
         }
@@ -503,6 +548,16 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_times_are_read_from_the_dump() {
+        let dump = "Owners:\n  x\nService time per call (entry to reply):\n  ping calls 3, total 300 ns, p50 <= 128 ns, p99 <= 160 ns\n  chargeOnBehalf calls 2, total 9000 ns, p50 <= 5120 ns, p99 <= 5120 ns\n";
+        let t = parse_service_times(dump);
+        assert_eq!(t.get("ping"), Some(&(3, 300)));
+        assert_eq!(t.get("chargeOnBehalf"), Some(&(2, 9000)));
+        assert_eq!(t.len(), 2);
+        assert_eq!(service_method("gralloc", "charge"), "chargeOnBehalf");
+    }
 
     #[test]
     fn only_the_binder_threads_syscall_starts_are_counted() {
