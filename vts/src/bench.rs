@@ -320,17 +320,22 @@ fn rss(args: &[String]) -> Result<(), String> {
     let t = Instant::now();
     accountant
         .with_ledger_mut(|ledger| {
-            let events = Vec::new();
+            // The events are what the accountant applies to its own ledger.
+            let mut events = Vec::new();
             for inode in 0..buffers {
                 let app = inode % cgroups;
                 let (pid, cgroup) =
                     (20_000 + app as u32, format!("/uid_{}/pid_{}", FIRST_APP_UID as u64 + app, 20_000 + app));
-                ledger.charge(inode + 1, BUFFER_SIZE * (1 + inode % 16), "system", pid, 0, &cgroup)?;
+                events.push(ledger.charge(inode + 1, BUFFER_SIZE * (1 + inode % 16), "system", pid, 0, &cgroup)?);
             }
             Ok(((), events))
         })
         .map_err(|e| e.to_string())?;
     let took = t.elapsed();
+    // The change was built on a scratch copy of the ledger (a refused change must leave the
+    // real one untouched); hand its freed pages back so RSS counts what stays live.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     let after = rss_kib(status)?;
     let live = accountant.with_ledger(|l| l.buffer_count());
     let per = (after.saturating_sub(before) * 1024) as f64 / live as f64;
