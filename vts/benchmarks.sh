@@ -288,18 +288,64 @@ callers_table() {
 # its fd and reply), each over the same client's null p50.
 service_table() {
     local l r m p n s
-    echo "| caller | call | live buffers | call p50 | × null | in the service (mean) | × null | the rest: binder and scheduling | × null |"
+    echo "| caller | call | live buffers | call p50 | × null | in the service (p50, ≤) | × null | the rest: binder and scheduling | × null |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for r in "${roles[@]}"; do
         for m in charge transfer release getProcessUsage; do
             for l in $(levels); do
-                p=$(cv "calls_${l}_${r}_${m}_p50_ns") s=$(cv "calls_${l}_${r}_${m}_service_ns")
+                p=$(cv "calls_${l}_${r}_${m}_p50_ns") s=$(cv "calls_${l}_${r}_${m}_service_p50_ns")
                 n=$(cv "calls_${l}_${r}_null_p50_ns")
                 [[ -n $p && -n $s && -n $n ]] || continue
                 awk -v p="$p" -v s="$s" -v n="$n" -v r="$r" -v m="$m" -v l="$(cv "live_$l")" -v dp="$(dur "$p")" \
                     -v ds="$(dur "$s")" -v dr="$(dur "$((p > s ? p - s : 0))")" \
                     'BEGIN { printf "| %s | `%s` | %s | %s | %.2f | %s | %.2f | %s | %.2f |\n", r, m, l, dp, p / n, ds, s / n, dr, (p > s ? p - s : 0) / n }'
             done
+        done
+    done
+}
+
+# What each step a method must take costs in this guest (calls-bench's `cost_*` lines).
+costs_table() {
+    local k
+    echo "| step | p50 |"
+    echo "|---|---:|"
+    for k in getppid:"a bare system call (\`getppid\`)" ppoll_pidfd:"the identity check: one \`ppoll\` of a pidfd" \
+        fd_dup_close:"binder's handling of a received fd: a dup and two \`close\`s" \
+        fstat_dmabuf:"\`fstat\` of a dma-buf" learn_buffer:"learning a new buffer: \`fstat\` + its fdinfo (\`openat\`, \`read\`, \`close\`)" \
+        journal_write:"the journal's \`write\` of one record" \
+        holder_check:"the holder rule's check of one process (its fd links and maps)"; do
+        echo "| ${k#*:} | $(dur "$(cv "cost_${k%%:*}_ns")") |"
+    done
+}
+
+# The steps each caller's method must take beyond a null call (its system-call account).
+floor_steps() {
+    case $1/$2 in
+        app/charge | compositor/charge) echo fd_dup_close learn_buffer ppoll_pidfd journal_write ;;
+        gralloc/charge) echo fd_dup_close learn_buffer ppoll_pidfd ppoll_pidfd journal_write ;;
+        compositor/transfer) echo fd_dup_close fstat_dmabuf ppoll_pidfd ppoll_pidfd journal_write ;;
+        app/release) echo ppoll_pidfd holder_check journal_write ;;
+        */release) echo ppoll_pidfd journal_write ;;
+        *) echo ;;
+    esac
+}
+
+# The floor of each method at the smallest level: a null call plus the steps it must take,
+# over the null call; against what it measured and what the service spent in it.
+floor_table() {
+    local l r m n p s steps extra k
+    l=$(levels | head -1)
+    echo "| caller | call | measured | floor: null + its steps | service p50 | steps beyond a null call |"
+    echo "|---|---|---:|---:|---:|---|"
+    for r in "${roles[@]}"; do
+        for m in charge transfer release getProcessUsage; do
+            p=$(cv "calls_${l}_${r}_${m}_p50_ns") n=$(cv "calls_${l}_${r}_null_p50_ns")
+            [[ -n $p && -n $n ]] || continue
+            s=$(cv "calls_${l}_${r}_${m}_service_p50_ns")
+            steps=$(floor_steps "$r" "$m") extra=0
+            for k in $steps; do extra=$((extra + $(cv "cost_${k}_ns"))); done
+            awk -v p="$p" -v n="$n" -v e="$extra" -v r="$r" -v m="$m" -v s="$(dur "${s:-0}")" -v st="${steps:-none}" \
+                'BEGIN { printf "| %s | `%s` | %.2f× | %.2f× | %s | %s |\n", r, m, p / n, (n + e) / n, s, st }'
         done
     done
 }
@@ -455,6 +501,14 @@ Where the time of each call goes (the service times every method from its handle
 its reply; \`dumpState\` shows those times, read here before and after each client's run):
 
 $(service_table)
+
+What the steps a method must take cost in this guest, each timed alone ($(cv iters) times, p50),
+and the floor they add up to — a null call plus those steps, by the system-call account below —
+against what each method measured (at $(cv "live_$(levels | head -1)") live buffers):
+
+$(costs_table)
+
+$(floor_table)
 
 p99 at the larger level against p99 at the smaller (goal ≤ 1.2×):
 

@@ -116,7 +116,9 @@ impl CallTimes {
         Timer { histogram: &self.methods[i], start: Instant::now() }
     }
 
-    /// One line per method called so far: `name calls N, total T ns, p50 ≤ A ns, p99 ≤ B ns`.
+    /// One line per method called so far: `name calls N, total T ns, p50 <= A ns, p99 <= B ns;
+    /// by bucket U:C ...`, the calls C that took less than U ns (and more than the bucket
+    /// before), so two dumps give the quantiles of the calls between them.
     pub fn render(&self) -> String {
         let mut out = String::from("Service time per call (entry to reply):\n");
         for ((_, name), h) in METHODS.iter().zip(&self.methods) {
@@ -126,7 +128,15 @@ impl CallTimes {
             }
             let total = h.total_ns.load(Ordering::Relaxed);
             let (p50, p99) = (h.quantile(count, 0.5), h.quantile(count, 0.99));
-            let _ = writeln!(out, "  {name} calls {count}, total {total} ns, p50 <= {p50} ns, p99 <= {p99} ns");
+            let _ =
+                write!(out, "  {name} calls {count}, total {total} ns, p50 <= {p50} ns, p99 <= {p99} ns; by bucket");
+            for (i, b) in h.buckets.iter().enumerate() {
+                let n = b.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = write!(out, " {}:{n}", upper_bound(i));
+                }
+            }
+            out.push('\n');
         }
         out
     }
@@ -158,6 +168,11 @@ mod tests {
         drop(t.start(Method::Ping));
         let text = t.render();
         assert!(text.contains("  charge calls 100, total 5050000 ns, p50 <= "), "{text}");
+        let by_bucket =
+            text.lines().find(|l| l.contains("charge calls")).unwrap().split_once("; by bucket ").unwrap().1;
+        let counts: u64 = by_bucket.split(' ').map(|c| c.split_once(':').unwrap().1.parse::<u64>().unwrap()).sum();
+        assert_eq!(counts, 100);
+        assert!(by_bucket.starts_with(&format!("{}:1 ", upper_bound(bucket(1000)))), "{by_bucket}");
         assert!(text.contains("  ping calls 1, total "), "{text}");
         assert!(!text.contains("release"), "{text}");
     }

@@ -292,14 +292,37 @@ fn service_method(role: &str, step: &str) -> &'static str {
     }
 }
 
-/// The service's call times so far from its `dumpState`: method → (calls, total ns).
-fn service_times(client: &Client) -> Result<BTreeMap<String, (u64, u64)>, String> {
+/// What the service's `dumpState` says of one method's calls so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ServiceTimes {
+    calls: u64,
+    total_ns: u64,
+    /// Upper bound of a bucket (ns) → calls in it.
+    buckets: BTreeMap<u64, u64>,
+}
+
+impl ServiceTimes {
+    /// The calls since `earlier`: their mean and the upper bound of the bucket of their median.
+    fn since(&self, earlier: &ServiceTimes) -> Option<(u64, u64)> {
+        let calls = self.calls - earlier.calls;
+        let mean = (self.total_ns - earlier.total_ns).checked_div(calls)?;
+        let mut seen = 0;
+        let p50 = self.buckets.iter().find_map(|(bound, n)| {
+            seen += n - earlier.buckets.get(bound).copied().unwrap_or(0);
+            (seen * 2 >= calls).then_some(*bound)
+        })?;
+        Some((mean, p50))
+    }
+}
+
+/// The service's call times so far from its `dumpState`, by method.
+fn service_times(client: &Client) -> Result<BTreeMap<String, ServiceTimes>, String> {
     let dump = client.service().dumpState().map_err(|e| format!("dumpState: {e:?}"))?;
     Ok(parse_service_times(&dump))
 }
 
-/// Lines `  <method> calls N, total T ns, ...` after `Service time per call`.
-fn parse_service_times(dump: &str) -> BTreeMap<String, (u64, u64)> {
+/// Lines `  <method> calls N, total T ns, ...; by bucket U:C ...` after `Service time per call`.
+fn parse_service_times(dump: &str) -> BTreeMap<String, ServiceTimes> {
     dump.lines()
         .skip_while(|l| !l.starts_with("Service time per call"))
         .skip(1)
@@ -307,10 +330,95 @@ fn parse_service_times(dump: &str) -> BTreeMap<String, (u64, u64)> {
             let rest = l.strip_prefix("  ")?;
             let (method, rest) = rest.split_once(" calls ")?;
             let (calls, rest) = rest.split_once(", total ")?;
-            let total = rest.split_once(" ns")?.0;
-            Some((method.to_string(), (calls.parse().ok()?, total.parse().ok()?)))
+            let (total, rest) = rest.split_once(" ns")?;
+            let buckets = rest
+                .split_once("; by bucket ")?
+                .1
+                .split(' ')
+                .map(|b| b.split_once(':').and_then(|(u, c)| Some((u.parse().ok()?, c.parse().ok()?))))
+                .collect::<Option<_>>()?;
+            Some((
+                method.to_string(),
+                ServiceTimes { calls: calls.parse().ok()?, total_ns: total.parse().ok()?, buckets },
+            ))
         })
         .collect()
+}
+
+/// p50 of `n` runs of `f`, in ns.
+fn p50_of(n: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<u128, String> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_nanos());
+    }
+    Ok(percentile(&mut v, 0.5))
+}
+
+/// What the work a method does beyond a null call costs in this guest, each step alone, p50 of
+/// `n` (so BENCHMARKS.md can add up the floor of each method from its system-call account):
+/// a bare system call, the identity check (a poll of a pidfd), binder's handling of a received
+/// fd (a dup and two closes), learning a buffer (fstat and its fdinfo), the journal's write,
+/// and the holder rule's check of one process (`ProcFs::holds` on `holder`, which does not hold
+/// the inode asked about: the whole walk).
+fn syscall_costs(holder: u32, journal_dir: &Path, n: usize) -> Result<(), String> {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    let buffer = alloc()?;
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, holder as libc::pid_t, 0) };
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) }).ok_or_else(|| os("pidfd_open"))?;
+    let path = journal_dir.join("bench-write.tmp");
+    let mut journal = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let procfs = ProcFs::new("/proc");
+    let info =
+        chargetransfer::kernel::dmabuf::inspect(buffer.as_fd(), Path::new("/proc")).map_err(|e| e.to_string())?;
+    let dev = chargetransfer::kernel::dmabuf::dmabuf_dev();
+    let costs = [
+        ("getppid", p50_of(n, || Ok(std::hint::black_box(rustix::process::getppid())).map(|_| ()))?),
+        (
+            "ppoll_pidfd",
+            p50_of(n, || {
+                let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd, no wait.
+                (unsafe { libc::poll(&mut p, 1, 0) } >= 0).then_some(()).ok_or_else(|| os("poll"))
+            })?,
+        ),
+        (
+            "fd_dup_close",
+            p50_of(n, || {
+                let a = buffer.try_clone().map_err(|e| e.to_string())?;
+                let b = a.try_clone().map_err(|e| e.to_string())?;
+                drop((a, b));
+                Ok(())
+            })?,
+        ),
+        ("fstat_dmabuf", p50_of(n, || rustix::fs::fstat(&buffer).map(drop).map_err(|e| e.to_string()))?),
+        (
+            "learn_buffer",
+            p50_of(n, || {
+                chargetransfer::kernel::dmabuf::inspect(buffer.as_fd(), Path::new("/proc"))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })?,
+        ),
+        ("journal_write", p50_of(n, || journal.write_all(&[0u8; 48]).map_err(|e| e.to_string()))?),
+        ("holder_check", p50_of(n, || procfs.holds(holder, info.inode, dev).map(drop).map_err(|e| e.to_string()))?),
+    ];
+    drop(journal);
+    let _ = std::fs::remove_file(&path);
+    let mut line = String::from("costs (p50):");
+    for (name, ns) in costs {
+        result(&format!("cost_{name}_ns"), ns);
+        line += &format!(" {name} {ns} ns,");
+    }
+    println!("{}", line.trim_end_matches(','));
+    Ok(())
 }
 
 fn percentile(v: &mut [u128], p: f64) -> u128 {
@@ -352,12 +460,11 @@ impl Bench {
                 result(&format!("calls_{level}_{role}_{m}_p99_ns"), p99);
                 line += &format!(", {m} {p50}/{p99} ns ({:.2}x null)", p50 as f64 / null as f64);
                 let method = service_method(role, m);
-                let ((c1, t1), (c0, t0)) =
-                    (after.get(method).copied().unwrap_or_default(), before.get(method).copied().unwrap_or_default());
-                let (calls, total) = (c1 - c0, t1 - t0);
-                if let Some(mean) = total.checked_div(calls) {
+                let earlier = before.get(method).cloned().unwrap_or_default();
+                if let Some((mean, p50)) = after.get(method).and_then(|t| t.since(&earlier)) {
                     result(&format!("calls_{level}_{role}_{m}_service_ns"), mean);
-                    line += &format!(" [service {mean} ns]");
+                    result(&format!("calls_{level}_{role}_{m}_service_p50_ns"), p50);
+                    line += &format!(" [service mean {mean} ns, p50 <= {p50} ns]");
                 }
             }
             println!("{line}");
@@ -504,6 +611,7 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
     let strace: Option<PathBuf> =
         args.iter().position(|a| a == "--strace").and_then(|i| args.get(i + 1)).map(PathBuf::from);
     let out_dir: PathBuf = flag(args, "--out", PathBuf::from("/tmp"))?;
+    let journal_dir: PathBuf = flag(args, "--journal-dir", PathBuf::from("/data/vendor/chargetransfer"))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let cgroup = CgroupFs::new("/sys/fs/cgroup");
     let service = service_pid(&ProcFs::new("/proc"))?;
@@ -532,6 +640,10 @@ fn orchestrate(args: &[String]) -> Result<(), String> {
         let now = live()?;
         println!("calls: {now} live buffers ({need} charged by {holders_n} holders in {:.1?})", t.elapsed());
         result(&format!("live_{level}"), now);
+        if i == 0 {
+            let holder = holders.first().map_or(receiver.pid, |h| h.pid);
+            syscall_costs(holder, &journal_dir, iters)?;
+        }
         bench.callers(&client, level, iters)?;
         for &n in &concurrency {
             bench.concurrent(level, n, iters)?;
@@ -550,12 +662,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn service_times_are_read_from_the_dump() {
-        let dump = "Owners:\n  x\nService time per call (entry to reply):\n  ping calls 3, total 300 ns, p50 <= 128 ns, p99 <= 160 ns\n  chargeOnBehalf calls 2, total 9000 ns, p50 <= 5120 ns, p99 <= 5120 ns\n";
-        let t = parse_service_times(dump);
-        assert_eq!(t.get("ping"), Some(&(3, 300)));
-        assert_eq!(t.get("chargeOnBehalf"), Some(&(2, 9000)));
-        assert_eq!(t.len(), 2);
+    fn service_times_are_read_from_the_dump_and_give_the_quantiles_between_two_dumps() {
+        let dump = |charges: &str| {
+            format!(
+                "Owners:\n  x\nService time per call (entry to reply):\n  ping calls 3, total 300 ns, p50 <= 128 ns, \
+                 p99 <= 160 ns; by bucket 128:2 160:1\n{charges}\nCatch-up:\n"
+            )
+        };
+        let before = parse_service_times(&dump(
+            "  chargeOnBehalf calls 2, total 9000 ns, p50 <= 5120 ns, p99 <= 5120 ns; by bucket 5120:2",
+        ));
+        assert_eq!(before.len(), 2);
+        assert_eq!(before["ping"], ServiceTimes { calls: 3, total_ns: 300, buckets: [(128, 2), (160, 1)].into() });
+        let after = parse_service_times(&dump(
+            "  chargeOnBehalf calls 6, total 49000 ns, p50 <= 12288 ns, p99 <= 12288 ns; by bucket 5120:2 10240:1 12288:3",
+        ));
+        // The four calls between: 10240 once, 12288 three times.
+        assert_eq!(after["chargeOnBehalf"].since(&before["chargeOnBehalf"]), Some((10_000, 12_288)));
+        assert_eq!(after["ping"].since(&before["ping"]), None);
         assert_eq!(service_method("gralloc", "charge"), "chargeOnBehalf");
     }
 
