@@ -119,9 +119,16 @@ pub(crate) struct Holder {
     stdout: BufReader<ChildStdout>,
 }
 
-pub(crate) fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, String> {
+/// This binary with `args` as app `uid` in its own `/uid_<uid>/pid_<pid>` cgroup, driven by
+/// lines on its stdin: the process, its pid, stdin and stdout.
+pub(crate) fn spawn_app(
+    exe: &Path,
+    args: &[&str],
+    cgroup: &CgroupFs,
+    uid: u32,
+) -> Result<(Child, u32, ChildStdin, BufReader<ChildStdout>), String> {
     let mut cmd = Command::new(exe);
-    cmd.arg("--holder").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::uid(&mut cmd, uid);
     std::os::unix::process::CommandExt::gid(&mut cmd, uid);
     let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", exe.display()))?;
@@ -131,6 +138,11 @@ pub(crate) fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Ho
     cgroup.add_proc(&path, pid).map_err(|e| e.to_string())?;
     let stdin = process.stdin.take().expect("piped");
     let stdout = BufReader::new(process.stdout.take().expect("piped"));
+    Ok((process, pid, stdin, stdout))
+}
+
+pub(crate) fn spawn_holder(exe: &Path, cgroup: &CgroupFs, uid: u32) -> Result<Holder, String> {
+    let (process, pid, stdin, stdout) = spawn_app(exe, &["--holder"], cgroup, uid)?;
     Ok(Holder { pid, process, stdin: Some(stdin), stdout })
 }
 

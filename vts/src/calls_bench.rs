@@ -24,7 +24,7 @@ use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
 
-use crate::bench::{flag, result, service_pid, spawn_holder, Holder};
+use crate::bench::{flag, result, service_pid, spawn_app, spawn_holder, Holder};
 
 const BUFFER_SIZE: u64 = 4096;
 /// Uids of the callers: apps from Android's AID_APP_START, gralloc as AID_GRAPHICS, the
@@ -225,20 +225,7 @@ struct Caller {
 }
 
 fn spawn_caller(exe: &Path, cgroup: &CgroupFs, role: &str, uid: u32, target: u32) -> Result<Caller, String> {
-    let mut cmd = Command::new(exe);
-    cmd.args(["--calls-client", role, &target.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::uid(&mut cmd, uid);
-    std::os::unix::process::CommandExt::gid(&mut cmd, uid);
-    let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", exe.display()))?;
-    let pid = process.id();
-    let path = format!("/uid_{uid}/pid_{pid}");
-    cgroup.create(&path).map_err(|e| e.to_string())?;
-    cgroup.add_proc(&path, pid).map_err(|e| e.to_string())?;
-    let stdin = process.stdin.take().expect("piped");
-    let stdout = BufReader::new(process.stdout.take().expect("piped"));
+    let (process, pid, stdin, stdout) = spawn_app(exe, &["--calls-client", role, &target.to_string()], cgroup, uid)?;
     Ok(Caller { pid, process, stdin: Some(stdin), stdout })
 }
 

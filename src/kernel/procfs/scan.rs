@@ -4,8 +4,8 @@
 //! (fd inspection in `dmabuf` reuses the fdinfo parser).
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags, CWD};
 
@@ -77,13 +77,7 @@ impl ProcFs {
     /// stat of its /proc link instead of an open, read and close of its fdinfo.
     pub fn holds(&self, pid: u32, inode: Inode, dev: Option<u64>) -> Result<bool> {
         let Some(dev) = dev else { return Ok(self.dmabufs(pid)?.iter().any(|r| r.inode == inode)) };
-        let pid_path = self.pid_dir(pid);
-        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let pid_dir = rustix::fs::openat(CWD, &pid_path, dir_flags, Mode::empty())
-            .map_err(|e| pid_err(pid, || pid_path.clone())(e.into()))?;
-        let fdinfo = rustix::fs::openat(&pid_dir, "fdinfo", dir_flags, Mode::empty())
-            .map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
-        let mut dir = Dir::new(fdinfo).map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+        let (pid_path, pid_dir, mut dir) = self.open_pid(pid)?;
         let mut buf = Vec::new();
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
@@ -153,17 +147,24 @@ impl ProcFs {
         Ok(scan)
     }
 
-    /// Reads fdinfo entries and maps relative to an open /proc/PID directory, so a pid recycled
-    /// mid-scan is not mixed in (the old directory's fds then fail with ESRCH/ENOENT).
-    fn scan_pid(&self, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<DmaBufRef>> {
+    /// /proc/PID opened, with its fdinfo directory for listing: both relative to the one open
+    /// directory, so a recycled pid cannot mix in.
+    fn open_pid(&self, pid: u32) -> Result<(PathBuf, OwnedFd, Dir)> {
         let pid_path = self.pid_dir(pid);
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let pid_dir = rustix::fs::openat(CWD, &pid_path, dir_flags, Mode::empty())
             .map_err(|e| pid_err(pid, || pid_path.clone())(e.into()))?;
         let fdinfo = rustix::fs::openat(&pid_dir, "fdinfo", dir_flags, Mode::empty())
             .map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+        let dir = Dir::new(fdinfo).map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
+        Ok((pid_path, pid_dir, dir))
+    }
+
+    /// Reads fdinfo entries and maps relative to an open /proc/PID directory, so a pid recycled
+    /// mid-scan is not mixed in (the old directory's fds then fail with ESRCH/ENOENT).
+    fn scan_pid(&self, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<DmaBufRef>> {
+        let (pid_path, pid_dir, mut dir) = self.open_pid(pid)?;
         let mut refs: BTreeMap<Inode, DmaBufRef> = BTreeMap::new();
-        let mut dir = Dir::new(fdinfo).map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| pid_err(pid, || pid_path.join("fdinfo"))(e.into()))?;
             let name = entry.file_name();
