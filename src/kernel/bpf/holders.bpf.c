@@ -50,16 +50,20 @@ struct bpf_iter__task_vma { struct bpf_iter_meta *meta; struct task_struct *task
 static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *src) = (void *)115;
 static long (*bpf_seq_write)(struct seq_file *m, const void *data, __u32 len) = (void *)127;
 
-/* Followed by exporter_len bytes of the exporter's name and name_len bytes of the buffer's name
- * (no NULs): most buffers have a short exporter and no name, and the bytes written are most of
- * the iterator's cost. */
+/* The header (inode to name_len) is followed by exporter_len bytes of the exporter's name and
+ * name_len bytes of the buffer's name (no NULs): most buffers have a short exporter and no name,
+ * and each bpf_seq_write costs about as much as the walk's step to the next buffer, so the
+ * header and the exporter go out in one write. */
 struct buffer_record {
     __u64 inode;
     __u64 size;
     __u8 mapped;
     __u8 exporter_len;
     __u8 name_len;
+    char exporter[EXPORTER_LEN];
 } __attribute__((packed));
+
+#define BUFFER_HEADER_LEN (sizeof(struct buffer_record) - EXPORTER_LEN)
 
 struct fd_record {
     __u32 tgid;
@@ -100,7 +104,6 @@ int buffers(struct bpf_iter__dmabuf *ctx)
     struct dma_buf *dmabuf = ctx->dmabuf;
     struct seq_file *seq = ctx->meta->seq;
     struct buffer_record r = {};
-    char exporter[EXPORTER_LEN];
     char name[DMA_BUF_NAME_LEN];
     __u32 exporter_len, name_len;
 
@@ -110,15 +113,13 @@ int buffers(struct bpf_iter__dmabuf *ctx)
     r.size = dmabuf->size;
     /* Some process maps it: its mapping's tree of VMAs is not empty. */
     r.mapped = dmabuf->file->f_mapping && dmabuf->file->f_mapping->i_mmap.rb_leftmost;
-    exporter_len = read_str(exporter, sizeof(exporter), dmabuf->exp_name);
+    exporter_len = read_str(r.exporter, sizeof(r.exporter), dmabuf->exp_name);
     /* Read without name_lock, as the kernel's own selftest does: a rename racing the read
      * gives either name, and the next scan the new one. */
     name_len = read_str(name, sizeof(name), dmabuf->name);
     r.exporter_len = exporter_len;
     r.name_len = name_len;
-    bpf_seq_write(seq, &r, sizeof(r));
-    if (exporter_len)
-        bpf_seq_write(seq, exporter, exporter_len);
+    bpf_seq_write(seq, &r, BUFFER_HEADER_LEN + exporter_len);
     if (name_len)
         bpf_seq_write(seq, name, name_len);
     return 0;

@@ -10,7 +10,8 @@ use std::path::Path;
 use crate::kernel::error::KernelError;
 use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
 
-/// `struct buffer_record`: inode, size, mapped, exporter_len, name_len; then the two strings.
+/// `struct buffer_record`'s header: inode, size, mapped, exporter_len, name_len; then the two
+/// strings.
 const BUFFER: usize = 8 + 8 + 1 + 1 + 1;
 /// `struct fd_record`: tgid, fd, inode.
 const FD: usize = 4 + 4 + 8;
