@@ -4,7 +4,8 @@
 //!
 //! - `--scan-bench [--procs N] [--levels 1000,10000,100000] [--scans S]` (guest, root): N
 //!   holder processes; at each level every holder tops up to level/N buffers of 4 KiB from the
-//!   system heap, then both backends scan S times. Prints `result scan_<level>_<backend>_ns`.
+//!   system heap, then both backends scan S times. Prints `result scan_<level>_<backend>_ns`,
+//!   and where the BPF scan's time went (each iterator read, then the assembly).
 //! - `--scan-holder` (spawned by `--scan-bench`): for each `hold K` line, allocates until it
 //!   holds K buffers and answers `ok K`; holds them until its stdin closes.
 
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chargetransfer::kernel::bpf::BpfScanner;
+use chargetransfer::kernel::bpf::{BpfScanner, ScanPhases};
 use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs};
 
 const BUFFER_SIZE: u64 = 4096;
@@ -81,6 +82,28 @@ fn time(scans: usize, scan: impl Fn() -> Result<DmaBufScan, String>) -> Result<(
     Ok((p50(times), last.ok_or("no scans")?))
 }
 
+/// The BPF scan's parts at one level, each the p50 over the scans that had it:
+/// `result scan_<level>_bpf_<target>_ns` (and `_bytes`, from the last scan) per iterator read,
+/// and `result scan_<level>_bpf_assembly_ns`.
+fn print_phases(level: usize, phases: &[ScanPhases]) {
+    let Some(last) = phases.last() else { return };
+    let mut line = Vec::new();
+    for (i, (target, read)) in last.reads.iter().enumerate() {
+        let times: Vec<_> = phases.iter().filter_map(|p| p.reads[i].1.map(|(t, _)| t)).collect();
+        let (Some((_, bytes)), false) = (read, times.is_empty()) else {
+            line.push(format!("iter/{target} not read"));
+            continue;
+        };
+        let t = p50(times);
+        println!("result scan_{level}_bpf_{target}_ns {}", t.as_nanos());
+        println!("result scan_{level}_bpf_{target}_bytes {bytes}");
+        line.push(format!("iter/{target} {t:.1?} ({bytes} B)"));
+    }
+    let t = p50(phases.iter().map(|p| p.assembly).collect());
+    println!("result scan_{level}_bpf_assembly_ns {}", t.as_nanos());
+    println!("scan bench: BPF at {level}: {}, assembly {t:.1?}", line.join(", "));
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     let parse = |name: &str, default: &str| flag(args, name).unwrap_or_else(|| default.into());
     let procs: usize = parse("--procs", "200").parse().map_err(|_| "--procs")?;
@@ -122,7 +145,12 @@ fn bench(args: &[String]) -> Result<(), String> {
             }
         }
         println!("scan bench: {procs} holders x {per} dma-bufs allocated in {:.1?}", t.elapsed());
-        let (by_bpf, seen_bpf) = time(scans, || bpf.scan_all().map_err(|e| e.to_string()))?;
+        let phases = std::cell::RefCell::new(Vec::with_capacity(scans));
+        let (by_bpf, seen_bpf) = time(scans, || {
+            let (scan, p) = bpf.scan_all_timed().map_err(|e| e.to_string())?;
+            phases.borrow_mut().push(p);
+            Ok(scan)
+        })?;
         let (by_procfs, seen_procfs) = time(scans, || procfs.scan_all().map_err(|e| e.to_string()))?;
         if seen_bpf.buffers.len() != seen_procfs.buffers.len() {
             return Err(format!(
@@ -140,6 +168,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         println!("result scan_{level}_buffers {}", seen_bpf.buffers.len());
         println!("result scan_{level}_bpf_ns {}", by_bpf.as_nanos());
         println!("result scan_{level}_procfs_ns {}", by_procfs.as_nanos());
+        print_phases(level, &phases.into_inner());
     }
     for h in &mut holders {
         h.stdin.take();

@@ -14,9 +14,9 @@
 mod records;
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aya::programs::Iter;
 use aya::{Btf, Ebpf};
@@ -25,10 +25,10 @@ use super::error::KernelError;
 use super::procfs::DmaBufScan;
 use records::Reads;
 
-/// The iterators in the order a scan reads them (holders before buffers, see
+/// The iterators in the order a scan reads them (fds before buffers, mappings after, see
 /// [`records::assemble`]): the program's function name and its attach target.
 const ITERATORS: [(&str, &str); 4] =
-    [("fds", "task_file"), ("mappings", "task_vma"), ("processes", "task"), ("buffers", "dmabuf")];
+    [("fds", "task_file"), ("processes", "task"), ("buffers", "dmabuf"), ("mappings", "task_vma")];
 
 /// The object file's name (without `.o`) as Android's bpfloader derives pin names from it:
 /// `prog_<object>_<section with '/' as '_'>`, e.g. `prog_chargetransfer_holders_iter_dmabuf`.
@@ -70,6 +70,9 @@ enum Programs {
 
 pub struct BpfScanner {
     programs: Mutex<Programs>,
+    /// Each iterator's last read, kept for the next scan: its pages are already faulted in and
+    /// large enough, so a scan reads straight into them.
+    reads: Mutex<[Vec<u8>; 4]>,
     origin: Origin,
 }
 
@@ -108,7 +111,11 @@ impl BpfScanner {
                 Iter::from_pin(&path).map_err(|e| bpf_err(format_args!("no pinned iterator {}", path.display()), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(BpfScanner { programs: Mutex::new(Programs::Pinned(programs)), origin: Origin::Pinned(dir.to_path_buf()) })
+        Ok(BpfScanner {
+            programs: Mutex::new(Programs::Pinned(programs)),
+            reads: Mutex::default(),
+            origin: Origin::Pinned(dir.to_path_buf()),
+        })
     }
 
     /// Loads the built-in object, relocated against the running kernel's BTF.
@@ -118,7 +125,7 @@ impl BpfScanner {
         for (name, target) in ITERATORS {
             iter(&mut ebpf, name)?.load(target, &btf).map_err(|e| bpf_err(format_args!("loading iter/{target}"), e))?;
         }
-        Ok(BpfScanner { programs: Mutex::new(Programs::Loaded(ebpf)), origin: Origin::Loaded })
+        Ok(BpfScanner { programs: Mutex::new(Programs::Loaded(ebpf)), reads: Mutex::default(), origin: Origin::Loaded })
     }
 
     pub fn origin(&self) -> &Origin {
@@ -143,18 +150,52 @@ impl BpfScanner {
     /// Every process's dma-bufs, merged by inode: the same answer as
     /// [`ProcFs::scan_all`](super::ProcFs::scan_all) on a full view, always complete.
     pub fn scan_all(&self) -> Result<DmaBufScan, KernelError> {
+        self.scan_all_timed().map(|(scan, _)| scan)
+    }
+
+    /// [`BpfScanner::scan_all`] with the time each iterator read and the assembly took, for the
+    /// scan benchmark's breakdown.
+    pub fn scan_all_timed(&self) -> Result<(DmaBufScan, ScanPhases), KernelError> {
         let mut programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut bytes: [Vec<u8>; 4] = Default::default();
-        for (i, (name, target)) in ITERATORS.iter().enumerate() {
+        let mut bytes = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        let [fds, processes, buffers, mappings] = &mut *bytes;
+        let mut phases = ScanPhases { reads: ITERATORS.map(|(_, target)| (target, None)), assembly: Duration::ZERO };
+        let mut read = |i: usize, into: &mut Vec<u8>| {
+            let (name, target) = ITERATORS[i];
+            let t = Instant::now();
             let program = match &mut *programs {
                 Programs::Loaded(ebpf) => iter(ebpf, name)?,
                 Programs::Pinned(iters) => &mut iters[i],
             };
-            read(program, &mut bytes[i]).map_err(|e| bpf_err(format_args!("reading iter/{target}"), e))?;
+            read(program, into).map_err(|e| bpf_err(format_args!("reading iter/{target}"), e))?;
+            phases.reads[i].1 = Some((t.elapsed(), into.len()));
+            Ok::<_, KernelError>(())
+        };
+        read(0, fds)?;
+        read(1, processes)?;
+        read(2, buffers)?;
+        let t = Instant::now();
+        let listed = records::buffers(buffers)?;
+        phases.assembly = t.elapsed();
+        // Walking every VMA of every process is the dearest read: only when a buffer is mapped.
+        mappings.clear();
+        if listed.iter().any(|b| b.mapped) {
+            read(3, mappings)?;
         }
-        let [fds, mappings, processes, buffers] = &bytes;
-        records::assemble(Reads { buffers, fds, mappings, processes })
+        let t = Instant::now();
+        let scan = records::assemble(Reads { buffers: listed, fds, mappings, processes })?;
+        phases.assembly += t.elapsed();
+        Ok((scan, phases))
     }
+}
+
+/// Where one BPF scan's time went: each iterator's read in scan order (its target, and the time
+/// to attach and read it to the end and the bytes read, if it was read), then turning the
+/// records into a [`DmaBufScan`].
+#[derive(Clone, Copy, Debug)]
+pub struct ScanPhases {
+    pub reads: [(&'static str, Option<(Duration, usize)>); 4],
+    pub assembly: Duration,
 }
 
 fn iter<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter, KernelError> {
@@ -172,10 +213,19 @@ fn load_object() -> Result<Ebpf, KernelError> {
     Err(KernelError::Bpf("built without the BPF object (no clang when it was compiled)".into()))
 }
 
-/// One pass of an iterator: a new link, an iterator fd from it, read to the end.
+/// One pass of an iterator: a new link, an iterator fd from it, read to the end into `buf`
+/// (cleared first). Each read() fills at most the kernel's seq buffer (8 pages) and then stops
+/// and restarts the iterator, so reads ask for more than that, straight into `buf`'s capacity,
+/// which stays with the scanner for the next scan.
 fn read(program: &mut Iter, buf: &mut Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+    const READ: usize = 256 << 10;
     let id = program.attach()?;
-    let mut file = program.take_link(id)?.into_file()?;
-    file.read_to_end(buf)?;
-    Ok(())
+    let file = program.take_link(id)?.into_file()?;
+    buf.clear();
+    loop {
+        buf.reserve(READ);
+        if rustix::io::read(&file, rustix::buffer::spare_capacity(buf))? == 0 {
+            return Ok(());
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! The binary records holders.bpf.c writes, and how four reads of them make one [`DmaBufScan`].
+//! The binary records holders.bpf.c writes, and how the iterators' reads of them make one
+//! [`DmaBufScan`].
 //!
-//! Layouts are the C structs' (native endian, no padding); a read whose length is not a whole
-//! number of records is a [`KernelError::Parse`], never a shorter view.
+//! Layouts are the C structs' (native endian, no padding); a read that ends inside a record is a
+//! [`KernelError::Parse`], never a shorter view.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -9,8 +10,9 @@ use std::path::Path;
 use crate::kernel::error::KernelError;
 use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
 
-/// `struct buffer_record`: inode, size, exporter[64], name[32].
-const BUFFER: usize = 8 + 8 + 64 + 32;
+/// `struct buffer_record`'s header: inode, size, mapped, exporter_len, name_len; then the two
+/// strings.
+const BUFFER: usize = 8 + 8 + 1 + 1 + 1;
 /// `struct fd_record`: tgid, fd, inode.
 const FD: usize = 4 + 4 + 8;
 /// `struct vma_record`: tgid, tid, start, inode.
@@ -18,12 +20,22 @@ const VMA: usize = 4 + 4 + 8 + 8;
 /// `struct process_record`: tgid.
 const PROCESS: usize = 4;
 
-/// What the four iterators returned, each read whole.
+/// What the iterators returned, each read whole (`mappings` empty when it was not read).
 pub(super) struct Reads<'a> {
-    pub buffers: &'a [u8],
+    pub buffers: Vec<Buffer<'a>>,
     pub fds: &'a [u8],
     pub mappings: &'a [u8],
     pub processes: &'a [u8],
+}
+
+/// One `struct buffer_record` with its strings.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Buffer<'a> {
+    inode: u64,
+    size: u64,
+    pub mapped: bool,
+    exporter: &'a [u8],
+    name: &'a [u8],
 }
 
 fn u32_at(r: &[u8], at: usize) -> u32 {
@@ -34,10 +46,9 @@ fn u64_at(r: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(r[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// A NUL-terminated C string field; empty means absent.
-fn c_string(field: &[u8]) -> Option<String> {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    (end > 0).then(|| String::from_utf8_lossy(&field[..end]).into_owned())
+/// A string field; empty means absent.
+fn string(field: &[u8]) -> Option<String> {
+    (!field.is_empty()).then(|| String::from_utf8_lossy(field).into_owned())
 }
 
 fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::ChunksExact<'a, u8>, KernelError> {
@@ -48,36 +59,96 @@ fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::C
     Ok(bytes.chunks_exact(size))
 }
 
+/// The records of iter/dmabuf, in the order read.
+pub(super) fn buffers(bytes: &[u8]) -> Result<Vec<Buffer<'_>>, KernelError> {
+    let mut out = Vec::with_capacity(bytes.len() / (BUFFER + 8));
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let strings = rest.get(BUFFER - 2..BUFFER).map(|l| BUFFER + usize::from(l[0]) + usize::from(l[1]));
+        let Some(record) = strings.and_then(|end| rest.get(..end)) else {
+            let reason = format!("a record cut short at byte {} of {}", bytes.len() - rest.len(), bytes.len());
+            return Err(KernelError::parse(Path::new("iter/dmabuf"), 0, reason));
+        };
+        let exporter_end = BUFFER + usize::from(record[BUFFER - 2]);
+        out.push(Buffer {
+            inode: u64_at(record, 0),
+            size: u64_at(record, 8),
+            mapped: record[16] != 0,
+            exporter: &record[BUFFER..exporter_end],
+            name: &record[exporter_end..],
+        });
+        rest = &rest[record.len()..];
+    }
+    Ok(out)
+}
+
 /// Holders are read before buffers, so every buffer still held when its holders were listed is
 /// in the buffer list; a holder whose buffer is not there anymore held a buffer freed meanwhile
-/// and is dropped, as a later procfs scan would not see it either. Threads of one process share
-/// its mappings: only the first thread that reports a process's mappings is counted.
+/// and is dropped, as a later procfs scan would not see it either. Mappings are read after the
+/// buffers (only if one was mapped then): a buffer mapped but without an fd when the fds were
+/// listed was already mapped when the buffers were, and a mapping of a buffer newer than the list
+/// is dropped like a buffer created after the scan. Threads of one process share its mappings:
+/// only the first thread that reports a process's mappings is counted.
+///
+/// Built for 100k buffers: the holders are one sorted vector merged with the buffers sorted by
+/// inode (no per-record tree search), the result's map is bulk-built from that sorted run, and
+/// consecutive buffers of one exporter share the work of its string.
 pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
-    let mut holders: BTreeMap<u64, BTreeMap<u32, Holder>> = BTreeMap::new();
-    for r in records("iter/task_file", reads.fds, FD)? {
-        holders.entry(u64_at(r, 8)).or_default().entry(u32_at(r, 0)).or_default().fd_count += 1;
-    }
+    let fds = records("iter/task_file", reads.fds, FD)?;
+    let vmas = records("iter/task_vma", reads.mappings, VMA)?;
+    // (inode, tgid, is a mapping), one per fd or mapping.
+    let mut held: Vec<(u64, u32, bool)> = Vec::with_capacity(fds.len() + vmas.len());
+    held.extend(fds.map(|r| (u64_at(r, 8), u32_at(r, 0), false)));
     let mut mapping_thread: HashMap<u32, u32> = HashMap::new();
-    for r in records("iter/task_vma", reads.mappings, VMA)? {
+    for r in vmas {
         let (tgid, tid) = (u32_at(r, 0), u32_at(r, 4));
-        if *mapping_thread.entry(tgid).or_insert(tid) != tid {
+        if *mapping_thread.entry(tgid).or_insert(tid) == tid {
+            held.push((u64_at(r, 16), tgid, true));
+        }
+    }
+    held.sort_unstable();
+    let mut buffers = reads.buffers;
+    buffers.sort_unstable_by_key(|b| b.inode);
+    let mut exporter = Interned::default();
+    let mut scanned = Vec::with_capacity(buffers.len().min(held.len()));
+    let mut held = held.as_slice();
+    for b in buffers {
+        while held.first().is_some_and(|h| h.0 < b.inode) {
+            held = &held[1..];
+        }
+        let count = held.iter().take_while(|h| h.0 == b.inode).count();
+        let (of_buffer, rest) = held.split_at(count);
+        held = rest;
+        if of_buffer.is_empty() {
             continue;
         }
-        holders.entry(u64_at(r, 16)).or_default().entry(tgid).or_default().map_count += 1;
+        let mut holders = BTreeMap::new();
+        for run in of_buffer.chunk_by(|a, b| a.1 == b.1) {
+            let maps = run.iter().filter(|h| h.2).count() as u32;
+            holders.insert(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
+        }
+        let buffer = ScannedBuffer { size: b.size, exporter: exporter.get(b.exporter), name: string(b.name), holders };
+        scanned.push((b.inode, buffer));
     }
-    let mut scan =
-        DmaBufScan { processes: records("iter/task", reads.processes, PROCESS)?.len(), ..Default::default() };
-    for r in records("iter/dmabuf", reads.buffers, BUFFER)? {
-        let Some(held) = holders.remove(&u64_at(r, 0)) else { continue };
-        let buffer = ScannedBuffer {
-            size: u64_at(r, 8),
-            exporter: c_string(&r[16..80]),
-            name: c_string(&r[80..112]),
-            holders: held,
-        };
-        scan.buffers.insert(u64_at(r, 0), buffer);
+    let processes = records("iter/task", reads.processes, PROCESS)?.len();
+    Ok(DmaBufScan { buffers: scanned.into_iter().collect(), processes, ..Default::default() })
+}
+
+/// The last string field seen and its string: buffers come in runs from one exporter.
+#[derive(Default)]
+struct Interned<'a> {
+    field: &'a [u8],
+    string: Option<String>,
+}
+
+impl<'a> Interned<'a> {
+    fn get(&mut self, field: &'a [u8]) -> Option<String> {
+        if field != self.field {
+            self.field = field;
+            self.string = string(field);
+        }
+        self.string.clone()
     }
-    Ok(scan)
 }
 
 #[cfg(test)]
@@ -85,17 +156,12 @@ mod tests {
     use super::*;
 
     fn buffer(inode: u64, size: u64, exporter: &str, name: &str) -> Vec<u8> {
-        let mut r = Vec::new();
-        r.extend(inode.to_ne_bytes());
-        r.extend(size.to_ne_bytes());
-        let mut field = |s: &str, len: usize| {
-            let mut f = s.as_bytes().to_vec();
-            f.resize(len, 0);
-            r.extend(f);
-        };
-        field(exporter, 64);
-        field(name, 32);
-        r
+        mapped_buffer(inode, size, false, exporter, name)
+    }
+
+    fn mapped_buffer(inode: u64, size: u64, mapped: bool, exporter: &str, name: &str) -> Vec<u8> {
+        let header = [u8::from(mapped), exporter.len() as u8, name.len() as u8];
+        [&inode.to_ne_bytes(), &size.to_ne_bytes(), header.as_slice(), exporter.as_bytes(), name.as_bytes()].concat()
     }
 
     fn fd(tgid: u32, fd: u32, inode: u64) -> Vec<u8> {
@@ -108,7 +174,7 @@ mod tests {
 
     fn scan(buffers: &[Vec<u8>], fds: &[Vec<u8>], vmas: &[Vec<u8>]) -> Result<DmaBufScan, KernelError> {
         let (b, f, m) = (buffers.concat(), fds.concat(), vmas.concat());
-        assemble(Reads { buffers: &b, fds: &f, mappings: &m, processes: &[0; 12] })
+        assemble(Reads { buffers: super::buffers(&b)?, fds: &f, mappings: &m, processes: &[0; 12] })
     }
 
     #[test]
@@ -149,6 +215,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.buffers[&7].holders[&10], Holder { fd_count: 0, map_count: 2 });
+    }
+
+    #[test]
+    fn buffer_records_carry_their_strings_and_whether_they_are_mapped() {
+        let bytes = [mapped_buffer(7, 4096, true, "system", "frame"), buffer(8, 8192, "cma", "")].concat();
+        let b = super::buffers(&bytes).unwrap();
+        let seen: Vec<_> = b.iter().map(|b| (b.inode, b.size, b.mapped, b.exporter, b.name)).collect();
+        assert_eq!(seen, [(7, 4096, true, &b"system"[..], &b"frame"[..]), (8, 8192, false, &b"cma"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn a_buffer_record_cut_short_is_a_parse_error() {
+        for cut in [1, 10] {
+            let mut bytes = buffer(7, 4096, "system", "frame");
+            bytes.truncate(bytes.len() - cut);
+            let e = super::buffers(&bytes).unwrap_err();
+            assert!(e.to_string().starts_with("iter/dmabuf: a record cut short at byte 0"), "{e}");
+        }
     }
 
     #[test]
