@@ -220,7 +220,7 @@ fn watch_handoffs(accountant: &Arc<Accountant>, opts: &Options) {
     } else if opts.proc_root != std::path::Path::new("/proc") {
         "not the real /proc".to_string()
     } else {
-        match HandoffEvents::open(&opts.tracefs) {
+        match HandoffEvents::open(&opts.tracefs, &opts.sys_root.join("kernel/btf/vmlinux")) {
             Ok(events) => {
                 let mode =
                     format!("{} (re-checked within {} ms)", events.describe(), handoff_watch::WINDOW.as_millis());

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::accountant::Accountant;
 use crate::kernel::handoff_events::{tgid_of, HandoffEvent, HandoffEvents};
@@ -45,16 +45,25 @@ pub fn spawn(accountant: Arc<Accountant>, mut events: HandoffEvents, proc_root: 
     })?;
     std::thread::Builder::new().name("handoff-recheck".into()).spawn(move || {
         let mut awaiting: BTreeSet<Inode> = BTreeSet::new();
+        let own = std::process::id();
         while let Ok(first) = rx.recv() {
             std::thread::sleep(WINDOW);
-            let mut closers = BTreeSet::new();
+            let mut tids = BTreeSet::new();
             let mut received = false;
+            let mut n = 0;
             for event in std::iter::once(first).chain(rx.try_iter()) {
+                n += 1;
                 match event {
-                    HandoffEvent::Closed { tid, .. } => closers.extend(tgid_of(&proc_root, tid)),
+                    HandoffEvent::Closed { tid, .. } => {
+                        tids.insert(tid);
+                    }
                     HandoffEvent::Received { .. } => received = true,
                 }
             }
+            // The service's own closes (its scans read /proc) are never a handoff.
+            let closers: BTreeSet<u32> =
+                tids.into_iter().filter_map(|tid| tgid_of(&proc_root, tid)).filter(|p| *p != own).collect();
+            debug!("handoff events: {n} in the window, closers {closers:?}, received {received}");
             let also = if received { std::mem::take(&mut awaiting) } else { BTreeSet::new() };
             match accountant.recheck_handoffs(&closers, &also) {
                 Ok(report) => {

@@ -58,10 +58,11 @@ fn put(path: &Path, data: &str, append: bool) -> Result<(), KernelError> {
 }
 
 impl HandoffEvents {
-    /// Sets up the probe and the instance under `tracefs` and opens the instance's trace_pipe.
+    /// Sets up the probe and the instance under `tracefs` and opens the instance's trace_pipe;
+    /// `btf` is the kernel's type information (`/sys/kernel/btf/vmlinux`).
     /// Leftovers of a previous run of the service (killed before it could tidy up) are removed
     /// first. The error says what is missing; the caller then relies on the periodic reconcile.
-    pub fn open(tracefs: &Path) -> Result<HandoffEvents, KernelError> {
+    pub fn open(tracefs: &Path, btf: &Path) -> Result<HandoffEvents, KernelError> {
         let instance = tracefs.join("instances").join(NAME);
         let probes = tracefs.join("kprobe_events");
         if instance.exists() {
@@ -71,7 +72,9 @@ impl HandoffEvents {
         let typed = format!(
             "r:{NAME}/{CLOSE_EVENT} file_close_fd magic=$retval->f_inode->i_sb->s_magic:u64 ino=$retval->f_inode->i_ino:u64\n"
         );
-        let filtered = put(&probes, &typed, true).is_ok();
+        // Without BTF a kernel may still take the typed definition and read garbage: ask for
+        // the fields only where the kernel has the types to resolve them.
+        let filtered = btf.exists() && put(&probes, &typed, true).is_ok();
         if !filtered {
             put(&probes, &format!("r:{NAME}/{CLOSE_EVENT} file_close_fd\n"), true)?;
         }
