@@ -2,7 +2,8 @@
 //! [`crate::kernel::handoff_events`]) instead of waiting for the periodic reconcile: events
 //! within a short window are coalesced into one re-check of just the buffers involved — those of
 //! the processes that closed a dma-buf fd, and, when a process received an fd over binder, those
-//! a payer let go of while nobody could take them yet.
+//! pushed or charged on its behalf (its receipts) and those a payer let go of while nobody could
+//! take them yet.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -48,24 +49,24 @@ pub fn spawn(accountant: Arc<Accountant>, mut events: HandoffEvents, proc_root: 
         let own = std::process::id();
         while let Ok(first) = rx.recv() {
             std::thread::sleep(WINDOW);
-            let mut tids = BTreeSet::new();
-            let mut received = false;
+            let (mut closing, mut receiving) = (BTreeSet::new(), BTreeSet::new());
             let mut n = 0;
             for event in std::iter::once(first).chain(rx.try_iter()) {
                 n += 1;
                 match event {
-                    HandoffEvent::Closed { tid, .. } => {
-                        tids.insert(tid);
-                    }
-                    HandoffEvent::Received { .. } => received = true,
-                }
+                    HandoffEvent::Closed { tid, .. } => closing.insert(tid),
+                    HandoffEvent::Received { tid } => receiving.insert(tid),
+                };
             }
-            // The service's own closes (its scans read /proc) are never a handoff.
-            let closers: BTreeSet<u32> =
-                tids.into_iter().filter_map(|tid| tgid_of(&proc_root, tid)).filter(|p| *p != own).collect();
-            debug!("handoff events: {n} in the window, closers {closers:?}, received {received}");
-            let also = if received { std::mem::take(&mut awaiting) } else { BTreeSet::new() };
-            match accountant.recheck_handoffs(&closers, &also) {
+            // The service's own closes (its scans read /proc) and the fds clients send it are
+            // never a handoff between apps.
+            let processes = |tids: BTreeSet<u32>| -> BTreeSet<u32> {
+                tids.into_iter().filter_map(|tid| tgid_of(&proc_root, tid)).filter(|p| *p != own).collect()
+            };
+            let (closers, receivers) = (processes(closing), processes(receiving));
+            debug!("handoff events: {n} in the window, closers {closers:?}, receivers {receivers:?}");
+            let also = if receivers.is_empty() { BTreeSet::new() } else { std::mem::take(&mut awaiting) };
+            match accountant.recheck_handoffs(&closers, &receivers, &also) {
                 Ok(report) => {
                     awaiting.extend(report.awaiting_holder);
                     if !report.handoffs_refused.is_empty() {

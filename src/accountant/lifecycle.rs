@@ -97,11 +97,10 @@ impl Accountant {
     /// allocation, the receiver's memory.max against what the kernel counts elsewhere — the
     /// check an accept makes (`budgets`, read before locking by [`Self::handoff_budgets`]).
     /// Needs no call from either side, so it covers apps handing buffers to each other over
-    /// binder, which cannot call the service. Only on a full view. A push or on-behalf charge
-    /// still awaiting its receiver is handed off too when another app holds the buffer (the
-    /// allocator gave it to the app, which passed it on): its receipt is void, since the receiver
-    /// no longer pays; held by no other app, the holder rule settles it. `Ok(true)` when the
-    /// charge moved.
+    /// binder, which cannot call the service. Not while a push or on-behalf charge awaits its
+    /// receiver (the holder rule settles those: at reconcile, or when the kernel reports the
+    /// receiver got an fd over binder and the scan sees it holding the buffer), and only on a
+    /// full view. `Ok(true)` when the charge moved.
     fn hand_off(
         state: &mut State,
         b: &BufferInfo,
@@ -124,8 +123,9 @@ impl Accountant {
             .and_then(|()| state.apply(event));
         match moved {
             Ok(()) => {
+                let held_by: Vec<&u32> = holders.keys().collect();
+                info!("buffer {}: pid {} let go of it (held by {held_by:?}); pid {} pays", b.inode, b.pid, to.pid);
                 state.handoffs_refused.remove(&b.inode);
-                state.receipts.remove(&b.inode);
                 Ok(true)
             }
             Err(Error::Ledger(e @ (LedgerError::OverLimit { .. } | LedgerError::OverPinLimit { .. }))) => {
@@ -346,7 +346,7 @@ impl Accountant {
     }
 
     /// The handoff rule for one buffer whose payer is alive: applied when the payer no longer
-    /// holds it on a complete view; the outcome goes to `report`.
+    /// holds it on a complete view and no push awaits its receiver; the outcome goes to `report`.
     fn settle_let_go(
         state: &mut State,
         b: &BufferInfo,
@@ -356,7 +356,7 @@ impl Accountant {
         budgets: &HashMap<u32, KernelBudget>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        if !complete || seen.holders.contains_key(&b.pid) {
+        if !complete || seen.holders.contains_key(&b.pid) || state.receipts.contains_key(&b.inode) {
             return Ok(());
         }
         if Self::hand_off(state, b, &seen.holders, live, budgets)? {
@@ -404,14 +404,26 @@ impl Accountant {
         budgets
     }
 
-    /// The handoff rule, now, for just the buffers `payers` pay for and those in `also` (the
-    /// kernel saw these processes close a dma-buf fd, or a process receive an fd over binder):
-    /// one full view, then [`Self::settle_let_go`] for each, journaled as reconcile's handoffs.
-    /// Nothing else is repaired here; the periodic reconcile still runs.
-    pub fn recheck_handoffs(&self, payers: &BTreeSet<u32>, also: &BTreeSet<Inode>) -> Result<ReconcileReport> {
+    /// The handoff rule, now, for just the buffers involved: those `payers` pay for (the kernel
+    /// saw them close a dma-buf fd), those pushed or charged on behalf of `receivers` (the kernel
+    /// saw them receive an fd over binder: seen holding the buffer, the receipt is settled), and
+    /// those in `also`. One full view, then [`Self::settle_let_go`] for each, journaled as
+    /// reconcile's handoffs. Nothing else is repaired here; the periodic reconcile still runs.
+    pub fn recheck_handoffs(
+        &self,
+        payers: &BTreeSet<u32>,
+        receivers: &BTreeSet<u32>,
+        also: &BTreeSet<Inode>,
+    ) -> Result<ReconcileReport> {
         let inodes: BTreeSet<Inode> = {
             let state = self.lock();
-            payers.iter().flat_map(|p| state.ledger.buffers_of_pid(*p)).chain(also.iter().copied()).collect()
+            let received = state.receipts.iter().filter(|(_, r)| receivers.contains(&r.receiver.pid)).map(|(i, _)| *i);
+            payers
+                .iter()
+                .flat_map(|p| state.ledger.buffers_of_pid(*p))
+                .chain(received)
+                .chain(also.iter().copied())
+                .collect()
         };
         let mut report = ReconcileReport::default();
         if inodes.is_empty() {
@@ -435,6 +447,12 @@ impl Accountant {
                 // The lock was dropped for the scan: a buffer released or moved meanwhile is the
                 // next event's (or reconcile's) business.
                 let (Some(b), Some(seen)) = (state.ledger.buffer(*inode), scan.buffers.get(inode)) else { continue };
+                let receipt = state.receipts.get(inode);
+                if receipt
+                    .is_some_and(|r| receivers.contains(&r.receiver.pid) && seen.holders.contains_key(&r.receiver.pid))
+                {
+                    state.receipts.remove(inode);
+                }
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
                 if owner_alive {
                     Self::settle_let_go(state, &b, seen, scan.is_complete(), &live, &budgets, &mut report)?;

@@ -23,6 +23,8 @@ use crate::harness::{Child, Env, AID_GRAPHICS};
 const MIB: u64 = 1 << 20;
 /// How long a case waits for the event-driven handoff before it calls it missed.
 const HANDOFF_DEADLINE: Duration = Duration::from_secs(10);
+/// Time for the service's re-check after an app received a buffer (see [`received`]).
+const RECEIPT_SETTLE: Duration = Duration::from_millis(300);
 
 fn reconcile(env: &Env) -> Outcome {
     env.client.service().reconcile().map(drop).map_err(|e| format!("reconcile: {e:?}"))
@@ -252,6 +254,14 @@ fn handoff_mode(env: &Env) -> Result<String, String> {
     Ok(dump.lines().find(|l| l.starts_with("Handoffs follow:")).unwrap_or("Handoffs follow: (not in dumpState)").into())
 }
 
+/// Until the service has seen `app` holding what was charged on its behalf (its receipt settled:
+/// the binder driver's fd_recv event from `app` starts that re-check), the charge stays with the
+/// app whatever it does with the buffer; the cases let that re-check run before the app passes
+/// the buffer on. Nothing observable says when it ran, hence the pause.
+fn received() {
+    std::thread::sleep(RECEIPT_SETTLE);
+}
+
 /// The allocator makes a buffer for `app`, charges it on the app's behalf and hands it over in a
 /// binder transaction, as gralloc does; returns the app's slot and the inode.
 fn allocate_for(gralloc: &mut Child, app: &mut Child, size: u64) -> Result<(usize, u64), String> {
@@ -259,6 +269,7 @@ fn allocate_for(gralloc: &mut Child, app: &mut Child, size: u64) -> Result<(usiz
     gralloc.ok(&format!("charge_for {slot} {}", app.pid))?;
     let app_slot = gralloc.send_over_binder(slot, app)?;
     gralloc.ok(&format!("close {slot}"))?;
+    received();
     Ok((app_slot, inode))
 }
 
@@ -369,6 +380,7 @@ pub fn a_receiver_over_its_limit_leaves_the_charge_with_the_sender(env: &Env) ->
     gralloc.ok(&format!("charge_for {slot} {}", a.pid))?;
     let slot_a = gralloc.send_over_binder(slot, &mut a)?;
     gralloc.ok(&format!("close {slot}"))?;
+    received();
     let why = if mem_accounting() {
         let current = env.cgroup.memory(&level).map_err(|e| e.to_string())?.current;
         let max = (current + 3 * MIB).div_ceil(4096) * 4096;
