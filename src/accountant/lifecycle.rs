@@ -237,6 +237,9 @@ impl Accountant {
     /// receiver never held the buffer, follows cgroup moves, reparents removed cgroups, and
     /// reports dma-bufs nobody charged.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
+        // Payers before the scan: a charge that changes hands while it runs (an accept, a push)
+        // is not handed off on a view that may predate its new payer's fd.
+        let payers_before: HashMap<Inode, u32> = self.lock().ledger.buffers().map(|b| (b.inode, b.pid)).collect();
         let scan = self.scanner.scan_all().map_err(Error::from)?;
         let mut report = ReconcileReport {
             processes_scanned: scan.processes,
@@ -280,7 +283,9 @@ impl Accountant {
                 };
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
                 if owner_alive {
-                    Self::settle_let_go(state, b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
+                    if payers_before.get(&b.inode) == Some(&b.pid) {
+                        Self::settle_let_go(state, b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
+                    }
                 } else {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
                     let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
@@ -415,7 +420,9 @@ impl Accountant {
         receivers: &BTreeSet<u32>,
         also: &BTreeSet<Inode>,
     ) -> Result<ReconcileReport> {
-        let inodes: BTreeSet<Inode> = {
+        // Each buffer with its payer before the scan: one whose charge changes hands meanwhile
+        // (an accept, a push) is left alone, as the scan may predate its new payer's fd.
+        let inodes: BTreeMap<Inode, u32> = {
             let state = self.lock();
             let received = state.receipts.iter().filter(|(_, r)| receivers.contains(&r.receiver.pid)).map(|(i, _)| *i);
             payers
@@ -423,6 +430,7 @@ impl Accountant {
                 .flat_map(|p| state.ledger.buffers_of_pid(*p))
                 .chain(received)
                 .chain(also.iter().copied())
+                .filter_map(|i| state.ledger.buffer(i).map(|b| (i, b.pid)))
                 .collect()
         };
         let mut report = ReconcileReport::default();
@@ -433,7 +441,7 @@ impl Accountant {
         report.processes_scanned = scan.processes;
         report.buffers_seen = scan.buffers.len();
         let live: HashMap<u32, Process> = inodes
-            .iter()
+            .keys()
             .filter_map(|i| scan.buffers.get(i))
             .flat_map(|b| b.holders.keys().copied())
             .chain(payers.iter().copied())
@@ -441,12 +449,15 @@ impl Accountant {
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
-        let budgets = self.handoff_budgets(&scan, &live, Some(&inodes));
+        let budgets = self.handoff_budgets(&scan, &live, Some(&inodes.keys().copied().collect()));
         self.change(|state| {
-            for inode in &inodes {
+            for (inode, payer) in &inodes {
                 // The lock was dropped for the scan: a buffer released or moved meanwhile is the
                 // next event's (or reconcile's) business.
                 let (Some(b), Some(seen)) = (state.ledger.buffer(*inode), scan.buffers.get(inode)) else { continue };
+                if b.pid != *payer {
+                    continue;
+                }
                 let receipt = state.receipts.get(inode);
                 if receipt
                     .is_some_and(|r| receivers.contains(&r.receiver.pid) && seen.holders.contains_key(&r.receiver.pid))
