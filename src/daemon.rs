@@ -15,7 +15,9 @@ use crate::autoconfig::{Autoconfig, ProbeRoots, Scope};
 use crate::binder::{self, Interface};
 use crate::catchup::CatchUp;
 use crate::client::RPC_WIRE_VERSION;
+use crate::handoff_watch;
 use crate::journal::Durability;
+use crate::kernel::handoff_events::HandoffEvents;
 use crate::kernel::ScanChoice;
 use crate::memtrack::TraceCounters;
 use crate::policy::{Policy, TrustRule};
@@ -71,7 +73,12 @@ pub struct Options {
     /// Binder threads.
     #[arg(long, default_value_t = 8)]
     pub threads: u32,
-    /// Where tracefs is mounted: the policy's `trace.counters` writes to its trace_marker.
+    /// Do not follow handoffs from the kernel's fd events (tracefs): the periodic reconcile alone
+    /// applies the handoff rule.
+    #[arg(long)]
+    pub no_handoff_events: bool,
+    /// Where tracefs is mounted: the policy's `trace.counters` writes to its trace_marker, and
+    /// the handoff events come from an instance of its own.
     #[arg(long, default_value = crate::memtrack::counters::TRACEFS)]
     pub tracefs: PathBuf,
 }
@@ -165,6 +172,8 @@ pub fn run(opts: Options) -> Result<(), String> {
         Err(e) => warn!("start-up reconcile failed: {e}"),
     }
 
+    watch_handoffs(&accountant, &opts);
+
     let deaths = DeathWatch::new(&accountant);
     let stop = Arc::new(AtomicBool::new(false));
     spawn_lifecycle(&accountant, &autoconfig, &catch_up, &deaths, &stop, &opts);
@@ -203,6 +212,35 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
 }
 
+/// Follows handoffs as the kernel reports them where tracefs offers the events (a real /proc,
+/// not `--no-handoff-events`); otherwise the periodic reconcile alone applies the rule.
+fn watch_handoffs(accountant: &Arc<Accountant>, opts: &Options) {
+    let why_not = if opts.no_handoff_events {
+        "--no-handoff-events".to_string()
+    } else if opts.proc_root != std::path::Path::new("/proc") {
+        "not the real /proc".to_string()
+    } else {
+        match HandoffEvents::open(&opts.tracefs, &opts.sys_root.join("kernel/btf/vmlinux")) {
+            Ok(events) => {
+                let mode =
+                    format!("{} (re-checked within {} ms)", events.describe(), handoff_watch::WINDOW.as_millis());
+                match handoff_watch::spawn(Arc::clone(accountant), events, opts.proc_root.clone()) {
+                    Ok(()) => {
+                        info!("handoffs: {mode}");
+                        handoff_watch::set_mode(mode);
+                        return;
+                    }
+                    Err(e) => format!("spawn: {e}"),
+                }
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    let mode = format!("periodic reconcile only (every {} s; no events: {why_not})", opts.reconcile_secs);
+    info!("handoffs: {mode}");
+    handoff_watch::set_mode(mode);
+}
+
 /// Probes the device, computes limits from the policy and applies them to every owner: cgroup
 /// files where the kernel enforces, ledger limits where the service does. Returns the report, as
 /// text or JSON, with the dma-buf scan backend the service chose at start.
@@ -218,9 +256,10 @@ pub fn autoconfigure(
         let mut value: serde_json::Value = serde_json::from_str(&report.to_json())
             .map_err(|e| crate::error::Error::Internal(format!("autoconfig report JSON: {e}")))?;
         value["scan"] = serde_json::json!({ "backend": scanner.name(), "detail": scanner.to_string() });
+        value["handoffs"] = serde_json::json!(handoff_watch::mode());
         value.to_string()
     } else {
-        format!("{report}dma-buf scan: {scanner}\n")
+        format!("{report}dma-buf scan: {scanner}\nhandoffs: {}\n", handoff_watch::mode())
     })
 }
 

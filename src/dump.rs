@@ -103,9 +103,10 @@ pub fn render(accountant: &Accountant) -> String {
             b.cgroup
         );
     }
+    let _ = writeln!(out, "\nHandoffs follow: {}", crate::handoff_watch::mode());
     let refused = accountant.handoffs_refused();
     if !refused.is_empty() {
-        let _ = writeln!(out, "\nHandoffs refused at the last reconcile (the payer keeps paying):");
+        let _ = writeln!(out, "\nHandoffs refused (the payer keeps paying):");
         for (inode, why) in refused {
             let _ = writeln!(out, "  buffer {inode}: {why}");
         }

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dump;
 pub mod error;
+pub mod handoff_watch;
 pub mod identity;
 pub mod journal;
 pub mod kernel;

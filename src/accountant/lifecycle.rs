@@ -1,5 +1,6 @@
 //! Lifecycle of charges: an owner's death, the hand-over rule for a buffer that outlives its
-//! owner, the holder rule's receipts, and reconcile against the procfs truth. Every /proc and
+//! owner, the handoff rule (at reconcile, and re-checked for just the payers the kernel saw let
+//! go), the holder rule's receipts, and reconcile against the procfs truth. Every /proc and
 //! cgroupfs read happens before the state is locked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -7,13 +8,14 @@ use std::time::Instant;
 
 use log::{info, warn};
 
+use super::budget::{check_kernel_budget_on_move, KernelBudget};
 use super::cgroup_path::uid_of_cgroup;
 use super::payer::{choose_payer, is_app, Candidate};
 use super::state::{parent_of, State};
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
-use crate::kernel::procfs::{DmaBufScan, Holder};
+use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
 use crate::ledger::{BufferInfo, Event, Inode, LedgerError};
 
 /// What a reconcile pass found and repaired.
@@ -25,6 +27,9 @@ pub struct ReconcileReport {
     pub moved: Vec<Inode>,
     /// Handoffs refused because the receiver is over its limit: the payer keeps paying.
     pub handoffs_refused: Vec<Inode>,
+    /// Let go by a payer that is alive while no process that may take the charge holds it (in
+    /// flight in a binder transaction, or held only by platform processes): the payer keeps paying.
+    pub awaiting_holder: Vec<Inode>,
     pub unaccounted: Vec<Inode>,
     pub unaccounted_bytes: u64,
     pub migrated: Vec<u32>,
@@ -88,15 +93,20 @@ impl Accountant {
     /// other processes do stops paying; the holder [`choose_payer`] picks pays instead (an app's
     /// charge only ever goes to another app: it keeps paying what only platform processes hold), within
     /// its limits as an accept would be (over them, the payer keeps paying and the refusal is
-    /// kept for `dumpState`). Needs no call from either side, so it covers apps handing buffers
-    /// to each other over binder, which cannot call the service. Not while a push or on-behalf
-    /// charge awaits its receiver (the holder rule settles those), and only on a full view.
-    /// `Ok(true)` when the charge moved.
+    /// kept for `dumpState`). The limits are the ledger's and, for a heap the kernel charges at
+    /// allocation, the receiver's memory.max against what the kernel counts elsewhere — the
+    /// check an accept makes (`budgets`, read before locking by [`Self::handoff_budgets`]).
+    /// Needs no call from either side, so it covers apps handing buffers to each other over
+    /// binder, which cannot call the service. Not while a push or on-behalf charge awaits its
+    /// receiver (the holder rule settles those: at reconcile, or when the kernel reports the
+    /// receiver got an fd over binder and the scan sees it holding the buffer), and only on a
+    /// full view. `Ok(true)` when the charge moved.
     fn hand_off(
         state: &mut State,
         b: &BufferInfo,
         holders: &BTreeMap<u32, Holder>,
         live: &HashMap<u32, Process>,
+        budgets: &HashMap<u32, KernelBudget>,
     ) -> Result<bool> {
         // An app's charge never goes to a platform process: SurfaceFlinger holds every app's
         // queued buffers, and an app closing its own fds must not make the compositor pay.
@@ -107,10 +117,14 @@ impl Accountant {
             .filter(|c| !app_payer || is_app(c.process.uid))
             .collect();
         let Some(to) = choose_payer(&candidates).map(|c| c.process.clone()) else { return Ok(false) };
-        state.track(to.clone())?;
         let event = Event::Transferred { inode: b.inode, pid: to.pid, start: to.start_time, cgroup: to.cgroup.clone() };
-        match state.apply(event) {
+        let moved = check_kernel_budget_on_move(state, budgets.get(&to.pid), b.inode, &b.cgroup, &to)
+            .and_then(|()| state.track(to.clone()))
+            .and_then(|()| state.apply(event));
+        match moved {
             Ok(()) => {
+                let held_by: Vec<&u32> = holders.keys().collect();
+                info!("buffer {}: pid {} let go of it (held by {held_by:?}); pid {} pays", b.inode, b.pid, to.pid);
                 state.handoffs_refused.remove(&b.inode);
                 Ok(true)
             }
@@ -223,6 +237,9 @@ impl Accountant {
     /// receiver never held the buffer, follows cgroup moves, reparents removed cgroups, and
     /// reports dma-bufs nobody charged.
     pub fn reconcile(&self) -> Result<ReconcileReport> {
+        // Payers before the scan: a charge that changes hands while it runs (an accept, a push)
+        // is not handed off on a view that may predate its new payer's fd.
+        let payers_before: HashMap<Inode, u32> = self.lock().ledger.buffers().map(|b| (b.inode, b.pid)).collect();
         let scan = self.scanner.scan_all().map_err(Error::from)?;
         let mut report = ReconcileReport {
             processes_scanned: scan.processes,
@@ -244,6 +261,7 @@ impl Accountant {
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
+        let budgets = self.handoff_budgets(&scan, &live, None);
         let removed_cgroups: Vec<String> = match &self.cgroupfs {
             Some(fs) => cgroups.into_iter().rev().filter(|p| p != "/" && !fs.exists(p)).collect(),
             None => Vec::new(),
@@ -264,18 +282,11 @@ impl Accountant {
                     continue;
                 };
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
-                let let_go = owner_alive
-                    && scan.is_complete()
-                    && !seen.holders.contains_key(&b.pid)
-                    && !state.receipts.contains_key(&b.inode);
-                if let_go {
-                    let others = &seen.holders;
-                    if Self::hand_off(state, b, others, &live)? {
-                        report.moved.push(b.inode);
-                    } else if state.handoffs_refused.contains_key(&b.inode) {
-                        report.handoffs_refused.push(b.inode);
+                if owner_alive {
+                    if payers_before.get(&b.inode) == Some(&b.pid) {
+                        Self::settle_let_go(state, b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
                     }
-                } else if !owner_alive {
+                } else {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
                     let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
                     if Self::hand_over(state, b.inode, dead_uid, &holders, &live)? {
@@ -335,6 +346,133 @@ impl Accountant {
         report.migrated.sort_unstable();
         if !report.released.is_empty() || !report.moved.is_empty() {
             info!("reconcile: released {:?}, moved {:?}", report.released, report.moved);
+        }
+        Ok(report)
+    }
+
+    /// The handoff rule for one buffer whose payer is alive: applied when the payer no longer
+    /// holds it on a complete view and no push awaits its receiver; the outcome goes to `report`.
+    fn settle_let_go(
+        state: &mut State,
+        b: &BufferInfo,
+        seen: &ScannedBuffer,
+        complete: bool,
+        live: &HashMap<u32, Process>,
+        budgets: &HashMap<u32, KernelBudget>,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
+        if !complete || seen.holders.contains_key(&b.pid) || state.receipts.contains_key(&b.inode) {
+            return Ok(());
+        }
+        if Self::hand_off(state, b, &seen.holders, live, budgets)? {
+            report.moved.push(b.inode);
+        } else if state.handoffs_refused.contains_key(&b.inode) {
+            report.handoffs_refused.push(b.inode);
+        } else {
+            report.awaiting_holder.push(b.inode);
+        }
+        Ok(())
+    }
+
+    /// The kernel budgets (memory.max, memory.current) of the processes a handoff may pick:
+    /// holders of charged buffers, of heaps the kernel charges at allocation, whose payer no
+    /// longer holds them (`only`: of these buffers). File I/O: call it before locking.
+    fn handoff_budgets(
+        &self,
+        scan: &DmaBufScan,
+        live: &HashMap<u32, Process>,
+        only: Option<&BTreeSet<Inode>>,
+    ) -> HashMap<u32, KernelBudget> {
+        let charged: Vec<(Inode, u32, String)> = {
+            let state = self.lock();
+            match only {
+                Some(inodes) => {
+                    inodes.iter().filter_map(|i| state.ledger.buffer(*i)).map(|b| (b.inode, b.pid, b.heap)).collect()
+                }
+                None => state.ledger.buffers().map(|b| (b.inode, b.pid, b.heap)).collect(),
+            }
+        };
+        let mut budgets = HashMap::new();
+        for (inode, payer, heap) in charged {
+            let Some(seen) = scan.buffers.get(&inode) else { continue };
+            if seen.holders.contains_key(&payer) || !self.kernel_charges_heap(&heap) {
+                continue;
+            }
+            for pid in seen.holders.keys() {
+                if let (Some(p), false) = (live.get(pid), budgets.contains_key(pid)) {
+                    if let Some(budget) = self.kernel_budget(p) {
+                        budgets.insert(*pid, budget);
+                    }
+                }
+            }
+        }
+        budgets
+    }
+
+    /// The handoff rule, now, for just the buffers involved: those `payers` pay for (the kernel
+    /// saw them close a dma-buf fd), those pushed or charged on behalf of `receivers` (the kernel
+    /// saw them receive an fd over binder: seen holding the buffer, the receipt is settled), and
+    /// those in `also`. One full view, then [`Self::settle_let_go`] for each, journaled as
+    /// reconcile's handoffs. Nothing else is repaired here; the periodic reconcile still runs.
+    pub fn recheck_handoffs(
+        &self,
+        payers: &BTreeSet<u32>,
+        receivers: &BTreeSet<u32>,
+        also: &BTreeSet<Inode>,
+    ) -> Result<ReconcileReport> {
+        // Each buffer with its payer before the scan: one whose charge changes hands meanwhile
+        // (an accept, a push) is left alone, as the scan may predate its new payer's fd.
+        let inodes: BTreeMap<Inode, u32> = {
+            let state = self.lock();
+            let received = state.receipts.iter().filter(|(_, r)| receivers.contains(&r.receiver.pid)).map(|(i, _)| *i);
+            payers
+                .iter()
+                .flat_map(|p| state.ledger.buffers_of_pid(*p))
+                .chain(received)
+                .chain(also.iter().copied())
+                .filter_map(|i| state.ledger.buffer(i).map(|b| (i, b.pid)))
+                .collect()
+        };
+        let mut report = ReconcileReport::default();
+        if inodes.is_empty() {
+            return Ok(report);
+        }
+        let scan = self.scanner.scan_all().map_err(Error::from)?;
+        report.processes_scanned = scan.processes;
+        report.buffers_seen = scan.buffers.len();
+        let live: HashMap<u32, Process> = inodes
+            .keys()
+            .filter_map(|i| scan.buffers.get(i))
+            .flat_map(|b| b.holders.keys().copied())
+            .chain(payers.iter().copied())
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
+            .collect();
+        let budgets = self.handoff_budgets(&scan, &live, Some(&inodes.keys().copied().collect()));
+        self.change(|state| {
+            for (inode, payer) in &inodes {
+                // The lock was dropped for the scan: a buffer released or moved meanwhile is the
+                // next event's (or reconcile's) business.
+                let (Some(b), Some(seen)) = (state.ledger.buffer(*inode), scan.buffers.get(inode)) else { continue };
+                if b.pid != *payer {
+                    continue;
+                }
+                let receipt = state.receipts.get(inode);
+                if receipt
+                    .is_some_and(|r| receivers.contains(&r.receiver.pid) && seen.holders.contains_key(&r.receiver.pid))
+                {
+                    state.receipts.remove(inode);
+                }
+                let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
+                if owner_alive {
+                    Self::settle_let_go(state, &b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
+                }
+            }
+            state.commit()
+        })?;
+        if !report.moved.is_empty() {
+            info!("handoff events: moved {:?}", report.moved);
         }
         Ok(report)
     }

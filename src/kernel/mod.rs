@@ -13,6 +13,7 @@ pub mod dmabuf;
 pub mod dmaheap;
 pub mod error;
 pub mod fake_proc;
+pub mod handoff_events;
 mod parse;
 pub mod procfs;
 pub mod scanner;

@@ -151,6 +151,11 @@ pub(crate) fn receive(control: &OwnedFd) -> Result<OwnedFd, String> {
     Err("no fd received".into())
 }
 
+/// The HAL connection, in a child that has one.
+fn hal(client: &mut Option<Client>) -> Result<&mut Client, String> {
+    client.as_mut().ok_or_else(|| "this child does not call the HAL (CT_NO_HAL)".to_string())
+}
+
 /// Runs the command loop until `exit` or end of input.
 pub fn run() -> ! {
     let control_fd: i32 = std::env::var("CT_CONTROL_FD").ok().and_then(|v| v.parse().ok()).expect("CT_CONTROL_FD");
@@ -169,11 +174,20 @@ pub fn run() -> ! {
             std::process::exit(2);
         }
     }
-    let mut client = match connect() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(out, "{}", refused(e));
+    // An app that never calls the HAL (CT_NO_HAL): binder only for app-to-app transactions.
+    let mut client = if std::env::var_os("CT_NO_HAL").is_some() {
+        if let Err(e) = binder::open_driver(std::env::var("CT_BINDER").ok().as_deref(), 2) {
+            let _ = writeln!(out, "err 0 binder: {e}");
             std::process::exit(2);
+        }
+        None
+    } else {
+        match connect() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let _ = writeln!(out, "{}", refused(e));
+                std::process::exit(2);
+            }
         }
     };
     let _ = writeln!(out, "ok ready");
@@ -228,13 +242,13 @@ pub fn run() -> ! {
                 }
                 "charge" => {
                     let fd = slot(1, &slots)?;
-                    format!("ok {}", info(&retrying(&mut client, |c| c.charge(&fd)).map_err(refused)?))
+                    format!("ok {}", info(&retrying(hal(&mut client)?, |c| c.charge(&fd)).map_err(refused)?))
                 }
                 "charge_for" => {
                     let fd = slot(1, &slots)?;
                     format!(
                         "ok {}",
-                        info(&retrying(&mut client, |c| c.charge_for(&fd, num(2) as i32)).map_err(refused)?)
+                        info(&retrying(hal(&mut client)?, |c| c.charge_for(&fd, num(2) as i32)).map_err(refused)?)
                     )
                 }
                 "alloc_charge" | "alloc_charge_for" => {
@@ -244,8 +258,8 @@ pub fn run() -> ! {
                     let fd = chargetransfer::kernel::alloc_from_heap(&heap, num(2) as u64)
                         .map_err(|e| format!("err 0 {e}"))?;
                     let charged = match args[0] {
-                        "alloc_charge" => retrying(&mut client, |c| c.charge(&fd)),
-                        _ => retrying(&mut client, |c| c.charge_for(&fd, num(3) as i32)),
+                        "alloc_charge" => retrying(hal(&mut client)?, |c| c.charge(&fd)),
+                        _ => retrying(hal(&mut client)?, |c| c.charge_for(&fd, num(3) as i32)),
                     };
                     let ino = charged.map_err(refused)?.inode;
                     slots.push(Some(fd));
@@ -253,29 +267,36 @@ pub fn run() -> ! {
                 }
                 "transfer" => {
                     let fd = slot(1, &slots)?;
-                    format!("ok {}", info(&retrying(&mut client, |c| c.transfer(&fd, num(2) as i32)).map_err(refused)?))
+                    format!(
+                        "ok {}",
+                        info(&retrying(hal(&mut client)?, |c| c.transfer(&fd, num(2) as i32)).map_err(refused)?)
+                    )
                 }
                 "offer" => {
                     let fd = slot(1, &slots)?;
                     let ttl = Duration::from_millis(num(3) as u64);
-                    format!("ok {}", retrying(&mut client, |c| c.offer(&fd, num(2) as i32, ttl)).map_err(refused)?)
+                    format!(
+                        "ok {}",
+                        retrying(hal(&mut client)?, |c| c.offer(&fd, num(2) as i32, ttl)).map_err(refused)?
+                    )
                 }
                 "accept" => {
                     let fd = slot(2, &slots)?;
-                    format!("ok {}", info(&retrying(&mut client, |c| c.accept(num(1), &fd)).map_err(refused)?))
+                    format!("ok {}", info(&retrying(hal(&mut client)?, |c| c.accept(num(1), &fd)).map_err(refused)?))
                 }
                 "release" => {
-                    retrying(&mut client, |c| c.release(num(1))).map_err(refused)?;
+                    retrying(hal(&mut client)?, |c| c.release(num(1))).map_err(refused)?;
                     "ok".into()
                 }
                 "ping" => {
-                    binder_call(&mut client, |c| c.service().ping()).map_err(refused)?;
+                    binder_call(hal(&mut client)?, |c| c.service().ping()).map_err(refused)?;
                     "ok".into()
                 }
                 "spam_charge" => {
                     // Charges the same buffer over and over (each a no-op after the first), so
                     // that a kill lands mid-call.
                     let fd = slot(1, &slots)?;
+                    let client = hal(&mut client)?;
                     for _ in 0..num(2).max(0) {
                         client.charge(&fd).map_err(refused)?;
                     }
@@ -284,19 +305,23 @@ pub fn run() -> ! {
                 "offer_flood" => {
                     let fd = slot(1, &slots)?;
                     let ttl = Duration::from_millis(num(4) as u64);
+                    let client = hal(&mut client)?;
                     flood(num(3), || client.offer(&fd, num(2) as i32, ttl).map(drop))
                 }
-                "register_flood" => flood(num(1), || {
-                    let token = binder::new_client_token(Token);
-                    client.service().registerClient(&token.as_binder())?;
-                    tokens.push(token);
-                    Ok(())
-                }),
-                "hog" => hog(&client, num(1), num(2)),
+                "register_flood" => {
+                    let client = hal(&mut client)?;
+                    flood(num(1), || {
+                        let token = binder::new_client_token(Token);
+                        client.service().registerClient(&token.as_binder())?;
+                        tokens.push(token);
+                        Ok(())
+                    })
+                }
+                "hog" => hog(hal(&mut client)?, num(1), num(2)),
                 "stats" => format!("ok {}", RECONNECTS.load(Ordering::Relaxed)),
                 "evict" | "restore" | "pin" | "unpin" => {
                     let inode = num(1);
-                    binder_call(&mut client, |c| match args[0] {
+                    binder_call(hal(&mut client)?, |c| match args[0] {
                         "evict" => c.service().evict(inode),
                         "restore" => c.service().restore(inode),
                         "pin" => c.service().pin(inode),
@@ -307,34 +332,38 @@ pub fn run() -> ! {
                 }
                 "register" => {
                     let token = binder::new_client_token(Token);
-                    binder_call(&mut client, |c| c.service().registerClient(&token.as_binder())).map_err(refused)?;
+                    binder_call(hal(&mut client)?, |c| c.service().registerClient(&token.as_binder()))
+                        .map_err(refused)?;
                     tokens.push(token);
                     "ok".into()
                 }
                 "reconcile" => {
-                    let r = binder_call(&mut client, |c| c.service().reconcile()).map_err(refused)?;
+                    let r = binder_call(hal(&mut client)?, |c| c.service().reconcile()).map_err(refused)?;
                     format!("ok {}", r.releasedInodes.len())
                 }
                 "uid_usage" => {
-                    let u = binder_call(&mut client, |c| c.service().getUidUsage(num(1) as i32)).map_err(refused)?;
+                    let u =
+                        binder_call(hal(&mut client)?, |c| c.service().getUidUsage(num(1) as i32)).map_err(refused)?;
                     format!("ok {}", u.bufferBytes)
                 }
                 "process_usage" => {
-                    let u =
-                        binder_call(&mut client, |c| c.service().getProcessUsage(num(1) as i32)).map_err(refused)?;
+                    let u = binder_call(hal(&mut client)?, |c| c.service().getProcessUsage(num(1) as i32))
+                        .map_err(refused)?;
                     format!("ok {}", u.bufferBytes)
                 }
                 "list" => {
-                    let all = binder_call(&mut client, |c| c.service().listCharges(num(1) as i32)).map_err(refused)?;
+                    let all =
+                        binder_call(hal(&mut client)?, |c| c.service().listCharges(num(1) as i32)).map_err(refused)?;
                     let inodes: Vec<String> = all.iter().map(|c| c.inode.to_string()).collect();
                     format!("ok {} {}", all.len(), inodes.join(" "))
                 }
                 "dump" => {
-                    let d = binder_call(&mut client, |c| c.service().dumpState()).map_err(refused)?;
+                    let d = binder_call(hal(&mut client)?, |c| c.service().dumpState()).map_err(refused)?;
                     format!("ok {}", if d.contains("Owners") { "full" } else { "own" })
                 }
                 "exit" => std::process::exit(0),
                 other => match crate::allocator_outage::command(&args, &mut slots)
+                    .or_else(|| crate::handoff_cases::command(&args, &mut slots))
                     .or_else(|| crate::memtrack_cases::command(&args))
                 {
                     Some(reply) => reply?,

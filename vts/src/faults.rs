@@ -6,7 +6,8 @@
 //! at once and waits until it is registered. Meanwhile eight clients — an allocator, a
 //! compositor and six apps (two uids with two processes each, two with one) — run a seeded
 //! random workload: allocate and charge, charge on behalf, push, offer and accept, share, release,
-//! close, exit and respawn. Their calls fail while the service is gone; they reconnect and send
+//! close, exit and respawn; a payer closing a buffer it shared makes the handoff rule move the
+//! charge on the kernel's fd events, racing the kills. Their calls fail while the service is gone; they reconnect and send
 //! again (see `child`). One kill in five is a SIGTERM followed within 3 ms by the SIGKILL, so
 //! that some land inside the shutdown compaction.
 //!
@@ -639,6 +640,16 @@ fn misbehave(env: &Env, client: &Client, rng: &mut Rng) -> Result<Vec<String>, S
     Ok(report)
 }
 
+/// Re-checks that moved charges, and the charges they moved, as the services' log says (every
+/// start of the service appends to it): the handoffs of the workload's shared-then-closed
+/// buffers that the kernel's events drove, between kills.
+fn handoffs_by_events(log: &std::path::Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once("handoff events: moved [").map(|(_, rest)| rest))
+        .fold((0, 0), |(batches, moved), rest| (batches + 1, moved + rest.split(',').count()))
+}
+
 /// Runs the fault phase; the process exit code (0 only when every check held).
 pub fn run(opts: Options) -> i32 {
     let budget = opts.budget;
@@ -772,6 +783,10 @@ fn run_inner(opts: &Options) -> Result<bool, String> {
     println!(
         "faults: workload: {} ops, {} handoffs, {} respawns, {} client reconnects, refusals by code {:?}",
         stats.ops, stats.handoffs, stats.respawns, stats.reconnects, stats.refusals
+    );
+    let (batches, moved) = handoffs_by_events(&opts.service_log);
+    println!(
+        "faults: handoff rule on the kernel's fd events: {moved} charges moved in {batches} re-checks (service log)"
     );
     for line in &misbehaviour {
         println!("faults: {line}");

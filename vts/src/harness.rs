@@ -86,6 +86,22 @@ impl Env {
 
     /// [`Env::spawn`] in the SELinux domain `domain` (`None`: the orchestrator's own).
     pub fn spawn_in(&self, uid: u32, cgroup_override: Option<&str>, domain: Option<&str>) -> Result<Child, String> {
+        self.spawn_with(uid, cgroup_override, domain, false)
+    }
+
+    /// [`Env::spawn`] for an app that never calls the HAL: it opens the binder driver only to
+    /// serve and call other apps (see handoff_cases).
+    pub fn spawn_without_hal(&self, uid: u32) -> Result<Child, String> {
+        self.spawn_with(uid, None, self.selinux.then(|| domain_of(uid)), true)
+    }
+
+    fn spawn_with(
+        &self,
+        uid: u32,
+        cgroup_override: Option<&str>,
+        domain: Option<&str>,
+        without_hal: bool,
+    ) -> Result<Child, String> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
         rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.exe);
@@ -106,6 +122,9 @@ impl Env {
             cmd.env("CT_SECURITY_CONTEXT", context_of(domain));
         }
         cmd.env("CT_INSTANCE", &self.instance);
+        if without_hal {
+            cmd.env("CT_NO_HAL", "1");
+        }
         let mut process = cmd.spawn().map_err(|e| format!("spawn {}: {e}", self.exe.display()))?;
         drop(theirs);
         let pid = process.id();

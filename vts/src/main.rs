@@ -108,6 +108,18 @@ const CASES: &[(&str, Case)] = &[
         handoff_cases::a_buffer_apps_pass_on_is_paid_by_whoever_still_holds_it,
     ),
     (
+        "an_app_that_sends_a_buffer_over_binder_and_closes_it_stops_paying",
+        handoff_cases::an_app_that_sends_a_buffer_over_binder_and_closes_it_stops_paying,
+    ),
+    (
+        "a_chain_and_a_shared_buffer_over_binder_follow_the_holders",
+        handoff_cases::a_chain_and_a_shared_buffer_over_binder_follow_the_holders,
+    ),
+    (
+        "a_receiver_over_its_limit_leaves_the_charge_with_the_sender",
+        handoff_cases::a_receiver_over_its_limit_leaves_the_charge_with_the_sender,
+    ),
+    (
         "autoconfig_never_overwrites_a_limit_it_did_not_write",
         autoconfig_cases::autoconfig_never_overwrites_a_limit_it_did_not_write,
     ),

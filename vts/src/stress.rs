@@ -34,6 +34,10 @@ const FIRST_APP_UID: u32 = 10_000;
 /// Long enough for any pending offer to outlive the run; redeemed offers are checked against it.
 const LONG_TTL_MS: u64 = 60_000;
 
+/// Time for the service's re-check after a payer's close (the event, its 20 ms window, a scan)
+/// before the ledger is compared with the model.
+const RECHECK_SETTLE: Duration = Duration::from_millis(200);
+
 /// Weighted operations of the workload.
 const OPS: &[(Op, u64)] = &[
     (Op::Alloc, 20),
@@ -100,6 +104,8 @@ struct World<'a> {
     /// them yet (the service's receipts). Their receivers keep their fds until then: what a
     /// receipt does past its grace period depends on time, which the model leaves out.
     awaiting: BTreeSet<u64>,
+    /// Clients (pids) sent a command with a dma-buf fd during the current step.
+    touched: BTreeSet<u32>,
     done: BTreeMap<Op, usize>,
     refusals: usize,
     exits: usize,
@@ -181,8 +187,73 @@ impl<'a> World<'a> {
 
     fn close(&mut self, who: usize, inode: u64) -> Outcome {
         let slot = self.clients[who].held.remove(&inode).expect("held");
-        self.clients[who].child.ok(&format!("close {slot}"))?;
+        self.cmd(who, &format!("close {slot}"))?;
         Ok(())
+    }
+
+    /// Sends `line` to client `i`. Each command but `release` passes or closes a dma-buf fd (the
+    /// client's copy in a parcel is closed after the call): the kernel's close event makes the
+    /// service re-check what `i` pays for, so the step's end applies the handoff rule to it.
+    fn cmd(&mut self, i: usize, line: &str) -> Result<Vec<String>, String> {
+        if !line.starts_with("release ") {
+            self.touched.insert(self.clients[i].child.pid);
+        }
+        self.clients[i].child.ok(line)
+    }
+
+    /// After a step: the handoff rule for the clients whose fd events the service saw, once its
+    /// re-check is done (or the ledger already agrees).
+    fn settle_handoffs(&mut self, when: &str) -> Outcome {
+        let touched = std::mem::take(&mut self.touched);
+        let when = &format!("{when} (fd events from {touched:?})");
+        let mut waits = false;
+        for pid in touched {
+            let Some(who) = self.clients.iter().position(|c| c.child.pid == pid) else { continue };
+            let let_go: Vec<u64> = self
+                .charges
+                .iter()
+                .filter(|(n, c)| {
+                    c.payer.pid == pid && !self.clients[who].held.contains_key(n) && !self.awaiting.contains(n)
+                })
+                .map(|(&n, _)| n)
+                .collect();
+            waits |= !let_go.is_empty();
+            for inode in let_go {
+                self.hand_off(inode);
+            }
+        }
+        if !waits {
+            return self.verify(when);
+        }
+        std::thread::sleep(RECHECK_SETTLE);
+        let mut last = Ok(());
+        eventually(
+            || {
+                last = self.verify(when);
+                Ok(last.is_ok())
+            },
+            "the ledger to follow the handoff rule",
+        )
+        .map_err(|e| format!("{e}: {}", last.err().unwrap_or_default()))
+    }
+
+    /// The handoff rule in the model: a payer that let go of `inode` stops paying, the app
+    /// holder with the lowest pid pays (an app's charge never goes to the allocator). Not for a
+    /// buffer still awaiting its receiver (the caller skips those).
+    fn hand_off(&mut self, inode: u64) {
+        let payer = self.charges[&inode].payer.pid;
+        let app_payer = self.clients.iter().any(|c| c.child.pid == payer && c.child.uid >= FIRST_APP_UID);
+        let to = self
+            .holders(inode)
+            .into_iter()
+            .filter(|&h| !app_payer || self.clients[h].child.uid >= FIRST_APP_UID)
+            .min_by_key(|&h| {
+                let child = &self.clients[h].child;
+                (child.uid < FIRST_APP_UID, child.pid)
+            });
+        if let Some(h) = to {
+            self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]);
+        }
     }
 
     fn forget_offers(&mut self, inode: u64) {
@@ -246,7 +317,7 @@ impl<'a> World<'a> {
             let app = self.other_than(TRUSTED);
             let payer = payer_of(&self.clients[app]);
             let line = format!("charge_for {slot} {}", payer.pid);
-            answered(&self.clients[c].child.ok(&line)?, &payer, &line)?;
+            answered(&self.cmd(c, &line)?, &payer, &line)?;
             self.charges.insert(inode, Charge { size, payer });
             self.awaiting.insert(inode);
             self.give(c, inode, app)?;
@@ -256,7 +327,7 @@ impl<'a> World<'a> {
         } else {
             let payer = payer_of(&self.clients[c]);
             let line = format!("charge {slot}");
-            answered(&self.clients[c].child.ok(&line)?, &payer, &line)?;
+            answered(&self.cmd(c, &line)?, &payer, &line)?;
             self.charges.insert(inode, Charge { size, payer });
         }
         Ok(Op::Alloc)
@@ -281,7 +352,7 @@ impl<'a> World<'a> {
         let d_slot = self.clients[d].held[&inode];
         let variant = self.rng.index(8);
         let ttl = if variant == 1 { 1 } else { LONG_TTL_MS };
-        let reply = self.clients[c].child.ok(&format!("offer {slot} {to} {ttl}"))?;
+        let reply = self.cmd(c, &format!("offer {slot} {to} {ttl}"))?;
         let ticket: i64 =
             reply.first().and_then(|t| t.parse().ok()).ok_or_else(|| format!("offer answered {reply:?}"))?;
         let expires = Instant::now() + Duration::from_millis(ttl);
@@ -311,7 +382,7 @@ impl<'a> World<'a> {
         }
         let payer = payer_of(&self.clients[d]);
         let line = format!("accept {ticket} {d_slot}");
-        answered(&self.clients[d].child.ok(&line)?, &payer, &line)?;
+        answered(&self.cmd(d, &line)?, &payer, &line)?;
         self.charges.get_mut(&inode).expect("charged").payer = payer;
         Ok(Op::Offer)
     }
@@ -336,7 +407,7 @@ impl<'a> World<'a> {
             .pid;
         if current == p.from || current == p.to {
             let payer = payer_of(&self.clients[d]);
-            answered(&self.clients[d].child.ok(&line)?, &payer, &line)?;
+            answered(&self.cmd(d, &line)?, &payer, &line)?;
             self.charges.get_mut(&p.inode).expect("charged").payer = payer;
             self.awaiting.remove(&p.inode);
         } else {
@@ -365,7 +436,7 @@ impl<'a> World<'a> {
         self.ensure_holds(d, inode)?;
         let payer = payer_of(&self.clients[d]);
         let line = format!("transfer {} {}", self.clients[TRUSTED].held[&inode], payer.pid);
-        answered(&self.clients[TRUSTED].child.ok(&line)?, &payer, &line)?;
+        answered(&self.cmd(TRUSTED, &line)?, &payer, &line)?;
         self.charges.get_mut(&inode).expect("charged").payer = payer;
         self.awaiting.insert(inode);
         self.forget_offers(inode);
@@ -396,7 +467,7 @@ impl<'a> World<'a> {
                 self.refusal(s, &format!("release {inode}"), ErrorCode::NOT_OWNER)?;
             }
         }
-        self.clients[by].child.ok(&format!("release {inode}"))?;
+        self.cmd(by, &format!("release {inode}"))?;
         let size = self.charges.remove(&inode).expect("charged").size;
         self.awaiting.remove(&inode);
         self.forget_offers(inode);
@@ -405,7 +476,7 @@ impl<'a> World<'a> {
             Some(h) if self.rng.one_in(2) => {
                 let payer = payer_of(&self.clients[h]);
                 let line = format!("charge {}", self.clients[h].held[&inode]);
-                answered(&self.clients[h].child.ok(&line)?, &payer, &line)?;
+                answered(&self.cmd(h, &line)?, &payer, &line)?;
                 self.charges.insert(inode, Charge { size, payer });
             }
             _ => {
@@ -431,7 +502,7 @@ impl<'a> World<'a> {
         let Some(charge) = self.charges.get(&inode).cloned() else { return self.alloc() };
         let line = format!("charge {}", self.clients[c].held[&inode]);
         if charge.payer.pid == self.clients[c].child.pid {
-            answered(&self.clients[c].child.ok(&line)?, &charge.payer, &line)?;
+            answered(&self.cmd(c, &line)?, &charge.payer, &line)?;
         } else {
             self.refusal(c, &line, ErrorCode::ALREADY_CHARGED)?;
         }
@@ -527,20 +598,7 @@ impl<'a> World<'a> {
             .map(|(&n, _)| n)
             .collect();
         for inode in let_go {
-            // An app's charge only goes to another app, never to the allocator.
-            let payer = self.charges[&inode].payer.pid;
-            let app_payer = self.clients.iter().any(|c| c.child.pid == payer && c.child.uid >= FIRST_APP_UID);
-            let to = self
-                .holders(inode)
-                .into_iter()
-                .filter(|&h| !app_payer || self.clients[h].child.uid >= FIRST_APP_UID)
-                .min_by_key(|&h| {
-                    let child = &self.clients[h].child;
-                    (child.uid < FIRST_APP_UID, child.pid)
-                });
-            if let Some(h) = to {
-                self.charges.get_mut(&inode).expect("charged").payer = payer_of(&self.clients[h]);
-            }
+            self.hand_off(inode);
         }
         self.awaiting.clear();
         let parked: Vec<u64> = self.charges.iter().filter(|(_, c)| c.payer.pid == 0).map(|(&n, _)| n).collect();
@@ -567,6 +625,9 @@ impl<'a> World<'a> {
 
     fn refusal(&mut self, who: usize, line: &str, code: ErrorCode) -> Outcome {
         self.refusals += 1;
+        if !line.starts_with("release ") {
+            self.touched.insert(self.clients[who].child.pid);
+        }
         refused(&mut self.clients[who].child, line, code)
     }
 
@@ -588,7 +649,10 @@ impl<'a> World<'a> {
         let diff: Vec<String> = keys
             .into_iter()
             .filter(|k| ledger.get(k) != self.charges.get(k))
-            .map(|k| format!("{k}: ledger {:?} model {:?}", ledger.get(&k), self.charges.get(&k)))
+            .map(|k| {
+                let holders: Vec<u32> = self.holders(k).iter().map(|&h| self.clients[h].child.pid).collect();
+                format!("{k}: ledger {:?} model {:?} (held by {holders:?})", ledger.get(&k), self.charges.get(&k))
+            })
             .collect();
         Err(format!("{when}: ledger and model differ: {}", diff.join("; ")))
     }
@@ -670,6 +734,7 @@ pub fn stress_eight_clients_random_workload_matches_procfs(env: &Env) -> Outcome
         charges: BTreeMap::new(),
         pending: Vec::new(),
         awaiting: BTreeSet::new(),
+        touched: BTreeSet::new(),
         done: BTreeMap::new(),
         refusals: 0,
         exits: 0,
@@ -683,7 +748,7 @@ pub fn stress_eight_clients_random_workload_matches_procfs(env: &Env) -> Outcome
         let op = pick_op(world.rng.next() % total);
         let ran = world.step(op).map_err(|e| format!("step {step} ({op:?}, seed {seed:#x}): {e}"))?;
         *world.done.entry(ran).or_default() += 1;
-        world.verify(&format!("after step {step} ({ran:?}, seed {seed:#x})"))?;
+        world.settle_handoffs(&format!("after step {step} ({ran:?}, seed {seed:#x})"))?;
     }
     // Some clients leave for good, the rest stay alive; then reconcile and compare with procfs.
     for _ in 0..3 {

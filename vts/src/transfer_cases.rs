@@ -391,9 +391,10 @@ pub fn a_buffer_freed_by_every_holder_without_release_disappears_at_the_next_rec
     owner.ok(&format!("charge {slot}"))?;
     let h_slot = owner.give(slot, &mut holder)?;
     let kernel_held = kernel_memcg(env, &owner.cgroup);
-    owner.ok(&format!("close {slot}"))?;
-    expect_payer(env, inode, owner.pid, &owner.cgroup)?;
+    // The holder lets go first: were the owner first, the handoff rule would make the holder pay.
     holder.ok(&format!("close {h_slot}"))?;
+    expect_payer(env, inode, owner.pid, &owner.cgroup)?;
+    owner.ok(&format!("close {slot}"))?;
     expect_payer(env, inode, owner.pid, &owner.cgroup)?;
     refused(&mut holder, "reconcile", ErrorCode::NOT_TRUSTED)?;
 
