@@ -29,26 +29,18 @@ fn pid_err(pid: u32, path: impl FnOnce() -> PathBuf) -> impl FnOnce(io::Error) -
 
 fn read_fd(fd: OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
     // Not `read_to_end`: its size probe (statx, lseek) and first 32-byte read are three system
-    // calls a procfs file never needs; reads of at least a page until one returns nothing.
+    // calls a procfs file never needs. Reads of a page until one returns nothing, through a
+    // chunk on the stack: `buf` is reused across files and may be large, and zero-filling its
+    // whole capacity per read cost more than the reads.
     buf.clear();
     let mut file = File::from(fd);
+    let mut chunk = [0u8; 4096];
     loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(buf.capacity().max(4096));
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        match file.read(&mut buf[len..]) {
-            Ok(0) => {
-                buf.truncate(len);
-                return Ok(());
-            }
-            Ok(n) => buf.truncate(len + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
