@@ -28,9 +28,13 @@ impl Accountant {
     /// never another app's.
     pub(super) fn prepare_owner(&self, owner: &Process) {
         let Some(autoconfig) = self.autoconfig.get() else { return };
-        let level = owner_level(&owner.cgroup).to_string();
-        if self.configured.lock().unwrap_or_else(|p| p.into_inner()).insert(level.clone()) {
-            match self.autoconfigure(autoconfig, Scope::Owners(vec![level]), false) {
+        let level = owner_level(&owner.cgroup);
+        let first = {
+            let mut configured = self.configured.lock().unwrap_or_else(|p| p.into_inner());
+            !configured.contains(level) && configured.insert(level.to_string())
+        };
+        if first {
+            match self.autoconfigure(autoconfig, Scope::Owners(vec![level.to_string()]), false) {
                 Ok(report) if !report.is_clean() => warn!("autoconfig for a new owner:\n{report}"),
                 Ok(_) => {}
                 Err(e) => warn!("autoconfig for a new owner: {e}"),

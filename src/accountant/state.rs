@@ -100,8 +100,7 @@ impl State {
         if pending.is_empty() {
             return Ok(());
         }
-        let events: Vec<Event> = pending.iter().map(|(e, _)| e.clone()).collect();
-        if let Err(e) = self.write(&events) {
+        if let Err(e) = self.write(pending.iter().map(|(e, _)| e)) {
             self.undo(pending);
             return Err(e);
         }
@@ -112,7 +111,7 @@ impl State {
         Ok(())
     }
 
-    fn write(&mut self, events: &[Event]) -> Result<()> {
+    fn write<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Result<()> {
         if let Some(why) = &self.journal_broken {
             return Err(Error::Internal(format!("journal cannot be written ({why}); nothing changed")));
         }

@@ -354,17 +354,19 @@ impl Journal {
 
     /// Records `events` in one write and, with [`Durability::Fsync`], one sync. On error none of
     /// them is in the journal, or the journal is poisoned and refuses further appends.
-    pub fn append_all(&mut self, events: &[Event]) -> Result<()> {
+    pub fn append_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Result<()> {
         if self.poisoned {
             return Err(JournalError::Poisoned { dir: self.dir.clone() });
         }
-        if events.is_empty() {
-            return Ok(());
-        }
         self.buf.clear();
+        let mut count = 0;
         for event in events {
             record::push(&mut self.buf, |out| codec::encode(event, out))
                 .map_err(|size| JournalError::TooLarge { size, max: record::MAX_PAYLOAD })?;
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
         }
         if let Err(e) = self.file.write_all(&self.buf) {
             // A partial record would hide every later one from replay: cut it off, or stop.
@@ -374,7 +376,7 @@ impl Journal {
             return Err(io_err("append to", &self.dir.join(JOURNAL))(e));
         }
         self.len += self.buf.len() as u64;
-        self.records += events.len() as u64;
+        self.records += count;
         match self.durability {
             Durability::Fsync => self.sync(),
             Durability::Batch => {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,43 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Two files per app cgroup of a phone's few hundred processes, well inside a service's fd limit.
 const MAX_OPEN: usize = 1024;
 
-enum Slot {
-    Open(Arc<OwnedFd>),
-    Missing(Instant),
+/// The counters read, each a slot in a cgroup's entry.
+#[derive(Clone, Copy)]
+enum Counter {
+    Memory = 0,
+    Dmem = 1,
 }
 
+impl Counter {
+    fn file(self) -> &'static str {
+        match self {
+            Counter::Memory => "memory.current",
+            Counter::Dmem => "dmem.current",
+        }
+    }
+}
+
+/// An open counter file and its path (for errors).
+struct OpenFile {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Unopened,
+    Open(Arc<OpenFile>),
+    /// Since when, and the path for the error (a query of a cgroup without the file, such as
+    /// the root's memory.current, builds no path).
+    Missing(Instant, PathBuf),
+}
+
+/// Keyed by the cgroup as the ledger names it, so a query that finds its files open builds no
+/// path (a path join and a component-wise key compare cost more than the pread under emulation).
 pub struct OpenCounters {
     fs: CgroupFs,
-    files: Mutex<HashMap<PathBuf, Slot>>,
+    files: Mutex<HashMap<String, [Slot; 2]>>,
 }
 
 impl OpenCounters {
@@ -40,64 +69,75 @@ impl OpenCounters {
     }
 
     pub fn memory_current(&self, cgroup: &str) -> Result<u64> {
-        let path = self.fs.dir(cgroup)?.join("memory.current");
-        let bytes = self.read(&path)?;
-        parse::single(&path, &bytes, parse::number)
+        self.read(cgroup, Counter::Memory, |path, bytes| parse::single(path, bytes, parse::number))
     }
 
     pub fn dmem_current(&self, cgroup: &str) -> Result<BTreeMap<String, u64>> {
-        let path = self.fs.dir(cgroup)?.join("dmem.current");
-        let bytes = self.read(&path)?;
-        Ok(parse::keyed(&path, &bytes, "region", parse::number)?.into_iter().collect())
+        self.read(cgroup, Counter::Dmem, |path, bytes| {
+            Ok(parse::keyed(path, bytes, "region", parse::number)?.into_iter().collect())
+        })
     }
 
-    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Slot>> {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<String, [Slot; 2]>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open(&self, path: &PathBuf) -> Result<Arc<OwnedFd>> {
-        if let Some(slot) = self.files().get(path) {
-            match slot {
-                Slot::Open(fd) => return Ok(Arc::clone(fd)),
-                Slot::Missing(since) if since.elapsed() < RETRY => {
-                    return Err(KernelError::io(path, io::Error::from(io::ErrorKind::NotFound)))
+    fn path(&self, cgroup: &str, counter: Counter) -> Result<PathBuf> {
+        Ok(self.fs.dir(cgroup)?.join(counter.file()))
+    }
+
+    fn open(&self, cgroup: &str, counter: Counter) -> Result<Arc<OpenFile>> {
+        if let Some(slots) = self.files().get(cgroup) {
+            match &slots[counter as usize] {
+                Slot::Open(file) => return Ok(Arc::clone(file)),
+                Slot::Missing(since, path) if since.elapsed() < RETRY => {
+                    return Err(KernelError::io(path, io::Error::from(io::ErrorKind::NotFound)));
                 }
-                Slot::Missing(_) => {}
+                Slot::Missing(..) | Slot::Unopened => {}
             }
         }
-        let opened = rustix::fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty());
+        let path = self.path(cgroup, counter)?;
+        let opened = rustix::fs::openat(CWD, &path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty());
         let mut files = self.files();
-        if files.len() >= MAX_OPEN {
+        if files.len() * 2 >= MAX_OPEN {
             files.clear();
         }
+        let slot = &mut files.entry(cgroup.to_string()).or_default()[counter as usize];
         match opened {
             Ok(fd) => {
-                let fd = Arc::new(fd);
-                files.insert(path.clone(), Slot::Open(Arc::clone(&fd)));
-                Ok(fd)
+                let file = Arc::new(OpenFile { fd, path });
+                *slot = Slot::Open(Arc::clone(&file));
+                Ok(file)
             }
             Err(e) => {
-                files.insert(path.clone(), Slot::Missing(Instant::now()));
-                Err(KernelError::io(path, e))
+                let err = KernelError::io(&path, e);
+                *slot = Slot::Missing(Instant::now(), path);
+                Err(err)
             }
         }
     }
 
-    fn read(&self, path: &PathBuf) -> Result<Vec<u8>> {
-        let fd = self.open(path)?;
-        let mut buf = vec![0u8; 512];
-        loop {
-            match rustix::io::pread(&*fd, &mut buf, 0) {
-                Ok(n) if n < buf.len() => {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-                Ok(_) => buf.resize(buf.len() * 2, 0),
-                Err(e) => {
-                    self.files().remove(path);
-                    return Err(KernelError::io(path, e));
-                }
+    /// Reads the counter into a stack buffer (a counter file is a line or a few) and parses it.
+    fn read<T>(&self, cgroup: &str, counter: Counter, parse: impl FnOnce(&Path, &[u8]) -> Result<T>) -> Result<T> {
+        let file = self.open(cgroup, counter)?;
+        let failed = |e| {
+            if let Some(slots) = self.files().get_mut(cgroup) {
+                slots[counter as usize] = Slot::Unopened;
             }
+            KernelError::io(&file.path, e)
+        };
+        let mut small = [0u8; 512];
+        let n = rustix::io::pread(&file.fd, &mut small, 0).map_err(failed)?;
+        if n < small.len() {
+            return parse(&file.path, &small[..n]);
+        }
+        let mut buf = vec![0u8; 2 * small.len()];
+        loop {
+            let n = rustix::io::pread(&file.fd, &mut buf, 0).map_err(failed)?;
+            if n < buf.len() {
+                return parse(&file.path, &buf[..n]);
+            }
+            buf.resize(buf.len() * 2, 0);
         }
     }
 }
@@ -123,6 +163,11 @@ mod tests {
             counters.dmem_current("/uid_1/pid_2").unwrap().into_iter().collect::<Vec<_>>(),
             [("drm/0000:03:00.0/vram0".to_string(), 8192)]
         );
+        // Longer than the first read's buffer: read whole all the same.
+        let long: String = (0..40).map(|i| format!("drm/0000:{i:02x}:00.0/vram0 {i}\n")).collect();
+        std::fs::write(dir.join("dmem.current"), &long).unwrap();
+        assert!(long.len() > 1024);
+        assert_eq!(counters.dmem_current("/uid_1/pid_2").unwrap().len(), 40);
         assert!(matches!(counters.memory_current("/uid_1"), Err(KernelError::Io { .. })));
         assert!(matches!(counters.memory_current("relative"), Err(KernelError::InvalidCgroupPath(_))));
     }

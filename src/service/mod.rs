@@ -37,7 +37,8 @@ pub type Autoconfigure = Box<dyn Fn(&Accountant, bool, bool) -> crate::error::Re
 
 pub struct ChargeTransferService {
     accountant: Arc<Accountant>,
-    proc_root: PathBuf,
+    /// Where a handed buffer's fdinfo is read.
+    fdinfo: dmabuf::FdInfoDir,
     deaths: Arc<DeathWatch>,
     autoconfigure: Autoconfigure,
     catch_up: Arc<CatchUp>,
@@ -95,7 +96,8 @@ impl ChargeTransferService {
         autoconfigure: Autoconfigure,
         catch_up: Arc<CatchUp>,
     ) -> Self {
-        ChargeTransferService { accountant, proc_root, deaths, autoconfigure, catch_up, times: CallTimes::default() }
+        let fdinfo = dmabuf::FdInfoDir::open(&proc_root);
+        ChargeTransferService { accountant, fdinfo, deaths, autoconfigure, catch_up, times: CallTimes::default() }
     }
 
     /// The binder caller, as the driver (or the RPC socket's peer credentials) reports it, with
@@ -124,7 +126,7 @@ impl ChargeTransferService {
 
     /// What the fd is: for a buffer the ledger holds, its fstat only; otherwise its fdinfo too.
     fn inspect(&self, fd: &ParcelFileDescriptor) -> BinderResult<dmabuf::DmaBufInfo> {
-        dmabuf::inspect_known(fd.as_fd(), &self.proc_root, |inode| self.accountant.known_buffer(inode))
+        dmabuf::inspect_known(fd.as_fd(), &self.fdinfo, |inode| self.accountant.known_buffer(inode))
             .map_err(|e| status(e.into()))
     }
 }
