@@ -2,7 +2,9 @@
 # Regenerates BENCHMARKS.md and benchmarks.svg, every number from one run:
 #   ledger   cargo bench --bench ledger (short criterion settings; its summary block)
 #   journal  cargo bench --bench journal (its one-run `journal:` lines)
-#   rss      chargetransfer-vts --rss: an in-memory accountant with 100k synthetic buffers
+#   rss      chargetransfer-vts --rss: an in-memory accountant with 100k synthetic buffers; and
+#            --accountant-cycles: the service's own code per method on the host (the guest
+#            runs it too), in a loop and right after a switch to another process
 #   guest    one QEMU boot of Debian's kernel with real binder running vts/guest/run-bench.sh:
 #            chargectl bench (null call vs charge/transfer/release/getProcessUsage), 200 holder
 #            processes x 50 dma-bufs, getProcessUsage vs a full /proc scan, the service's RSS
@@ -16,8 +18,8 @@
 # Env: BENCH_DIR (raw outputs, default target/bench), LANE_DIR (guest share dir, default
 #      $BENCH_DIR/lane), BENCH_PROCS=200 BENCH_BUFS=50 BENCH_CALLS=400 BENCH_SCANS=5,
 #      RSS_BUFFERS=100000 RSS_CGROUPS=1000, BENCH_LIVE=1000,100000 BENCH_CLIENTS=1,2,4,8
-#      BENCH_ITERS=200, LANE_TIMEOUT=3000.
-# Takes about 5 minutes warm (builds are incremental; the guest boot is 1.5-2.5 min under TCG).
+#      BENCH_ITERS=200, BENCH_CYCLES=2000, BENCH_PROFILE_HZ=999, LANE_TIMEOUT=3000.
+# Takes 17-26 minutes warm, most of it the guest's benchmarks under TCG (builds are incremental).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -25,7 +27,8 @@ raw=${BENCH_DIR:-$root/target/bench}
 share=${LANE_DIR:-$raw/lane}
 procs=${BENCH_PROCS:-200} bufs=${BENCH_BUFS:-50} calls=${BENCH_CALLS:-400} scans=${BENCH_SCANS:-5}
 live=${BENCH_LIVE:-1000,100000} clients=${BENCH_CLIENTS:-1,2,4,8} iters=${BENCH_ITERS:-200}
-rss_buffers=${RSS_BUFFERS:-100000} rss_cgroups=${RSS_CGROUPS:-1000}
+rss_buffers=${RSS_BUFFERS:-100000} rss_cgroups=${RSS_CGROUPS:-1000} cycles=${BENCH_CYCLES:-2000}
+profile_hz=${BENCH_PROFILE_HZ:-999}
 steps=("$@")
 ((${#steps[@]})) || steps=(ledger journal rss guest report)
 # Criterion's own statistics are kept short: the report uses the benches' single-run lines.
@@ -56,6 +59,29 @@ step_rss() {
     bin_dir
     log "host RSS at $rss_buffers buffers"
     "$BIN_DIR/chargetransfer-vts" --rss "$rss_buffers" "$rss_cgroups" >"$raw/rss.txt"
+    log "host: the service's own code, $cycles cycles"
+    "$BIN_DIR/chargetransfer-vts" --accountant-cycles "$cycles" >"$raw/cycles-host.txt"
+}
+
+# guest_tool NAME BINARY: BINARY and its libraries in $share/NAME, started by $share/NAME/run.
+guest_tool() {
+    local dir=$share/$1
+    mkdir -p "$dir"
+    cp "$2" "$dir/"
+    ldd "$2" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | xargs -I{} cp -L {} "$dir/"
+    printf '#!/bin/sh\nexec /share/%s/%s --library-path /share/%s /share/%s/%s "$@"\n' "$1" \
+        "$(basename "$(ldd "$2" | awk '$1 ~ /^\/.*ld-linux/ { print $1 }')")" "$1" "$1" "$(basename "$2")" >"$dir/run"
+    chmod +x "$dir/run"
+}
+
+# The guest's perf samples of the service (DWARF call graphs), bucketed by vts/profile.awk.
+profile() {
+    [[ -s $share/out/service.perf ]] || die "the guest recorded no profile: see $raw/guest-console.txt"
+    mkdir -p "$raw/symfs"
+    ln -sfn "$share" "$raw/symfs/share"
+    { perf script -i "$share/out/service.perf" --symfs "$raw/symfs" --kallsyms "$raw/kallsyms.txt" \
+        -F comm,ip,sym,dso 2>/dev/null | awk -f "$here/profile.awk" && cat "$raw/profile-run.txt"; } >"$raw/profile.txt" ||
+        die "perf script of the service's profile failed"
 }
 
 step_guest() {
@@ -76,16 +102,14 @@ BENCH_SCANS=$scans
 BENCH_LIVE=$live
 BENCH_CLIENTS=$clients
 BENCH_ITERS=$iters
+BENCH_CYCLES=$cycles
+BENCH_PROFILE_HZ=$profile_hz
 ENV
-    "$here/lane/host-deps.sh" strace >&2
-    # strace for the syscall account: Debian's binary with its libraries, run by their loader.
-    mkdir -p "$share/strace"
-    cp /usr/bin/strace "$share/strace/"
-    ldd /usr/bin/strace | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
-        xargs -I{} cp -L {} "$share/strace/"
-    printf '#!/bin/sh\nexec /share/strace/%s --library-path /share/strace /share/strace/strace "$@"\n' \
-        "$(basename "$(ldd /usr/bin/strace | awk '$1 ~ /^\/.*ld-linux/ { print $1 }')")" >"$share/strace/run"
-    chmod +x "$share/strace/run"
+    "$here/lane/host-deps.sh" strace linux-perf >&2
+    # strace for the syscall account and perf for the profile: Debian's binaries with their
+    # libraries, run by their loader.
+    guest_tool strace /usr/bin/strace
+    guest_tool perf /usr/bin/perf
     # shellcheck source=vts/lane/lib.sh
     . "$here/lane/lib.sh"
     ct_debian_kernel || die "no Debian kernel"
@@ -95,6 +119,7 @@ ENV
         --mem 2G --share "$share" --script run-bench.sh >"$raw/guest-console.txt" || rc=$?
     cp "$share"/out/*.txt "$raw/" 2>/dev/null || true
     ((rc == 0)) || die "guest bench exited $rc: see $raw/guest-console.txt"
+    profile
 }
 
 # ---------------------------------------------------------------- report
@@ -304,17 +329,31 @@ service_table() {
     done
 }
 
-# What each step a method must take costs in this guest (calls-bench's `cost_*` lines).
+# What each step a method must take costs in this guest (calls-bench's `cost_*` lines): in a
+# loop, and right after a switch to another process, as a handler meets it.
 costs_table() {
     local k
-    echo "| step | p50 |"
-    echo "|---|---:|"
+    echo "| step | p50 in a loop | p50 after a switch |"
+    echo "|---|---:|---:|"
     for k in getppid:"a bare system call (\`getppid\`)" ppoll_pidfd:"the identity check: one \`ppoll\` of a pidfd" \
         fd_dup_close:"binder's handling of a received fd: a dup and two \`close\`s" \
-        fstat_dmabuf:"\`fstat\` of a dma-buf" learn_buffer:"learning a new buffer: \`fstat\` + its fdinfo (\`openat\`, \`read\`, \`close\`)" \
+        fstat_dmabuf:"\`fstat\` of a dma-buf" learn_buffer:"learning a new buffer: \`fstat\` + its fdinfo (\`openat\` in the fdinfo directory kept open, \`read\`, \`close\`)" \
         journal_write:"the journal's \`write\` of one record" \
         holder_check:"the holder rule's check of one process (its fd links and maps)"; do
-        echo "| ${k#*:} | $(dur "$(cv "cost_${k%%:*}_ns")") |"
+        echo "| ${k#*:} | $(dur "$(cv "cost_${k%%:*}_ns")") | $(dur "$(cv "cost_${k%%:*}_switched_ns")") |"
+    done
+}
+
+# The service's own code per method (`--accountant-cycles`: chargectl bench's cycle on an
+# in-memory accountant): host and guest, in a loop and after a switch.
+cycles_table() {
+    local m h hs g gs
+    echo "| method | host, loop | host, after a switch | guest, loop | guest, after a switch | guest after a switch ÷ host after a switch |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for m in charge getProcessUsage transfer release; do
+        h=$(val cycles-host.txt "cycles_${m}_ns") hs=$(val cycles-host.txt "cycles_${m}_switched_ns")
+        g=$(val cycles-guest.txt "cycles_${m}_ns") gs=$(val cycles-guest.txt "cycles_${m}_switched_ns")
+        echo "| \`$m\` | $(dur "$h") | $(dur "$hs") | $(dur "$g") | $(dur "$gs") | $(ratio "$gs" "$hs")× |"
     done
 }
 
@@ -331,23 +370,53 @@ floor_steps() {
 }
 
 # The floor of each method at the smallest level: a null call plus the steps it must take,
-# over the null call; against what it measured and what the service spent in it.
+# over the null call; then what this guest charges for the same call when each step and the
+# service's own code (cycles-guest.txt) run as a handler meets them, after a switch; against
+# what it measured and what the service spent in it.
 floor_table() {
-    local l r m n p s steps extra k
+    local l r m n p s steps extra extra_sw k own
     l=$(levels | head -1)
-    echo "| caller | call | measured | floor: null + its steps | service p50 | steps beyond a null call |"
-    echo "|---|---|---:|---:|---:|---|"
+    echo "| caller | call | measured | floor: null + its steps | null + its steps and the service's code, after a switch | service p50 | steps beyond a null call |"
+    echo "|---|---|---:|---:|---:|---:|---|"
     for r in "${roles[@]}"; do
         for m in charge transfer release getProcessUsage; do
             p=$(cv "calls_${l}_${r}_${m}_p50_ns") n=$(cv "calls_${l}_${r}_null_p50_ns")
             [[ -n $p && -n $n ]] || continue
             s=$(cv "calls_${l}_${r}_${m}_service_p50_ns")
-            steps=$(floor_steps "$r" "$m") extra=0
-            for k in $steps; do extra=$((extra + $(cv "cost_${k}_ns"))); done
-            awk -v p="$p" -v n="$n" -v e="$extra" -v r="$r" -v m="$m" -v s="$(dur "${s:-0}")" -v st="${steps:-none}" \
-                'BEGIN { printf "| %s | `%s` | %.2f× | %.2f× | %s | %s |\n", r, m, p / n, (n + e) / n, s, st }'
+            steps=$(floor_steps "$r" "$m") extra=0 extra_sw=0
+            for k in $steps; do
+                extra=$((extra + $(cv "cost_${k}_ns")))
+                extra_sw=$((extra_sw + $(cv "cost_${k}_switched_ns")))
+            done
+            own=$(val cycles-guest.txt "cycles_${m}_switched_ns")
+            awk -v p="$p" -v n="$n" -v e="$extra" -v es="$((extra_sw + own))" -v r="$r" -v m="$m" -v s="$(dur "${s:-0}")" \
+                -v st="${steps:-none}" \
+                'BEGIN { printf "| %s | `%s` | %.2f× | %.2f× | %.2f× | %s | %s |\n", r, m, p / n, (n + e) / n, (n + es) / n, s, st }'
         done
     done
+}
+
+# The service's CPU per call by where it falls (profile.txt), beside each call's p50 in that run.
+profile_table() {
+    local hz it m p own sys reply per
+    hz=$(val profile.txt profile_hz) it=$(val profile.txt profile_iterations)
+    per() { awk -v s="${1:-0}" -v hz="$hz" -v it="$it" -v d="${2:-1}" 'BEGIN { printf "%.0f µs", s * 1e6 / hz / it / d }'; }
+    pv() { val profile.txt "profile_$1_samples" 2>/dev/null || echo 0; }
+    echo "| call | p50 under perf | × null | the service's code in the method | its system calls | writing the reply record |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    binder_rows chargectl-profiled.txt | while IFS='|' read -r m p ratio; do
+        [[ $p == n/a ]] && continue
+        local k=$m
+        [[ $m == null ]] && k=ping
+        reply=—
+        case $m in
+            charge | transfer) reply=$(per "$(pv reply_ChargeInfo)" 2) ;;
+            getProcessUsage) reply=$(per "$(pv reply_UsageReport)") ;;
+        esac
+        echo "| \`$m\` | $p | $ratio | $(per "$(pv "${k}_user")") | $(per "$(pv "${k}_kernel")") | $reply |"
+    done
+    echo "| every call (the five above, averaged): rsbinder's own code outside the methods | | | $(per "$(pv binder_user)" 5) | | |"
+    echo "| every call: binder's kernel path in the service (its \`ioctl\`s, waits, wake-ups) | | | | $(per "$(pv binder_kernel)" 5) | |"
 }
 
 # p99 at the largest level over p99 at the smallest, per caller and method (goal ≤ 1.2).
@@ -406,7 +475,8 @@ syscalls_table() {
 }
 
 step_report() {
-    for f in ledger.txt journal.txt rss.txt vts-bench.txt chargectl-empty.txt scan-bench.txt calls-bench.txt; do
+    for f in ledger.txt journal.txt rss.txt cycles-host.txt cycles-guest.txt vts-bench.txt chargectl-empty.txt \
+        chargectl-profiled.txt profile.txt scan-bench.txt calls-bench.txt; do
         [[ -s $raw/$f ]] || die "$raw/$f is missing: run the steps before report"
     done
     bin_dir
@@ -502,13 +572,38 @@ its reply; \`dumpState\` shows those times, read here before and after each clie
 
 $(service_table)
 
-What the steps a method must take cost in this guest, each timed alone ($(cv iters) times, p50),
-and the floor they add up to — a null call plus those steps, by the system-call account below —
-against what each method measured (at $(cv "live_$(levels | head -1)") live buffers):
+What the steps a method must take cost in this guest, each timed alone ($(cv iters) times, p50):
+in a loop, and right after a round trip to another process (\`cat\` over two pipes), which is how
+a binder call's handler meets them — woken after another process ran on the CPU:
 
 $(costs_table)
 
+The service's own code, without binder or file I/O: \`chargetransfer-vts --accountant-cycles
+$cycles\` runs chargectl bench's cycle (charge, \`getProcessUsage\`, transfer to the parent,
+release) on an in-memory accountant, p50 per method, on the host and in the guest, in a loop and
+after such a switch:
+
+$(cycles_table)
+
+Under TCG a switch between processes costs the code after it far more than on the host: QEMU
+drops its software TLB and its jump cache of translated code when the guest changes address
+space, so the first pass over every page and branch after a switch goes the slow way; a binder
+call's handler runs that way on every call, and so do its system calls. The floor below adds
+up, for each method at $(cv "live_$(levels | head -1)") live buffers: a null call plus the steps it must take (by the
+system-call account below) timed in a loop, and the same with the steps and the service's own code
+timed after a switch, as this guest charges a handler for them:
+
 $(floor_table)
+
+Where the service's CPU time goes, sampled: \`chargectl bench --iterations $calls\` again
+(empty ledger, root) while \`perf record -F $profile_hz --call-graph dwarf\` (Debian's perf, copied
+into the guest) samples the service's threads; vts/profile.awk counts each sample once, by the
+AIDL method on its stack (its own code, or the system calls it makes), the reply record rsbinder
+writes after the method, or the transport every call shares. Per call, samples × period ÷ calls
+(the ChargeInfo reply is shared by charge and transfer, so split in two); perf's own sampling
+slows the calls:
+
+$(profile_table)
 
 p99 at the larger level against p99 at the smaller (goal ≤ 1.2×):
 

@@ -9,6 +9,10 @@
 //!   until its stdin closes.
 //! - `--rss BUFFERS CGROUPS` (host): an in-memory accountant charged with BUFFERS synthetic
 //!   buffers spread over CGROUPS app cgroups; VmRSS before and after.
+//! - `--accountant-cycles N` (host and guest): chargectl bench's cycle (charge, getProcessUsage,
+//!   transfer to the parent, release) N times straight on an in-memory accountant, no binder and
+//!   no file I/O beyond the pidfd polls: what the service's own code costs where it runs, so the
+//!   guest's emulation factor for it is measured, not guessed.
 //! - `--plot IN OUT`: the ledger latency curves in IN (`panel op/p50 x nanoseconds` lines, one
 //!   chart per panel, log x) as an SVG plot.
 //!
@@ -34,6 +38,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
         "--holder" => holder(),
         "--bench" => guest(rest),
         "--rss" => rss(rest),
+        "--accountant-cycles" => accountant_cycles(rest),
         "--plot" => plot(rest),
         _ => return None,
     };
@@ -357,6 +362,99 @@ fn rss(args: &[String]) -> Result<(), String> {
     result("rss_before_kib", before);
     result("rss_after_kib", after);
     result("rss_bytes_per_buffer", format!("{per:.0}"));
+    Ok(())
+}
+
+/// A process to switch to and back (`cat` over two pipes): code timed right after a round trip
+/// to it runs as a binder call's handler does, woken after another process ran on the CPU. Under
+/// TCG that matters: the emulator drops its translated-code jump cache and software TLB when
+/// the guest switches address spaces, so such code costs several times its cost in a loop.
+pub(crate) struct Echo {
+    child: Child,
+    to: ChildStdin,
+    from: ChildStdout,
+}
+
+impl Echo {
+    pub(crate) fn spawn() -> Result<Echo, String> {
+        let mut child = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cat: {e}"))?;
+        let (to, from) = (child.stdin.take().ok_or("cat: no stdin")?, child.stdout.take().ok_or("cat: no stdout")?);
+        Ok(Echo { child, to, from })
+    }
+
+    pub(crate) fn round_trip(&mut self) -> Result<(), String> {
+        use std::io::Read;
+        self.to.write_all(b"x").and_then(|()| self.from.read_exact(&mut [0u8])).map_err(|e| format!("cat: {e}"))
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The service's code alone: p50 per method of `N` cycles (see the module docs), in a tight
+/// loop and again with an [`Echo`] round trip before each call, as a binder call reaches the
+/// service: `result cycles_<method>_ns` and `cycles_<method>_switched_ns`.
+fn accountant_cycles(args: &[String]) -> Result<(), String> {
+    use chargetransfer::accountant::{Accountant, Config};
+    use chargetransfer::identity::Caller;
+    use chargetransfer::kernel::dmabuf::DmaBufInfo;
+    let n: u64 = args.first().and_then(|v| v.parse().ok()).ok_or("--accountant-cycles N")?;
+    let config = Config {
+        proc_root: "/proc".into(),
+        cgroup_root: None,
+        state_dir: None,
+        durability: chargetransfer::journal::Durability::None,
+        pidfds: true,
+        scan: chargetransfer::kernel::ScanChoice::Procfs,
+    };
+    // The lanes' policy trusts root, as it does the benchmarks' chargectl.
+    let policy = chargetransfer::policy::Policy::default_with(&[include_str!("../guest/policy-vts.json")])
+        .map_err(|e| e.to_string())?;
+    let accountant = Accountant::open(config, policy).map_err(|e| e.to_string())?;
+    let me = std::process::id();
+    let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32);
+    let caller = Caller { pid: me, uid: rustix::process::getuid().as_raw(), context: None };
+    let mut echo = Echo::spawn()?;
+    let methods = ["charge", "getProcessUsage", "transfer", "release"];
+    let mut line = format!("accountant cycles: {n}, p50:");
+    for switched in [false, true] {
+        let mut times: [Vec<Duration>; 4] = Default::default();
+        for i in 0..n {
+            let info = DmaBufInfo { inode: 1_000_000 + i, size: BUFFER_SIZE, exporter: "system".into(), name: None };
+            for (m, t) in times.iter_mut().enumerate() {
+                if switched {
+                    echo.round_trip()?;
+                }
+                let start = Instant::now();
+                match m {
+                    0 => accountant.charge(&caller, &info, None).map(drop),
+                    1 => accountant.process_usage(me).map(|u| drop(std::hint::black_box(u))),
+                    2 => accountant.transfer(&caller, &info, parent).map(drop),
+                    _ => accountant.release(&caller, info.inode),
+                }
+                .map_err(|e| e.to_string())?;
+                t.push(start.elapsed());
+            }
+        }
+        let suffix = if switched { "_switched" } else { "" };
+        if switched {
+            line = line.trim_end_matches(',').to_string() + "; after a switch:";
+        }
+        for (method, t) in methods.into_iter().zip(times) {
+            let ns = p50(t).as_nanos();
+            result(&format!("cycles_{method}{suffix}_ns"), ns);
+            line += &format!(" {method} {ns} ns,");
+        }
+    }
+    println!("{}", line.trim_end_matches(','));
     Ok(())
 }
 

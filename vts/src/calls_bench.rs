@@ -24,7 +24,7 @@ use chargetransfer::client::Client;
 use chargetransfer::kernel::cgroupfs::CgroupFs;
 use chargetransfer::kernel::procfs::ProcFs;
 
-use crate::bench::{flag, result, service_pid, spawn_app, spawn_holder, Holder};
+use crate::bench::{flag, result, service_pid, spawn_app, spawn_holder, Echo, Holder};
 
 const BUFFER_SIZE: u64 = 4096;
 /// Uids of the callers: apps from Android's AID_APP_START, gralloc as AID_GRAPHICS, the
@@ -332,10 +332,13 @@ fn parse_service_times(dump: &str) -> BTreeMap<String, ServiceTimes> {
         .collect()
 }
 
-/// p50 of `n` runs of `f`, in ns.
-fn p50_of(n: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<u128, String> {
+/// p50 of `n` runs of `f`, in ns; with `echo`, each run right after a round trip to it.
+fn p50_of(n: usize, mut echo: Option<&mut Echo>, mut f: impl FnMut() -> Result<(), String>) -> Result<u128, String> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
+        if let Some(echo) = echo.as_deref_mut() {
+            echo.round_trip()?;
+        }
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_nanos());
@@ -348,7 +351,8 @@ fn p50_of(n: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<u128, S
 /// a bare system call, the identity check (a poll of a pidfd), binder's handling of a received
 /// fd (a dup and two closes), learning a buffer (fstat and its fdinfo), the journal's write,
 /// and the holder rule's check of one process (`ProcFs::holds` on `holder`, which does not hold
-/// the inode asked about: the whole walk).
+/// the inode asked about: the whole walk); then each again right after an [`Echo`] round trip,
+/// as a handler meets them.
 fn syscall_costs(holder: u32, journal_dir: &Path, n: usize) -> Result<(), String> {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd};
     let buffer = alloc()?;
@@ -366,44 +370,62 @@ fn syscall_costs(holder: u32, journal_dir: &Path, n: usize) -> Result<(), String
     let info =
         chargetransfer::kernel::dmabuf::inspect(buffer.as_fd(), Path::new("/proc")).map_err(|e| e.to_string())?;
     let dev = chargetransfer::kernel::dmabuf::dmabuf_dev();
-    let costs = [
-        ("getppid", p50_of(n, || Ok(std::hint::black_box(rustix::process::getppid())).map(|_| ()))?),
-        (
-            "ppoll_pidfd",
-            p50_of(n, || {
-                let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd, no wait.
-                (unsafe { libc::poll(&mut p, 1, 0) } >= 0).then_some(()).ok_or_else(|| os("poll"))
-            })?,
-        ),
-        (
-            "fd_dup_close",
-            p50_of(n, || {
-                let a = buffer.try_clone().map_err(|e| e.to_string())?;
-                let b = a.try_clone().map_err(|e| e.to_string())?;
-                drop((a, b));
-                Ok(())
-            })?,
-        ),
-        ("fstat_dmabuf", p50_of(n, || rustix::fs::fstat(&buffer).map(drop).map_err(|e| e.to_string()))?),
-        (
-            "learn_buffer",
-            p50_of(n, || {
-                chargetransfer::kernel::dmabuf::inspect(buffer.as_fd(), Path::new("/proc"))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })?,
-        ),
-        ("journal_write", p50_of(n, || journal.write_all(&[0u8; 48]).map_err(|e| e.to_string()))?),
-        ("holder_check", p50_of(n, || procfs.holds(holder, info.inode, dev).map(drop).map_err(|e| e.to_string()))?),
-    ];
+    let fdinfo = chargetransfer::kernel::dmabuf::FdInfoDir::open(Path::new("/proc"));
+    let poll_pidfd = || {
+        let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        (unsafe { libc::poll(&mut p, 1, 0) } >= 0).then_some(()).ok_or_else(|| os("poll"))
+    };
+    let dup_close = || {
+        let a = buffer.try_clone().map_err(|e| e.to_string())?;
+        let b = a.try_clone().map_err(|e| e.to_string())?;
+        drop((a, b));
+        Ok(())
+    };
+    let learn = || {
+        chargetransfer::kernel::dmabuf::inspect_known(buffer.as_fd(), &fdinfo, |_| None)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let mut echo = Echo::spawn()?;
+    let mut line = String::from("costs (p50):");
+    for switched in [false, true] {
+        let mut e = switched.then_some(&mut echo);
+        let costs = [
+            (
+                "getppid",
+                p50_of(n, e.as_deref_mut(), || {
+                    std::hint::black_box(rustix::process::getppid());
+                    Ok(())
+                })?,
+            ),
+            ("ppoll_pidfd", p50_of(n, e.as_deref_mut(), poll_pidfd)?),
+            ("fd_dup_close", p50_of(n, e.as_deref_mut(), dup_close)?),
+            (
+                "fstat_dmabuf",
+                p50_of(n, e.as_deref_mut(), || rustix::fs::fstat(&buffer).map(drop).map_err(|e| e.to_string()))?,
+            ),
+            ("learn_buffer", p50_of(n, e.as_deref_mut(), learn)?),
+            (
+                "journal_write",
+                p50_of(n, e.as_deref_mut(), || journal.write_all(&[0u8; 48]).map_err(|e| e.to_string()))?,
+            ),
+            (
+                "holder_check",
+                p50_of(n, e, || procfs.holds(holder, info.inode, dev).map(drop).map_err(|e| e.to_string()))?,
+            ),
+        ];
+        let suffix = if switched { "_switched" } else { "" };
+        if switched {
+            line = line.trim_end_matches(',').to_string() + "; after a switch:";
+        }
+        for (name, ns) in costs {
+            result(&format!("cost_{name}{suffix}_ns"), ns);
+            line += &format!(" {name} {ns} ns,");
+        }
+    }
     drop(journal);
     let _ = std::fs::remove_file(&path);
-    let mut line = String::from("costs (p50):");
-    for (name, ns) in costs {
-        result(&format!("cost_{name}_ns"), ns);
-        line += &format!(" {name} {ns} ns,");
-    }
     println!("{}", line.trim_end_matches(','));
     Ok(())
 }
