@@ -396,27 +396,34 @@ floor_table() {
     done
 }
 
-# The service's CPU per call by where it falls (profile.txt), beside each call's p50 in that run.
+# The service's CPU per call by where it falls (profile.txt), beside each call's p50 in that run
+# and its excess over the null call's.
 profile_table() {
-    local hz it m p own sys reply per
+    local hz it m p ratio k own sys reply null_ns
     hz=$(val profile.txt profile_hz) it=$(val profile.txt profile_iterations)
-    per() { awk -v s="${1:-0}" -v hz="$hz" -v it="$it" -v d="${2:-1}" 'BEGIN { printf "%.0f µs", s * 1e6 / hz / it / d }'; }
+    # Samples as mean µs per call (divided by $2 calls sharing them).
+    us() { awk -v s="${1:-0}" -v hz="$hz" -v it="$it" -v d="${2:-1}" 'BEGIN { printf "%.0f", s * 1e6 / hz / it / d }'; }
     pv() { val profile.txt "profile_$1_samples" 2>/dev/null || echo 0; }
-    echo "| call | p50 under perf | × null | the service's code in the method | its system calls | writing the reply record |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    null_ns=$(to_ns "$(binder_rows chargectl-profiled.txt | sed -n 's/^null|\([^|]*\)|.*/\1/p')")
+    echo "| call | p50 under perf | × null | p50 − null p50 | the service's code in the method | its system calls | writing the reply record | the three, of p50 − null p50 |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     binder_rows chargectl-profiled.txt | while IFS='|' read -r m p ratio; do
         [[ $p == n/a ]] && continue
-        local k=$m
+        k=$m
         [[ $m == null ]] && k=ping
-        reply=—
+        reply=0
         case $m in
-            charge | transfer) reply=$(per "$(pv reply_ChargeInfo)" 2) ;;
-            getProcessUsage) reply=$(per "$(pv reply_UsageReport)") ;;
+            charge | transfer) reply=$(us "$(pv reply_ChargeInfo)" 2) ;;
+            getProcessUsage) reply=$(us "$(pv reply_UsageReport)") ;;
         esac
-        echo "| \`$m\` | $p | $ratio | $(per "$(pv "${k}_user")") | $(per "$(pv "${k}_kernel")") | $reply |"
+        own=$(us "$(pv "${k}_user")") sys=$(us "$(pv "${k}_kernel")")
+        awk -v m="$m" -v p="$p" -v r="$ratio" -v pn="$(to_ns "$p")" -v n="$null_ns" -v o="$own" -v s="$sys" -v q="$reply" \
+            'BEGIN { x = (pn - n) / 1000; t = o + s + q
+                     printf "| `%s` | %s | %s | %s | %d µs | %d µs | %s | %s |\n", m, p, r, (m == "null" ? "—" : sprintf("%.0f µs", x)),
+                         o, s, (q > 0 ? q " µs" : "—"), (m == "null" || x <= 0 ? "—" : sprintf("%.0f%%", 100 * t / x)) }'
     done
-    echo "| every call (the five above, averaged): rsbinder's own code outside the methods | | | $(per "$(pv binder_user)" 5) | | |"
-    echo "| every call: binder's kernel path in the service (its \`ioctl\`s, waits, wake-ups) | | | | $(per "$(pv binder_kernel)" 5) | |"
+    echo "| every call (the five above, averaged): rsbinder's own code outside the methods | | | | $(us "$(pv binder_user)" 5) µs | | | |"
+    echo "| every call: binder's kernel path in the service (its \`ioctl\`s, lock spinning, wake-ups) | | | | | $(us "$(pv binder_kernel)" 5) µs | | |"
 }
 
 # p99 at the largest level over p99 at the smallest, per caller and method (goal ≤ 1.2).
@@ -600,8 +607,10 @@ Where the service's CPU time goes, sampled: \`chargectl bench --iterations $call
 into the guest) samples the service's threads; vts/profile.awk counts each sample once, by the
 AIDL method on its stack (its own code, or the system calls it makes), the reply record rsbinder
 writes after the method, or the transport every call shares. Per call, samples × period ÷ calls
-(the ChargeInfo reply is shared by charge and transfer, so split in two); perf's own sampling
-slows the calls:
+(means; the ChargeInfo reply is shared by charge and transfer, so split in two); perf's own
+sampling slows the calls. The last column is how much of what a call costs beyond a null call
+the service's CPU in it accounts for; the rest is binder carrying a bigger call (an fd, a reply
+record) and waits:
 
 $(profile_table)
 
