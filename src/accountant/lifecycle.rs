@@ -410,13 +410,15 @@ impl Accountant {
     }
 
     /// The handoff rule, now, for just the buffers involved: those `payers` pay for (the kernel
-    /// saw them close a dma-buf fd), those pushed or charged on behalf of `receivers` (the kernel
-    /// saw them receive an fd over binder: seen holding the buffer, the receipt is settled), and
-    /// those in `also`. One full view, then [`Self::settle_let_go`] for each, journaled as
+    /// saw them close a dma-buf fd; with `closed`, only those of the buffers it named), those
+    /// pushed or charged on behalf of `receivers` (the kernel saw them receive an fd over binder:
+    /// seen holding the buffer, the receipt is settled), and those in `also`. No full view when
+    /// none is involved; else one, then [`Self::settle_let_go`] for each, journaled as
     /// reconcile's handoffs. Nothing else is repaired here; the periodic reconcile still runs.
     pub fn recheck_handoffs(
         &self,
         payers: &BTreeSet<u32>,
+        closed: Option<&BTreeSet<Inode>>,
         receivers: &BTreeSet<u32>,
         also: &BTreeSet<Inode>,
     ) -> Result<ReconcileReport> {
@@ -428,6 +430,7 @@ impl Accountant {
             payers
                 .iter()
                 .flat_map(|p| state.ledger.buffers_of_pid(*p))
+                .filter(|i| closed.is_none_or(|c| c.contains(i)))
                 .chain(received)
                 .chain(also.iter().copied())
                 .filter_map(|i| state.ledger.buffer(i).map(|b| (i, b.pid)))
