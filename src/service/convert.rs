@@ -15,15 +15,15 @@ fn bytes(v: u64) -> i64 {
     }
 }
 
-pub fn charge_info(accountant: &Accountant, b: &BufferInfo) -> ChargeInfo {
+pub fn charge_info(accountant: &Accountant, b: BufferInfo) -> ChargeInfo {
     ChargeInfo {
         inode: bytes(b.inode),
         size: bytes(b.size),
-        heap: b.heap.clone(),
-        ownerPid: b.pid as i32,
         ownerUid: accountant.uid_of_owner(b.pid).map_or(-1, |u| u as i32),
-        ownerCgroup: b.cgroup.clone(),
-        pools: b.pools.clone(),
+        ownerPid: b.pid as i32,
+        heap: b.heap,
+        ownerCgroup: b.cgroup,
+        pools: b.pools,
         evicted: b.evicted,
         pinned: b.pinned,
     }

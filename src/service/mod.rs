@@ -137,7 +137,7 @@ impl IChargeTransfer for ChargeTransferService {
         let caller = self.caller()?;
         let info = self.inspect(buffer)?;
         let b = self.accountant.charge(&caller, &info, None).map_err(|e| status_for(&self.accountant, &caller, e))?;
-        Ok(convert::charge_info(&self.accountant, &b))
+        Ok(convert::charge_info(&self.accountant, b))
     }
 
     fn chargeOnBehalf(&self, buffer: &ParcelFileDescriptor, owner_pid: i32) -> BinderResult<ChargeInfo> {
@@ -149,7 +149,7 @@ impl IChargeTransfer for ChargeTransferService {
             .accountant
             .charge(&caller, &info, Some(owner))
             .map_err(|e| status_for(&self.accountant, &caller, e))?;
-        Ok(convert::charge_info(&self.accountant, &b))
+        Ok(convert::charge_info(&self.accountant, b))
     }
 
     fn release(&self, inode: i64) -> BinderResult<()> {
@@ -166,7 +166,7 @@ impl IChargeTransfer for ChargeTransferService {
         let to = pid_arg("toPid", to_pid)?;
         let info = self.inspect(buffer)?;
         let b = self.accountant.transfer(&caller, &info, to).map_err(|e| status_for(&self.accountant, &caller, e))?;
-        Ok(convert::charge_info(&self.accountant, &b))
+        Ok(convert::charge_info(&self.accountant, b))
     }
 
     fn offer(&self, buffer: &ParcelFileDescriptor, to_pid: i32, ttl_millis: i32) -> BinderResult<i64> {
@@ -192,7 +192,7 @@ impl IChargeTransfer for ChargeTransferService {
             u64::try_from(ticket).map_err(|_| status(Error::BadTicket { ticket: 0, reason: "negative ticket" }))?;
         let info = self.inspect(buffer)?;
         let b = self.accountant.accept(&caller, ticket, &info).map_err(|e| status_for(&self.accountant, &caller, e))?;
-        Ok(convert::charge_info(&self.accountant, &b))
+        Ok(convert::charge_info(&self.accountant, b))
     }
 
     fn registerClient(&self, token: &SpIBinder) -> BinderResult<()> {
@@ -245,7 +245,7 @@ impl IChargeTransfer for ChargeTransferService {
             self.readable_process(&caller, pid)?;
             self.accountant.charges(pid)
         };
-        Ok(charges.iter().map(|b| convert::charge_info(&self.accountant, b)).collect())
+        Ok(charges.into_iter().map(|b| convert::charge_info(&self.accountant, b)).collect())
     }
 
     fn getRegions(&self) -> BinderResult<Vec<RegionInfo>> {
