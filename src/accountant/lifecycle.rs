@@ -427,10 +427,17 @@ impl Accountant {
         let inodes: BTreeMap<Inode, u32> = {
             let state = self.lock();
             let received = state.receipts.iter().filter(|(_, r)| receivers.contains(&r.receiver.pid)).map(|(i, _)| *i);
-            payers
-                .iter()
-                .flat_map(|p| state.ledger.buffers_of_pid(*p))
-                .filter(|i| closed.is_none_or(|c| c.contains(i)))
+            // The closed buffers a payer pays for: a lookup each, not a walk of the ledger.
+            let paid_closed: Vec<Inode> = match closed {
+                Some(c) => c
+                    .iter()
+                    .copied()
+                    .filter(|i| state.ledger.buffer(*i).is_some_and(|b| payers.contains(&b.pid)))
+                    .collect(),
+                None => payers.iter().flat_map(|p| state.ledger.buffers_of_pid(*p)).collect(),
+            };
+            paid_closed
+                .into_iter()
                 .chain(received)
                 .chain(also.iter().copied())
                 .filter_map(|i| state.ledger.buffer(i).map(|b| (i, b.pid)))

@@ -105,8 +105,11 @@ impl Buffers {
         }
     }
 
-    /// Inodes charged to a process, sorted.
+    /// Inodes charged to a process, sorted (a walk, unless the process pays for nothing).
     pub fn of_pid(&self, pid: u32) -> Vec<Inode> {
+        if !self.pid_totals.contains_key(&pid) {
+            return Vec::new();
+        }
         let mut v: Vec<Inode> = self.by_inode.iter().filter(|(_, b)| b.pid == pid).map(|(i, _)| *i).collect();
         v.sort_unstable();
         v
