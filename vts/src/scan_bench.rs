@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chargetransfer::kernel::bpf::{BpfScanner, ScanPhases};
-use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs};
+use chargetransfer::kernel::{DmaBufScan, ProcFs};
 
 const BUFFER_SIZE: u64 = 4096;
 

@@ -22,7 +22,7 @@ use aya::programs::Iter;
 use aya::{Btf, Ebpf};
 
 use super::error::KernelError;
-use super::procfs::DmaBufScan;
+use super::view::DmaBufScan;
 use records::Reads;
 
 /// The iterators in the order a scan reads them (fds before buffers, mappings after, see

@@ -4,11 +4,12 @@
 //! Layouts are the C structs' (native endian, no padding); a read that ends inside a record is a
 //! [`KernelError::Parse`], never a shorter view.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::kernel::error::KernelError;
-use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
+use crate::kernel::view::{Builder, DmaBufScan, Holder};
 
 /// `struct buffer_record`'s header: inode, size, mapped, exporter_len, name_len; then the two
 /// strings.
@@ -47,8 +48,8 @@ fn u64_at(r: &[u8], at: usize) -> u64 {
 }
 
 /// A string field; empty means absent.
-fn string(field: &[u8]) -> Option<String> {
-    (!field.is_empty()).then(|| String::from_utf8_lossy(field).into_owned())
+fn string(field: &[u8]) -> Option<Cow<'_, str>> {
+    (!field.is_empty()).then(|| String::from_utf8_lossy(field))
 }
 
 fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::ChunksExact<'a, u8>, KernelError> {
@@ -91,8 +92,7 @@ pub(super) fn buffers(bytes: &[u8]) -> Result<Vec<Buffer<'_>>, KernelError> {
 /// only the first thread that reports a process's mappings is counted.
 ///
 /// Built for 100k buffers: the holders are one sorted vector merged with the buffers sorted by
-/// inode (no per-record tree search), the result's map is bulk-built from that sorted run, and
-/// consecutive buffers of one exporter share the work of its string.
+/// inode (no per-record tree search), straight into the view's flat vectors.
 pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
     let fds = records("iter/task_file", reads.fds, FD)?;
     let vmas = records("iter/task_vma", reads.mappings, VMA)?;
@@ -109,8 +109,7 @@ pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
     held.sort_unstable();
     let mut buffers = reads.buffers;
     buffers.sort_unstable_by_key(|b| b.inode);
-    let mut exporter = Interned::default();
-    let mut scanned = Vec::with_capacity(buffers.len().min(held.len()));
+    let mut view = Builder::with_capacity(buffers.len().min(held.len()), held.len());
     let mut held = held.as_slice();
     for b in buffers {
         while held.first().is_some_and(|h| h.0 < b.inode) {
@@ -122,33 +121,14 @@ pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
         if of_buffer.is_empty() {
             continue;
         }
-        let mut holders = BTreeMap::new();
+        view.buffer(b.inode, b.size, string(b.exporter).as_deref(), string(b.name).as_deref());
         for run in of_buffer.chunk_by(|a, b| a.1 == b.1) {
             let maps = run.iter().filter(|h| h.2).count() as u32;
-            holders.insert(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
+            view.holder(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
         }
-        let buffer = ScannedBuffer { size: b.size, exporter: exporter.get(b.exporter), name: string(b.name), holders };
-        scanned.push((b.inode, buffer));
     }
     let processes = records("iter/task", reads.processes, PROCESS)?.len();
-    Ok(DmaBufScan { buffers: scanned.into_iter().collect(), processes, ..Default::default() })
-}
-
-/// The last string field seen and its string: buffers come in runs from one exporter.
-#[derive(Default)]
-struct Interned<'a> {
-    field: &'a [u8],
-    string: Option<String>,
-}
-
-impl<'a> Interned<'a> {
-    fn get(&mut self, field: &'a [u8]) -> Option<String> {
-        if field != self.field {
-            self.field = field;
-            self.string = string(field);
-        }
-        self.string.clone()
-    }
+    Ok(DmaBufScan { buffers: view.finish(), processes, ..Default::default() })
 }
 
 #[cfg(test)]
@@ -185,9 +165,9 @@ mod tests {
             &[vma(11, 11, 0x1000, 7), vma(12, 12, 0x1000, 7)],
         )
         .unwrap();
-        let b = &s.buffers[&7];
-        assert_eq!((b.size, b.exporter.as_deref(), b.name.as_deref()), (4096, Some("system"), Some("frame")));
-        let h: Vec<_> = b.holders.iter().map(|(p, h)| (*p, h.fd_count, h.map_count)).collect();
+        let b = s.buffers.get(7).unwrap();
+        assert_eq!((b.size, b.exporter, b.name), (4096, Some("system"), Some("frame")));
+        let h: Vec<_> = b.holders.iter().map(|(p, h)| (p, h.fd_count, h.map_count)).collect();
         assert_eq!(h, [(10, 2, 0), (11, 1, 1), (12, 0, 1)]);
         assert_eq!(s.processes, 3);
         assert!(s.is_complete());
@@ -196,14 +176,14 @@ mod tests {
     #[test]
     fn an_unnamed_buffer_has_no_name_and_unheld_buffers_are_left_out() {
         let s = scan(&[buffer(7, 4096, "system", ""), buffer(8, 8192, "system", "")], &[fd(10, 3, 7)], &[]).unwrap();
-        assert_eq!(s.buffers.keys().copied().collect::<Vec<_>>(), [7]);
-        assert_eq!(s.buffers[&7].name, None);
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+        assert_eq!(s.buffers.get(7).unwrap().name, None);
     }
 
     #[test]
     fn a_holder_of_a_buffer_freed_before_the_buffer_list_is_dropped() {
         let s = scan(&[buffer(7, 4096, "system", "")], &[fd(10, 3, 7), fd(10, 4, 9)], &[]).unwrap();
-        assert!(!s.buffers.contains_key(&9));
+        assert!(!s.buffers.contains(9));
     }
 
     #[test]
@@ -214,7 +194,7 @@ mod tests {
             &[vma(10, 10, 0x1000, 7), vma(10, 10, 0x9000, 7), vma(10, 13, 0x1000, 7)],
         )
         .unwrap();
-        assert_eq!(s.buffers[&7].holders[&10], Holder { fd_count: 0, map_count: 2 });
+        assert_eq!(s.buffers.get(7).unwrap().holders.get(10), Some(Holder { fd_count: 0, map_count: 2 }));
     }
 
     #[test]
