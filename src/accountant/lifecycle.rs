@@ -274,7 +274,9 @@ impl Accountant {
             for b in &known {
                 let Some(seen) = scan.buffers.get(b.inode) else {
                     // A process the scan could not read may hold it: release only on a full view.
-                    if !scan.is_complete() {
+                    // A buffer charged while the scan ran may be newer than the scan saw (it
+                    // is then missing from it): the next pass settles it.
+                    if !scan.is_complete() || !payers_before.contains_key(&b.inode) {
                         continue;
                     }
                     state.apply(Event::Released { inode: b.inode })?;

@@ -24,10 +24,15 @@ const PROCESS: usize = 4;
 /// What the iterators returned, each read whole (`mappings` empty when it was not read).
 pub(super) struct Reads<'a> {
     pub buffers: Vec<Buffer<'a>>,
-    pub fds: &'a [u8],
+    /// iter/task_file's records as [`holders`] sorted them.
+    pub held: Vec<Held>,
     pub mappings: &'a [u8],
     pub processes: &'a [u8],
 }
+
+/// One fd or mapping of a buffer: (inode, tgid, is a mapping). Sorted, a buffer's holders are
+/// one run, by process.
+pub(super) type Held = (u64, u32, bool);
 
 /// One `struct buffer_record` with its strings.
 #[derive(Clone, Copy, Debug)]
@@ -83,32 +88,58 @@ pub(super) fn buffers(bytes: &[u8]) -> Result<Vec<Buffer<'_>>, KernelError> {
     Ok(out)
 }
 
-/// Holders are read before buffers, so every buffer still held when its holders were listed is
-/// in the buffer list; a holder whose buffer is not there anymore held a buffer freed meanwhile
-/// and is dropped, as a later procfs scan would not see it either. Mappings are read after the
-/// buffers (only if one was mapped then): a buffer mapped but without an fd when the fds were
-/// listed was already mapped when the buffers were, and a mapping of a buffer newer than the list
-/// is dropped like a buffer created after the scan. Threads of one process share its mappings:
-/// only the first thread that reports a process's mappings is counted.
+/// The fds of iter/task_file's records, sorted (on the reading thread, while iter/dmabuf is
+/// read). The sorts here are the stable ones, which merge runs already in order: the walk lists
+/// each process's fds in fd order, mostly in inode order too, and iter/dmabuf lists buffers
+/// newest first.
+pub(super) fn holders(fds: &[u8]) -> Result<Vec<Held>, KernelError> {
+    let mut held: Vec<Held> =
+        records("iter/task_file", fds, FD)?.map(|r| (u64_at(r, 8), u32_at(r, 0), false)).collect();
+    held.sort();
+    Ok(held)
+}
+
+/// The view from the iterators' records: a buffer is in it when iter/dmabuf listed it and a
+/// holder was found (an fd in iter/task_file, a mapping in iter/task_vma).
+///
+/// The fd and buffer walks run at the same time (see
+/// [`BpfScanner::scan_all_timed`](super::BpfScanner::scan_all_timed)): each sees each task or
+/// buffer at a moment of its own, in no order to the other's. So:
+/// - a holder whose inode iter/dmabuf did not list held a buffer freed before that walk reached
+///   it, or created after the walk had passed: dropped, as the buffer's record is unknown. A
+///   freed buffer is gone for any later scan too; a new one is in the next scan, as a buffer
+///   created just after this one would be;
+/// - a listed buffer without a holder was created after the fd walk passed its holders, or let
+///   go before the walk reached them: left out, as a buffer nobody holds.
+///
+/// A buffer live and held throughout the scan is in it with every holder; one created or freed
+/// while the scan ran may be missing, as with the walks one after the other (the order of the
+/// reads only decides which of the two it misses). Callers must not take such a buffer's absence
+/// for its release: reconcile releases only buffers it knew before the scan.
+///
+/// Mappings are read after the buffers (only if one was mapped then): a buffer mapped but
+/// without an fd when the fds were listed was already mapped when the buffers were, and a mapping
+/// of a buffer newer than the list is dropped like any holder of an unlisted buffer. Threads of
+/// one process share its mappings: only the first thread that reports a process's mappings is
+/// counted.
 ///
 /// Built for 100k buffers: the holders are one sorted vector merged with the buffers sorted by
 /// inode (no per-record tree search), straight into the view's flat vectors.
 pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
-    let fds = records("iter/task_file", reads.fds, FD)?;
     let vmas = records("iter/task_vma", reads.mappings, VMA)?;
-    // (inode, tgid, is a mapping), one per fd or mapping.
-    let mut held: Vec<(u64, u32, bool)> = Vec::with_capacity(fds.len() + vmas.len());
-    held.extend(fds.map(|r| (u64_at(r, 8), u32_at(r, 0), false)));
-    let mut mapping_thread: HashMap<u32, u32> = HashMap::new();
-    for r in vmas {
-        let (tgid, tid) = (u32_at(r, 0), u32_at(r, 4));
-        if *mapping_thread.entry(tgid).or_insert(tid) == tid {
-            held.push((u64_at(r, 16), tgid, true));
+    let mut held = reads.held;
+    if vmas.len() > 0 {
+        let mut mapping_thread: HashMap<u32, u32> = HashMap::new();
+        for r in vmas {
+            let (tgid, tid) = (u32_at(r, 0), u32_at(r, 4));
+            if *mapping_thread.entry(tgid).or_insert(tid) == tid {
+                held.push((u64_at(r, 16), tgid, true));
+            }
         }
+        held.sort();
     }
-    held.sort_unstable();
     let mut buffers = reads.buffers;
-    buffers.sort_unstable_by_key(|b| b.inode);
+    buffers.sort_by_key(|b| b.inode);
     let mut view = Builder::with_capacity(buffers.len().min(held.len()), held.len());
     let mut held = held.as_slice();
     for b in buffers {
@@ -154,7 +185,7 @@ mod tests {
 
     fn scan(buffers: &[Vec<u8>], fds: &[Vec<u8>], vmas: &[Vec<u8>]) -> Result<DmaBufScan, KernelError> {
         let (b, f, m) = (buffers.concat(), fds.concat(), vmas.concat());
-        assemble(Reads { buffers: super::buffers(&b)?, fds: &f, mappings: &m, processes: &[0; 12] })
+        assemble(Reads { buffers: super::buffers(&b)?, held: holders(&f)?, mappings: &m, processes: &[0; 12] })
     }
 
     #[test]
@@ -181,9 +212,45 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_of_a_buffer_freed_before_the_buffer_list_is_dropped() {
-        let s = scan(&[buffer(7, 4096, "system", "")], &[fd(10, 3, 7), fd(10, 4, 9)], &[]).unwrap();
-        assert!(!s.buffers.contains(9));
+    fn a_holder_of_a_buffer_the_buffer_walk_did_not_list_is_dropped() {
+        // Inode 9 was freed before the buffer walk reached it, or created after it had passed
+        // (the walks run at once): either way only its holder was seen.
+        let s =
+            scan(&[buffer(7, 4096, "system", "")], &[fd(10, 3, 7), fd(10, 4, 9)], &[vma(11, 11, 0x1000, 9)]).unwrap();
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+        assert_eq!(
+            s.buffers.get(7).unwrap().holders.iter().collect::<Vec<_>>(),
+            [(10, Holder { fd_count: 1, map_count: 0 })]
+        );
+    }
+
+    #[test]
+    fn a_buffer_listed_after_its_holders_let_go_or_before_they_got_it_is_left_out() {
+        // Inode 8 was listed, but the fd walk passed process 10 before it got an fd of it (or
+        // after it closed it): left out as a buffer nobody holds, the others untouched.
+        let s = scan(&[buffer(8, 4096, "system", ""), buffer(7, 4096, "system", "")], &[fd(10, 3, 7)], &[]).unwrap();
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn the_view_does_not_depend_on_the_order_the_walks_returned_records_in() {
+        let buffers = [buffer(7, 4096, "system", "a"), buffer(9, 8192, "cma", ""), buffer(8, 4096, "system", "")];
+        let fds = [fd(12, 3, 9), fd(10, 3, 7), fd(11, 5, 8), fd(10, 4, 9), fd(11, 6, 7)];
+        type Seen<'a> = (u64, u64, Option<&'a str>, Option<&'a str>, Vec<(u32, Holder)>);
+        fn seen(s: &DmaBufScan) -> Vec<Seen<'_>> {
+            s.buffers.iter().map(|b| (b.inode, b.size, b.exporter, b.name, b.holders.iter().collect())).collect()
+        }
+        let first = scan(&buffers, &fds, &[]).unwrap();
+        assert_eq!(first.buffers.inodes().collect::<Vec<_>>(), [7, 8, 9]);
+        let (mut b, mut f) = (buffers.to_vec(), fds.to_vec());
+        for turn in 0..6 {
+            b.rotate_left(1);
+            f.rotate_left(2);
+            if turn % 2 == 1 {
+                f.reverse();
+            }
+            assert_eq!(seen(&scan(&b, &f, &[]).unwrap()), seen(&first), "turn {turn}");
+        }
     }
 
     #[test]
