@@ -28,7 +28,7 @@ use crate::accountant::{choose_payer, Accountant, Candidate, ReconcileReport};
 use crate::error::{Error, Result};
 use crate::identity::{Caller, Process};
 use crate::kernel::dmabuf::DmaBufInfo;
-use crate::kernel::procfs::ScannedBuffer;
+use crate::kernel::view::ScannedBuffer;
 use crate::ledger::{Inode, LedgerError};
 
 /// One buffer charged by catch-up.
@@ -101,8 +101,8 @@ impl CatchUp {
         let mut caught = Vec::new();
         let mut unpaid = 0;
         for &inode in inodes {
-            let Some(seen) = scan.buffers.get(&inode) else { continue };
-            match self.charge_one(accountant, inode, seen) {
+            let Some(seen) = scan.buffers.get(inode) else { continue };
+            match self.charge_one(accountant, inode, &seen) {
                 Ok(Some(c)) => caught.push(c),
                 Ok(None) => {}
                 Err(e) => {
@@ -136,8 +136,8 @@ impl CatchUp {
 
     /// `Ok(None)` when the buffer needs nothing: charged meanwhile, not a policy heap, or held
     /// by no process the service can resolve.
-    fn charge_one(&self, accountant: &Accountant, inode: Inode, seen: &ScannedBuffer) -> Result<Option<CaughtUp>> {
-        let Some(exporter) = seen.exporter.clone() else { return Ok(None) };
+    fn charge_one(&self, accountant: &Accountant, inode: Inode, seen: &ScannedBuffer<'_>) -> Result<Option<CaughtUp>> {
+        let Some(exporter) = seen.exporter.map(str::to_string) else { return Ok(None) };
         if accountant.with_ledger(|l| l.heap(&exporter).is_none() || l.buffer(inode).is_some()) {
             return Ok(None);
         }
@@ -145,15 +145,15 @@ impl CatchUp {
             .holders
             .iter()
             .filter_map(|(pid, holder)| {
-                let process = accountant.processes().resolve(*pid).ok()?;
-                Some(Candidate { process, holder: *holder })
+                let process = accountant.processes().resolve(pid).ok()?;
+                Some(Candidate { process, holder })
             })
             .collect();
         let Some(payer) = choose_payer(&candidates) else {
-            return Err(Error::NoSuchProcess(seen.holders.keys().next().copied().unwrap_or(0)));
+            return Err(Error::NoSuchProcess(seen.holders.pids().next().unwrap_or(0)));
         };
         let payer = payer.process.clone();
-        let buffer = DmaBufInfo { inode, size: seen.size, exporter, name: seen.name.clone() };
+        let buffer = DmaBufInfo { inode, size: seen.size, exporter, name: seen.name.map(str::to_string) };
         // The payer "charges" what it holds: the ordinary path (its limits, autoconfig for a new
         // app, the owner kept for death handling). Over a limit, the charge is recorded anyway.
         let caller = &Caller { pid: payer.pid, uid: payer.uid, context: payer.context.clone() };

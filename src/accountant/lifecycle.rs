@@ -15,7 +15,7 @@ use super::state::{parent_of, State};
 use super::Accountant;
 use crate::error::{Error, Result};
 use crate::identity::Process;
-use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
+use crate::kernel::view::{DmaBufScan, Holders, ScannedBuffer};
 use crate::ledger::{BufferInfo, Event, Inode, LedgerError};
 
 /// What a reconcile pass found and repaired.
@@ -40,7 +40,7 @@ pub struct ReconcileReport {
 
 /// The processes holding `inode` in `scan`, other than `except`.
 fn holders_of(scan: &DmaBufScan, inode: Inode, except: u32) -> BTreeSet<u32> {
-    scan.buffers.get(&inode).map(|b| b.holders.keys().copied().filter(|p| *p != except).collect()).unwrap_or_default()
+    scan.buffers.get(inode).map(|b| b.holders.pids().filter(|p| *p != except).collect()).unwrap_or_default()
 }
 
 impl Accountant {
@@ -104,7 +104,7 @@ impl Accountant {
     fn hand_off(
         state: &mut State,
         b: &BufferInfo,
-        holders: &BTreeMap<u32, Holder>,
+        holders: Holders<'_>,
         live: &HashMap<u32, Process>,
         budgets: &HashMap<u32, KernelBudget>,
     ) -> Result<bool> {
@@ -113,7 +113,7 @@ impl Accountant {
         let app_payer = state.owners.get(&b.pid).is_some_and(|o| is_app(o.uid));
         let candidates: Vec<Candidate> = holders
             .iter()
-            .filter_map(|(pid, holder)| Some(Candidate { process: live.get(pid)?.clone(), holder: *holder }))
+            .filter_map(|(pid, holder)| Some(Candidate { process: live.get(&pid)?.clone(), holder }))
             .filter(|c| !app_payer || is_app(c.process.uid))
             .collect();
         let Some(to) = choose_payer(&candidates).map(|c| c.process.clone()) else { return Ok(false) };
@@ -123,7 +123,7 @@ impl Accountant {
             .and_then(|()| state.apply(event));
         match moved {
             Ok(()) => {
-                let held_by: Vec<&u32> = holders.keys().collect();
+                let held_by: Vec<u32> = holders.pids().collect();
                 info!("buffer {}: pid {} let go of it (held by {held_by:?}); pid {} pays", b.inode, b.pid, to.pid);
                 state.handoffs_refused.remove(&b.inode);
                 Ok(true)
@@ -253,8 +253,8 @@ impl Accountant {
         };
         let live: HashMap<u32, Process> = scan
             .buffers
-            .values()
-            .flat_map(|b| b.holders.keys().copied())
+            .iter()
+            .flat_map(|b| b.holders.pids())
             .chain(owner_pids)
             .chain(givers)
             .collect::<BTreeSet<u32>>()
@@ -272,9 +272,11 @@ impl Accountant {
             state.handoffs_refused.clear();
             let known: Vec<BufferInfo> = state.ledger.buffers().collect();
             for b in &known {
-                let Some(seen) = scan.buffers.get(&b.inode) else {
+                let Some(seen) = scan.buffers.get(b.inode) else {
                     // A process the scan could not read may hold it: release only on a full view.
-                    if !scan.is_complete() {
+                    // A buffer charged while the scan ran may be newer than the scan saw (it
+                    // is then missing from it): the next pass settles it.
+                    if !scan.is_complete() || !payers_before.contains_key(&b.inode) {
                         continue;
                     }
                     state.apply(Event::Released { inode: b.inode })?;
@@ -284,11 +286,11 @@ impl Accountant {
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
                 if owner_alive {
                     if payers_before.get(&b.inode) == Some(&b.pid) {
-                        Self::settle_let_go(state, b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
+                        Self::settle_let_go(state, b, &seen, scan.is_complete(), &live, &budgets, &mut report)?;
                     }
                 } else {
                     let dead_uid = state.owners.get(&b.pid).map(|o| o.uid).or_else(|| uid_of_cgroup(&b.cgroup));
-                    let holders: BTreeSet<u32> = seen.holders.keys().copied().filter(|p| *p != b.pid).collect();
+                    let holders: BTreeSet<u32> = seen.holders.pids().filter(|p| *p != b.pid).collect();
                     if Self::hand_over(state, b.inode, dead_uid, &holders, &live)? {
                         report.moved.push(b.inode);
                     }
@@ -324,11 +326,11 @@ impl Accountant {
                     report.reparented.push(path.clone());
                 }
             }
-            for (inode, seen) in &scan.buffers {
-                let known = state.ledger.buffer(*inode).is_some();
-                let ours = seen.exporter.as_deref().is_some_and(|e| state.ledger.heap(e).is_some());
+            for seen in scan.buffers.iter() {
+                let known = state.ledger.buffer(seen.inode).is_some();
+                let ours = seen.exporter.is_some_and(|e| state.ledger.heap(e).is_some());
                 if !known && ours {
-                    report.unaccounted.push(*inode);
+                    report.unaccounted.push(seen.inode);
                     // Sizes come from /proc: a corrupt fdinfo must not overflow the report.
                     report.unaccounted_bytes = report.unaccounted_bytes.saturating_add(seen.size);
                 }
@@ -355,16 +357,16 @@ impl Accountant {
     fn settle_let_go(
         state: &mut State,
         b: &BufferInfo,
-        seen: &ScannedBuffer,
+        seen: &ScannedBuffer<'_>,
         complete: bool,
         live: &HashMap<u32, Process>,
         budgets: &HashMap<u32, KernelBudget>,
         report: &mut ReconcileReport,
     ) -> Result<()> {
-        if !complete || seen.holders.contains_key(&b.pid) || state.receipts.contains_key(&b.inode) {
+        if !complete || seen.holders.contains(b.pid) || state.receipts.contains_key(&b.inode) {
             return Ok(());
         }
-        if Self::hand_off(state, b, &seen.holders, live, budgets)? {
+        if Self::hand_off(state, b, seen.holders, live, budgets)? {
             report.moved.push(b.inode);
         } else if state.handoffs_refused.contains_key(&b.inode) {
             report.handoffs_refused.push(b.inode);
@@ -394,14 +396,14 @@ impl Accountant {
         };
         let mut budgets = HashMap::new();
         for (inode, payer, heap) in charged {
-            let Some(seen) = scan.buffers.get(&inode) else { continue };
-            if seen.holders.contains_key(&payer) || !self.kernel_charges_heap(&heap) {
+            let Some(seen) = scan.buffers.get(inode) else { continue };
+            if seen.holders.contains(payer) || !self.kernel_charges_heap(&heap) {
                 continue;
             }
-            for pid in seen.holders.keys() {
-                if let (Some(p), false) = (live.get(pid), budgets.contains_key(pid)) {
+            for pid in seen.holders.pids() {
+                if let (Some(p), false) = (live.get(&pid), budgets.contains_key(&pid)) {
                     if let Some(budget) = self.kernel_budget(p) {
-                        budgets.insert(*pid, budget);
+                        budgets.insert(pid, budget);
                     }
                 }
             }
@@ -452,8 +454,8 @@ impl Accountant {
         report.buffers_seen = scan.buffers.len();
         let live: HashMap<u32, Process> = inodes
             .keys()
-            .filter_map(|i| scan.buffers.get(i))
-            .flat_map(|b| b.holders.keys().copied())
+            .filter_map(|i| scan.buffers.get(*i))
+            .flat_map(|b| b.holders.pids())
             .chain(payers.iter().copied())
             .collect::<BTreeSet<u32>>()
             .into_iter()
@@ -464,19 +466,18 @@ impl Accountant {
             for (inode, payer) in &inodes {
                 // The lock was dropped for the scan: a buffer released or moved meanwhile is the
                 // next event's (or reconcile's) business.
-                let (Some(b), Some(seen)) = (state.ledger.buffer(*inode), scan.buffers.get(inode)) else { continue };
+                let (Some(b), Some(seen)) = (state.ledger.buffer(*inode), scan.buffers.get(*inode)) else { continue };
                 if b.pid != *payer {
                     continue;
                 }
                 let receipt = state.receipts.get(inode);
-                if receipt
-                    .is_some_and(|r| receivers.contains(&r.receiver.pid) && seen.holders.contains_key(&r.receiver.pid))
+                if receipt.is_some_and(|r| receivers.contains(&r.receiver.pid) && seen.holders.contains(r.receiver.pid))
                 {
                     state.receipts.remove(inode);
                 }
                 let owner_alive = state.owners.get(&b.pid).is_some_and(|o| live.get(&b.pid).is_some_and(|l| l.is(o)));
                 if owner_alive {
-                    Self::settle_let_go(state, &b, seen, scan.is_complete(), &live, &budgets, &mut report)?;
+                    Self::settle_let_go(state, &b, &seen, scan.is_complete(), &live, &budgets, &mut report)?;
                 }
             }
             state.commit()
@@ -504,7 +505,7 @@ impl Accountant {
                 state.receipts.remove(&inode);
                 continue;
             };
-            let received = scan.buffers.get(&inode).is_some_and(|s| s.holders.contains_key(&r.receiver.pid));
+            let received = scan.buffers.get(inode).is_some_and(|s| s.holders.contains(r.receiver.pid));
             if received || !state.owned_by(&b, &r.receiver) {
                 state.receipts.remove(&inode);
                 continue;

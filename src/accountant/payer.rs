@@ -3,7 +3,7 @@
 //! a buffer others still hold).
 
 use crate::identity::Process;
-use crate::kernel::procfs::Holder;
+use crate::kernel::view::Holder;
 
 /// Android's first app uid (AID_APP_START): below it, platform processes.
 const FIRST_APP_UID: u32 = 10_000;

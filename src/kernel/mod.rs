@@ -17,11 +17,13 @@ pub mod handoff_events;
 mod parse;
 pub mod procfs;
 pub mod scanner;
+pub mod view;
 
 pub use bpf::BpfScanner;
 pub use cgroupfs::{CgroupFs, DmemFile, MemoryState};
 pub use dmabuf::{inspect, DmaBufInfo};
 pub use dmaheap::alloc_from_heap;
 pub use error::KernelError;
-pub use procfs::{DmaBufRef, DmaBufScan, Holder, ProcFs, ScannedBuffer};
+pub use procfs::{DmaBufRef, ProcFs};
 pub use scanner::{ScanChoice, Scanner};
+pub use view::{DmaBufScan, Holder, Holders, ScannedBuffer, ScannedBuffers};

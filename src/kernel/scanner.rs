@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use super::bpf::BpfScanner;
 use super::error::KernelError;
-use super::procfs::{DmaBufScan, ProcFs};
+use super::procfs::ProcFs;
+use super::view::DmaBufScan;
 
 /// What the service is asked to use (`chargetransferd --scan`).
 #[derive(Clone, Debug, PartialEq, Eq)]

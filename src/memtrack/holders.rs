@@ -53,7 +53,7 @@ impl Holders {
             }
         }
         let scan = scanner.scan_all()?;
-        let pairs = scan.buffers.iter().flat_map(|(inode, b)| b.holders.keys().map(move |pid| (*inode, *pid)));
+        let pairs = scan.buffers.iter().flat_map(|b| b.holders.pids().map(move |pid| (b.inode, pid)));
         let view = Arc::new(HolderView::from_pairs(pairs));
         *last = Some((Instant::now(), Arc::clone(&view)));
         Ok(view)

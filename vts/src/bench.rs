@@ -250,7 +250,7 @@ fn guest(args: &[String]) -> Result<(), String> {
         let t = Instant::now();
         let scan = proc.scan_all().map_err(|e| e.to_string())?;
         let app = holders[0].pid;
-        let bytes: u64 = scan.buffers.values().filter(|b| b.holders.contains_key(&app)).map(|b| b.size).sum();
+        let bytes: u64 = scan.buffers.iter().filter(|b| b.holders.contains(app)).map(|b| b.size).sum();
         full.push(t.elapsed());
         std::hint::black_box(bytes);
         found = (scan.buffers.len(), scan.processes);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chargetransfer::kernel::bpf::BpfScanner;
-use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs};
+use chargetransfer::kernel::{DmaBufScan, ProcFs};
 
 use crate::cases::{check, Outcome};
 use crate::harness::{Child, Env};
@@ -33,14 +33,14 @@ type Seen = (u64, u64, Option<String>, Vec<(u32, u32, u32)>);
 fn view(scan: &DmaBufScan, pids: &[u32]) -> Vec<Seen> {
     scan.buffers
         .iter()
-        .filter_map(|(inode, b)| {
+        .filter_map(|b| {
             let holders: Vec<_> = b
                 .holders
                 .iter()
                 .filter(|(pid, _)| pids.contains(pid))
-                .map(|(pid, h)| (*pid, h.fd_count, h.map_count))
+                .map(|(pid, h)| (pid, h.fd_count, h.map_count))
                 .collect();
-            (!holders.is_empty()).then(|| (*inode, b.size, b.name.clone(), holders))
+            (!holders.is_empty()).then(|| (b.inode, b.size, b.name.map(str::to_string), holders))
         })
         .collect()
 }
@@ -90,16 +90,16 @@ pub fn bpf_scan_gives_the_procfs_answer(env: &Env) -> Outcome {
     let (bv, pv) = (view(&by_bpf, &pids), view(&by_procfs, &pids));
     check(bv == pv, || format!("BPF view {bv:?} differs from procfs view {pv:?}"))?;
     check(bv.len() >= 3, || format!("expected the shared, own and mapped buffers, saw {bv:?}"))?;
-    let mapped = by_bpf.buffers.get(&mapped_inode).ok_or("the mapped-only buffer is missing from the BPF view")?;
-    check(mapped.holders.get(&std::process::id()).is_some_and(|h| h.fd_count == 0 && h.map_count == 1), || {
+    let mapped = by_bpf.buffers.get(mapped_inode).ok_or("the mapped-only buffer is missing from the BPF view")?;
+    check(mapped.holders.get(std::process::id()).is_some_and(|h| h.fd_count == 0 && h.map_count == 1), || {
         format!("mapped-only buffer holders {:?}", mapped.holders)
     })?;
     // Only the BPF view knows the exporter of a buffer no process has an fd of.
-    check(mapped.exporter.as_deref() == Some(HEAP), || format!("mapped-only exporter {:?}", mapped.exporter))?;
+    check(mapped.exporter == Some(HEAP), || format!("mapped-only exporter {:?}", mapped.exporter))?;
     // Every buffer both saw with an fd agrees on the exporter too.
-    for (inode, p) in &by_procfs.buffers {
-        if let (Some(e), Some(b)) = (&p.exporter, by_bpf.buffers.get(inode)) {
-            check(b.exporter.as_ref() == Some(e), || format!("inode {inode}: exporter {:?} vs {e:?}", b.exporter))?;
+    for p in by_procfs.buffers.iter() {
+        if let (Some(e), Some(b)) = (p.exporter, by_bpf.buffers.get(p.inode)) {
+            check(b.exporter == Some(e), || format!("inode {}: exporter {:?} vs {e:?}", p.inode, b.exporter))?;
         }
     }
     println!(
@@ -133,7 +133,7 @@ pub fn bpf_scan_stays_whole_while_processes_die(env: &Env) -> Outcome {
         let result = (|| {
             for _ in 0..20 {
                 let scan = bpf.scan_all().map_err(|e| format!("BPF scan during churn: {e}"))?;
-                let held = scan.buffers.get(&inode).map(|b| b.holders.get(&keeper.pid).copied());
+                let held = scan.buffers.get(inode).map(|b| b.holders.get(keeper.pid));
                 check(held.flatten().is_some_and(|h| h.fd_count == 1), || {
                     format!("the keeper's buffer {inode} is not in scan {n}: {held:?}")
                 })?;
@@ -147,7 +147,7 @@ pub fn bpf_scan_stays_whole_while_processes_die(env: &Env) -> Outcome {
     })?;
     keeper.ok(&format!("close {slot}"))?;
     let scan = bpf.scan_all().map_err(|e| e.to_string())?;
-    check(!scan.buffers.contains_key(&inode), || format!("buffer {inode} still listed after its only fd closed"))?;
+    check(!scan.buffers.contains(inode), || format!("buffer {inode} still listed after its only fd closed"))?;
     println!("bpf_scan: {scans} BPF scans while processes were killed, each whole");
     keeper.exit();
     Ok(())

@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chargetransfer::kernel::bpf::{BpfScanner, ScanPhases};
-use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs};
+use chargetransfer::kernel::{DmaBufScan, ProcFs};
 
 const BUFFER_SIZE: u64 = 4096;
 
@@ -84,7 +84,8 @@ fn time(scans: usize, scan: impl Fn() -> Result<DmaBufScan, String>) -> Result<(
 
 /// The BPF scan's parts at one level, each the p50 over the scans that had it:
 /// `result scan_<level>_bpf_<target>_ns` (and `_bytes`, from the last scan) per iterator read,
-/// and `result scan_<level>_bpf_assembly_ns`.
+/// `result scan_<level>_bpf_holders_ns` (the holders' sort on the iter/task_file thread) and
+/// `result scan_<level>_bpf_assembly_ns` (the rest, on the scanning thread).
 fn print_phases(level: usize, phases: &[ScanPhases]) {
     let Some(last) = phases.last() else { return };
     let mut line = Vec::new();
@@ -99,9 +100,15 @@ fn print_phases(level: usize, phases: &[ScanPhases]) {
         println!("result scan_{level}_bpf_{target}_bytes {bytes}");
         line.push(format!("iter/{target} {t:.1?} ({bytes} B)"));
     }
+    let sort = p50(phases.iter().map(|p| p.holders).collect());
+    println!("result scan_{level}_bpf_holders_ns {}", sort.as_nanos());
     let t = p50(phases.iter().map(|p| p.assembly).collect());
     println!("result scan_{level}_bpf_assembly_ns {}", t.as_nanos());
-    println!("scan bench: BPF at {level}: {}, assembly {t:.1?}", line.join(", "));
+    println!(
+        "scan bench: BPF at {level}: {} (iter/task_file on its own thread, then its holders sorted in {sort:.1?}), \
+         assembly {t:.1?}",
+        line.join(", ")
+    );
 }
 
 fn bench(args: &[String]) -> Result<(), String> {

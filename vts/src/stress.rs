@@ -686,14 +686,14 @@ impl<'a> World<'a> {
                 })?;
             } else {
                 let uid = uid_of_cgroup(&c.ownerCgroup);
-                let of_app: Vec<&u32> = seen.holders.keys().filter(|&&h| procfs.uid_of(h).ok() == uid).collect();
+                let of_app: Vec<u32> = seen.holders.pids().filter(|&h| procfs.uid_of(h).ok() == uid).collect();
                 check(uid.is_some() && of_app.is_empty(), || {
                     format!("buffer {} parked on {} though its app's {of_app:?} hold it", c.inode, c.ownerCgroup)
                 })?;
             }
             let model: BTreeSet<u32> =
                 self.holders(c.inode as u64).into_iter().map(|h| self.clients[h].child.pid).collect();
-            let kernel: BTreeSet<u32> = seen.holders.keys().copied().collect();
+            let kernel: BTreeSet<u32> = seen.holders.pids().collect();
             check(model == kernel, || {
                 format!("buffer {}: procfs holders {kernel:?}, the workload handed it to {model:?}", c.inode)
             })?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chargetransfer::binder::aidl::vendor::chargetransfer::ChargeInfo::ChargeInfo;
 use chargetransfer::client::Client;
-use chargetransfer::kernel::procfs::{DmaBufScan, ProcFs, ScannedBuffer};
+use chargetransfer::kernel::{DmaBufScan, ProcFs, ScannedBuffer};
 
 /// The ledger's charges and a complete procfs scan, taken one after the other.
 pub struct Truth {
@@ -47,13 +47,13 @@ impl Truth {
     }
 
     /// Live dma-bufs of the policy's heaps, held by one of `clients` when given.
-    pub fn live(&self, clients: Option<&BTreeSet<u32>>) -> BTreeMap<u64, &ScannedBuffer> {
+    pub fn live(&self, clients: Option<&BTreeSet<u32>>) -> BTreeMap<u64, ScannedBuffer<'_>> {
         self.scan
             .buffers
             .iter()
-            .filter(|(_, b)| b.exporter.as_ref().is_some_and(|e| self.heaps.contains(e)))
-            .filter(|(_, b)| clients.is_none_or(|c| b.holders.keys().any(|p| c.contains(p))))
-            .map(|(inode, b)| (*inode, b))
+            .filter(|b| b.exporter.is_some_and(|e| self.heaps.contains(e)))
+            .filter(|b| clients.is_none_or(|c| b.holders.pids().any(|p| c.contains(&p))))
+            .map(|b| (b.inode, b))
             .collect()
     }
 
@@ -76,7 +76,7 @@ impl Truth {
             held: held.len(),
             lost: held.keys().filter(|i| !counted.contains_key(i)).copied().collect(),
             duplicated: counted.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect(),
-            stale: counted.keys().filter(|i| !self.scan.buffers.contains_key(i)).copied().collect(),
+            stale: counted.keys().filter(|i| !self.scan.buffers.contains(**i)).copied().collect(),
             misowned,
             miscounted: self.miscounted(client)?,
         })

@@ -22,11 +22,11 @@ use aya::programs::Iter;
 use aya::{Btf, Ebpf};
 
 use super::error::KernelError;
-use super::procfs::DmaBufScan;
+use super::view::DmaBufScan;
 use records::Reads;
 
-/// The iterators in the order a scan reads them (fds before buffers, mappings after, see
-/// [`records::assemble`]): the program's function name and its attach target.
+/// The iterators (fds and buffers read at once, processes after buffers, mappings after both,
+/// see [`BpfScanner::scan_all_timed`]): the program's function name and its attach target.
 const ITERATORS: [(&str, &str); 4] =
     [("fds", "task_file"), ("processes", "task"), ("buffers", "dmabuf"), ("mappings", "task_vma")];
 
@@ -155,46 +155,69 @@ impl BpfScanner {
 
     /// [`BpfScanner::scan_all`] with the time each iterator read and the assembly took, for the
     /// scan benchmark's breakdown.
+    ///
+    /// The two long walks run at once: iter/task_file (every open file of every task) on a
+    /// thread of its own, which also sorts the holders it found, and iter/dmabuf then iter/task
+    /// here. Both links are attached before either is read. Whatever the two walks' interleaving,
+    /// [`records::assemble`] keeps a buffer only if both saw it (see its rule for a buffer created
+    /// or freed while they ran). iter/task_vma, when needed, is read after both.
     pub fn scan_all_timed(&self) -> Result<(DmaBufScan, ScanPhases), KernelError> {
         let mut programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut bytes = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
         let [fds, processes, buffers, mappings] = &mut *bytes;
-        let mut phases = ScanPhases { reads: ITERATORS.map(|(_, target)| (target, None)), assembly: Duration::ZERO };
-        let mut read = |i: usize, into: &mut Vec<u8>| {
+        let mut phases = ScanPhases {
+            reads: ITERATORS.map(|(_, target)| (target, None)),
+            holders: Duration::ZERO,
+            assembly: Duration::ZERO,
+        };
+        let mut open = |i: usize| {
             let (name, target) = ITERATORS[i];
-            let t = Instant::now();
             let program = match &mut *programs {
                 Programs::Loaded(ebpf) => iter(ebpf, name)?,
                 Programs::Pinned(iters) => &mut iters[i],
             };
-            read(program, into).map_err(|e| bpf_err(format_args!("reading iter/{target}"), e))?;
-            phases.reads[i].1 = Some((t.elapsed(), into.len()));
-            Ok::<_, KernelError>(())
+            open(program).map_err(|e| bpf_err(format_args!("attaching iter/{target}"), e))
         };
-        read(0, fds)?;
-        read(1, processes)?;
-        read(2, buffers)?;
-        let t = Instant::now();
-        let listed = records::buffers(buffers)?;
-        phases.assembly = t.elapsed();
+        let (fd_walk, buffer_walk, process_walk) = (open(0)?, open(2)?, open(1)?);
+        let (fds_out, buffers_out, processes_out) = (&mut *fds, &mut *buffers, &mut *processes);
+        let (fd_side, here) = std::thread::scope(move |s| {
+            let fd_thread = s.spawn(move || {
+                let read = timed_read(0, &fd_walk, fds_out)?;
+                let t = Instant::now();
+                let held = records::holders(fds_out)?;
+                Ok::<_, KernelError>((read, held, t.elapsed()))
+            });
+            let here = read_buffers(&buffer_walk, buffers_out, &process_walk, processes_out);
+            (fd_thread.join(), here)
+        });
+        let (fd_read, held, sorted) =
+            fd_side.map_err(|_| KernelError::Bpf("the iter/task_file reader panicked".into()))??;
+        let (buffer_read, process_read, listed, parsed) = here?;
+        phases.holders = sorted;
+        phases.assembly = parsed;
+        phases.reads[0].1 = Some(fd_read);
+        phases.reads[1].1 = Some(process_read);
+        phases.reads[2].1 = Some(buffer_read);
         // Walking every VMA of every process is the dearest read: only when a buffer is mapped.
         mappings.clear();
         if listed.iter().any(|b| b.mapped) {
-            read(3, mappings)?;
+            phases.reads[3].1 = Some(timed_read(3, &open(3)?, mappings)?);
         }
         let t = Instant::now();
-        let scan = records::assemble(Reads { buffers: listed, fds, mappings, processes })?;
+        let scan = records::assemble(Reads { buffers: listed, held, mappings, processes })?;
         phases.assembly += t.elapsed();
         Ok((scan, phases))
     }
 }
 
-/// Where one BPF scan's time went: each iterator's read in scan order (its target, and the time
-/// to attach and read it to the end and the bytes read, if it was read), then turning the
-/// records into a [`DmaBufScan`].
+/// Where one BPF scan's time went: each iterator's read in [`ITERATORS`] order (its target, and
+/// the time to read it to the end and the bytes read, if it was read; iter/task_file's on its
+/// own thread, beside the others), the holders' sort on that thread, and the rest of turning the
+/// records into a [`DmaBufScan`] (the buffer list's parse and the merge).
 #[derive(Clone, Copy, Debug)]
 pub struct ScanPhases {
     pub reads: [(&'static str, Option<(Duration, usize)>); 4],
+    pub holders: Duration,
     pub assembly: Duration,
 }
 
@@ -213,18 +236,48 @@ fn load_object() -> Result<Ebpf, KernelError> {
     Err(KernelError::Bpf("built without the BPF object (no clang when it was compiled)".into()))
 }
 
-/// One pass of an iterator: a new link, an iterator fd from it, read to the end into `buf`
-/// (cleared first). Each read() fills at most the kernel's seq buffer (8 pages) and then stops
-/// and restarts the iterator, so reads ask for more than that, straight into `buf`'s capacity,
-/// which stays with the scanner for the next scan.
-fn read(program: &mut Iter, buf: &mut Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
-    const READ: usize = 256 << 10;
+/// One read's time and size.
+type Read = (Duration, usize);
+
+/// [`read`] of iterator `i` of [`ITERATORS`], timed.
+fn timed_read(i: usize, file: &std::fs::File, into: &mut Vec<u8>) -> Result<Read, KernelError> {
+    let t = Instant::now();
+    read(file, into).map_err(|e| bpf_err(format_args!("reading iter/{}", ITERATORS[i].1), e))?;
+    Ok((t.elapsed(), into.len()))
+}
+
+/// The scanning thread's share while iter/task_file is read on another: iter/dmabuf and
+/// iter/task read, then the buffer records parsed (and how long that took).
+fn read_buffers<'a>(
+    buffer_walk: &std::fs::File,
+    buffers: &'a mut Vec<u8>,
+    process_walk: &std::fs::File,
+    processes: &mut Vec<u8>,
+) -> Result<(Read, Read, Vec<records::Buffer<'a>>, Duration), KernelError> {
+    let buffer_read = timed_read(2, buffer_walk, buffers)?;
+    let process_read = timed_read(1, process_walk, processes)?;
+    let t = Instant::now();
+    let buffers: &'a Vec<u8> = buffers;
+    let listed = records::buffers(buffers)?;
+    Ok((buffer_read, process_read, listed, t.elapsed()))
+}
+
+/// A new link of an iterator and an iterator fd from it: each read of it walks anew.
+fn open(program: &mut Iter) -> Result<std::fs::File, Box<dyn std::error::Error>> {
     let id = program.attach()?;
-    let file = program.take_link(id)?.into_file()?;
+    Ok(program.take_link(id)?.into_file()?)
+}
+
+/// One pass of an iterator read to the end into `buf` (cleared first). Each read() fills at most
+/// the kernel's seq buffer (8 pages) and then stops and restarts the iterator, so reads ask for
+/// more than that, straight into `buf`'s capacity, which stays with the scanner for the next
+/// scan.
+fn read(file: &std::fs::File, buf: &mut Vec<u8>) -> rustix::io::Result<()> {
+    const READ: usize = 256 << 10;
     buf.clear();
     loop {
         buf.reserve(READ);
-        if rustix::io::read(&file, rustix::buffer::spare_capacity(buf))? == 0 {
+        if rustix::io::read(file, rustix::buffer::spare_capacity(buf))? == 0 {
             return Ok(());
         }
     }

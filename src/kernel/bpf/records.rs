@@ -4,11 +4,12 @@
 //! Layouts are the C structs' (native endian, no padding); a read that ends inside a record is a
 //! [`KernelError::Parse`], never a shorter view.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::kernel::error::KernelError;
-use crate::kernel::procfs::{DmaBufScan, Holder, ScannedBuffer};
+use crate::kernel::view::{Builder, DmaBufScan, Holder};
 
 /// `struct buffer_record`'s header: inode, size, mapped, exporter_len, name_len; then the two
 /// strings.
@@ -23,10 +24,15 @@ const PROCESS: usize = 4;
 /// What the iterators returned, each read whole (`mappings` empty when it was not read).
 pub(super) struct Reads<'a> {
     pub buffers: Vec<Buffer<'a>>,
-    pub fds: &'a [u8],
+    /// iter/task_file's records as [`holders`] sorted them.
+    pub held: Vec<Held>,
     pub mappings: &'a [u8],
     pub processes: &'a [u8],
 }
+
+/// One fd or mapping of a buffer: (inode, tgid, is a mapping). Sorted, a buffer's holders are
+/// one run, by process.
+pub(super) type Held = (u64, u32, bool);
 
 /// One `struct buffer_record` with its strings.
 #[derive(Clone, Copy, Debug)]
@@ -47,8 +53,8 @@ fn u64_at(r: &[u8], at: usize) -> u64 {
 }
 
 /// A string field; empty means absent.
-fn string(field: &[u8]) -> Option<String> {
-    (!field.is_empty()).then(|| String::from_utf8_lossy(field).into_owned())
+fn string(field: &[u8]) -> Option<Cow<'_, str>> {
+    (!field.is_empty()).then(|| String::from_utf8_lossy(field))
 }
 
 fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::ChunksExact<'a, u8>, KernelError> {
@@ -82,35 +88,59 @@ pub(super) fn buffers(bytes: &[u8]) -> Result<Vec<Buffer<'_>>, KernelError> {
     Ok(out)
 }
 
-/// Holders are read before buffers, so every buffer still held when its holders were listed is
-/// in the buffer list; a holder whose buffer is not there anymore held a buffer freed meanwhile
-/// and is dropped, as a later procfs scan would not see it either. Mappings are read after the
-/// buffers (only if one was mapped then): a buffer mapped but without an fd when the fds were
-/// listed was already mapped when the buffers were, and a mapping of a buffer newer than the list
-/// is dropped like a buffer created after the scan. Threads of one process share its mappings:
-/// only the first thread that reports a process's mappings is counted.
+/// The fds of iter/task_file's records, sorted (on the reading thread, while iter/dmabuf is
+/// read). The sorts here are the stable ones, which merge runs already in order: the walk lists
+/// each process's fds in fd order, mostly in inode order too, and iter/dmabuf lists buffers
+/// newest first.
+pub(super) fn holders(fds: &[u8]) -> Result<Vec<Held>, KernelError> {
+    let mut held: Vec<Held> =
+        records("iter/task_file", fds, FD)?.map(|r| (u64_at(r, 8), u32_at(r, 0), false)).collect();
+    held.sort();
+    Ok(held)
+}
+
+/// The view from the iterators' records: a buffer is in it when iter/dmabuf listed it and a
+/// holder was found (an fd in iter/task_file, a mapping in iter/task_vma).
+///
+/// The fd and buffer walks run at the same time (see
+/// [`BpfScanner::scan_all_timed`](super::BpfScanner::scan_all_timed)): each sees each task or
+/// buffer at a moment of its own, in no order to the other's. So:
+/// - a holder whose inode iter/dmabuf did not list held a buffer freed before that walk reached
+///   it, or created after the walk had passed: dropped, as the buffer's record is unknown. A
+///   freed buffer is gone for any later scan too; a new one is in the next scan, as a buffer
+///   created just after this one would be;
+/// - a listed buffer without a holder was created after the fd walk passed its holders, or let
+///   go before the walk reached them: left out, as a buffer nobody holds.
+///
+/// A buffer live and held throughout the scan is in it with every holder; one created or freed
+/// while the scan ran may be missing, as with the walks one after the other (the order of the
+/// reads only decides which of the two it misses). Callers must not take such a buffer's absence
+/// for its release: reconcile releases only buffers it knew before the scan.
+///
+/// Mappings are read after the buffers (only if one was mapped then): a buffer mapped but
+/// without an fd when the fds were listed was already mapped when the buffers were, and a mapping
+/// of a buffer newer than the list is dropped like any holder of an unlisted buffer. Threads of
+/// one process share its mappings: only the first thread that reports a process's mappings is
+/// counted.
 ///
 /// Built for 100k buffers: the holders are one sorted vector merged with the buffers sorted by
-/// inode (no per-record tree search), the result's map is bulk-built from that sorted run, and
-/// consecutive buffers of one exporter share the work of its string.
+/// inode (no per-record tree search), straight into the view's flat vectors.
 pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
-    let fds = records("iter/task_file", reads.fds, FD)?;
     let vmas = records("iter/task_vma", reads.mappings, VMA)?;
-    // (inode, tgid, is a mapping), one per fd or mapping.
-    let mut held: Vec<(u64, u32, bool)> = Vec::with_capacity(fds.len() + vmas.len());
-    held.extend(fds.map(|r| (u64_at(r, 8), u32_at(r, 0), false)));
-    let mut mapping_thread: HashMap<u32, u32> = HashMap::new();
-    for r in vmas {
-        let (tgid, tid) = (u32_at(r, 0), u32_at(r, 4));
-        if *mapping_thread.entry(tgid).or_insert(tid) == tid {
-            held.push((u64_at(r, 16), tgid, true));
+    let mut held = reads.held;
+    if vmas.len() > 0 {
+        let mut mapping_thread: HashMap<u32, u32> = HashMap::new();
+        for r in vmas {
+            let (tgid, tid) = (u32_at(r, 0), u32_at(r, 4));
+            if *mapping_thread.entry(tgid).or_insert(tid) == tid {
+                held.push((u64_at(r, 16), tgid, true));
+            }
         }
+        held.sort();
     }
-    held.sort_unstable();
     let mut buffers = reads.buffers;
-    buffers.sort_unstable_by_key(|b| b.inode);
-    let mut exporter = Interned::default();
-    let mut scanned = Vec::with_capacity(buffers.len().min(held.len()));
+    buffers.sort_by_key(|b| b.inode);
+    let mut view = Builder::with_capacity(buffers.len().min(held.len()), held.len());
     let mut held = held.as_slice();
     for b in buffers {
         while held.first().is_some_and(|h| h.0 < b.inode) {
@@ -122,33 +152,14 @@ pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
         if of_buffer.is_empty() {
             continue;
         }
-        let mut holders = BTreeMap::new();
+        view.buffer(b.inode, b.size, string(b.exporter).as_deref(), string(b.name).as_deref());
         for run in of_buffer.chunk_by(|a, b| a.1 == b.1) {
             let maps = run.iter().filter(|h| h.2).count() as u32;
-            holders.insert(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
+            view.holder(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
         }
-        let buffer = ScannedBuffer { size: b.size, exporter: exporter.get(b.exporter), name: string(b.name), holders };
-        scanned.push((b.inode, buffer));
     }
     let processes = records("iter/task", reads.processes, PROCESS)?.len();
-    Ok(DmaBufScan { buffers: scanned.into_iter().collect(), processes, ..Default::default() })
-}
-
-/// The last string field seen and its string: buffers come in runs from one exporter.
-#[derive(Default)]
-struct Interned<'a> {
-    field: &'a [u8],
-    string: Option<String>,
-}
-
-impl<'a> Interned<'a> {
-    fn get(&mut self, field: &'a [u8]) -> Option<String> {
-        if field != self.field {
-            self.field = field;
-            self.string = string(field);
-        }
-        self.string.clone()
-    }
+    Ok(DmaBufScan { buffers: view.finish(), processes, ..Default::default() })
 }
 
 #[cfg(test)]
@@ -174,7 +185,7 @@ mod tests {
 
     fn scan(buffers: &[Vec<u8>], fds: &[Vec<u8>], vmas: &[Vec<u8>]) -> Result<DmaBufScan, KernelError> {
         let (b, f, m) = (buffers.concat(), fds.concat(), vmas.concat());
-        assemble(Reads { buffers: super::buffers(&b)?, fds: &f, mappings: &m, processes: &[0; 12] })
+        assemble(Reads { buffers: super::buffers(&b)?, held: holders(&f)?, mappings: &m, processes: &[0; 12] })
     }
 
     #[test]
@@ -185,9 +196,9 @@ mod tests {
             &[vma(11, 11, 0x1000, 7), vma(12, 12, 0x1000, 7)],
         )
         .unwrap();
-        let b = &s.buffers[&7];
-        assert_eq!((b.size, b.exporter.as_deref(), b.name.as_deref()), (4096, Some("system"), Some("frame")));
-        let h: Vec<_> = b.holders.iter().map(|(p, h)| (*p, h.fd_count, h.map_count)).collect();
+        let b = s.buffers.get(7).unwrap();
+        assert_eq!((b.size, b.exporter, b.name), (4096, Some("system"), Some("frame")));
+        let h: Vec<_> = b.holders.iter().map(|(p, h)| (p, h.fd_count, h.map_count)).collect();
         assert_eq!(h, [(10, 2, 0), (11, 1, 1), (12, 0, 1)]);
         assert_eq!(s.processes, 3);
         assert!(s.is_complete());
@@ -196,14 +207,50 @@ mod tests {
     #[test]
     fn an_unnamed_buffer_has_no_name_and_unheld_buffers_are_left_out() {
         let s = scan(&[buffer(7, 4096, "system", ""), buffer(8, 8192, "system", "")], &[fd(10, 3, 7)], &[]).unwrap();
-        assert_eq!(s.buffers.keys().copied().collect::<Vec<_>>(), [7]);
-        assert_eq!(s.buffers[&7].name, None);
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+        assert_eq!(s.buffers.get(7).unwrap().name, None);
     }
 
     #[test]
-    fn a_holder_of_a_buffer_freed_before_the_buffer_list_is_dropped() {
-        let s = scan(&[buffer(7, 4096, "system", "")], &[fd(10, 3, 7), fd(10, 4, 9)], &[]).unwrap();
-        assert!(!s.buffers.contains_key(&9));
+    fn a_holder_of_a_buffer_the_buffer_walk_did_not_list_is_dropped() {
+        // Inode 9 was freed before the buffer walk reached it, or created after it had passed
+        // (the walks run at once): either way only its holder was seen.
+        let s =
+            scan(&[buffer(7, 4096, "system", "")], &[fd(10, 3, 7), fd(10, 4, 9)], &[vma(11, 11, 0x1000, 9)]).unwrap();
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+        assert_eq!(
+            s.buffers.get(7).unwrap().holders.iter().collect::<Vec<_>>(),
+            [(10, Holder { fd_count: 1, map_count: 0 })]
+        );
+    }
+
+    #[test]
+    fn a_buffer_listed_after_its_holders_let_go_or_before_they_got_it_is_left_out() {
+        // Inode 8 was listed, but the fd walk passed process 10 before it got an fd of it (or
+        // after it closed it): left out as a buffer nobody holds, the others untouched.
+        let s = scan(&[buffer(8, 4096, "system", ""), buffer(7, 4096, "system", "")], &[fd(10, 3, 7)], &[]).unwrap();
+        assert_eq!(s.buffers.inodes().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn the_view_does_not_depend_on_the_order_the_walks_returned_records_in() {
+        let buffers = [buffer(7, 4096, "system", "a"), buffer(9, 8192, "cma", ""), buffer(8, 4096, "system", "")];
+        let fds = [fd(12, 3, 9), fd(10, 3, 7), fd(11, 5, 8), fd(10, 4, 9), fd(11, 6, 7)];
+        type Seen<'a> = (u64, u64, Option<&'a str>, Option<&'a str>, Vec<(u32, Holder)>);
+        fn seen(s: &DmaBufScan) -> Vec<Seen<'_>> {
+            s.buffers.iter().map(|b| (b.inode, b.size, b.exporter, b.name, b.holders.iter().collect())).collect()
+        }
+        let first = scan(&buffers, &fds, &[]).unwrap();
+        assert_eq!(first.buffers.inodes().collect::<Vec<_>>(), [7, 8, 9]);
+        let (mut b, mut f) = (buffers.to_vec(), fds.to_vec());
+        for turn in 0..6 {
+            b.rotate_left(1);
+            f.rotate_left(2);
+            if turn % 2 == 1 {
+                f.reverse();
+            }
+            assert_eq!(seen(&scan(&b, &f, &[]).unwrap()), seen(&first), "turn {turn}");
+        }
     }
 
     #[test]
@@ -214,7 +261,7 @@ mod tests {
             &[vma(10, 10, 0x1000, 7), vma(10, 10, 0x9000, 7), vma(10, 13, 0x1000, 7)],
         )
         .unwrap();
-        assert_eq!(s.buffers[&7].holders[&10], Holder { fd_count: 0, map_count: 2 });
+        assert_eq!(s.buffers.get(7).unwrap().holders.get(10), Some(Holder { fd_count: 0, map_count: 2 }));
     }
 
     #[test]

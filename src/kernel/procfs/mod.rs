@@ -15,7 +15,7 @@ use super::error::{is_gone, KernelError};
 use super::parse::Result;
 
 pub(crate) use scan::parse_fdinfo;
-pub use scan::{DmaBufRef, DmaBufScan, Holder, ScannedBuffer};
+pub use scan::DmaBufRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcFs {

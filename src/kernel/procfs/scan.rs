@@ -12,6 +12,7 @@ use rustix::fs::{AtFlags, Dir, Mode, OFlags, CWD};
 use super::{pid_err, read_fd, ProcFs};
 use crate::kernel::error::KernelError;
 use crate::kernel::parse::{byte_lines, number, Result};
+use crate::kernel::view::{Builder, DmaBufScan, Holder};
 use crate::ledger::Inode;
 
 /// One dma-buf as one process holds it.
@@ -26,44 +27,6 @@ pub struct DmaBufRef {
     pub name: Option<String>,
     pub fd_count: u32,
     pub map_count: u32,
-}
-
-/// How one process holds one buffer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Holder {
-    pub fd_count: u32,
-    pub map_count: u32,
-}
-
-/// One buffer across the system.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScannedBuffer {
-    pub size: u64,
-    /// Known once any holder has an fd of it.
-    pub exporter: Option<String>,
-    pub name: Option<String>,
-    pub holders: BTreeMap<u32, Holder>,
-}
-
-/// Every dma-buf held by a process at scan time.
-#[derive(Debug, Default)]
-pub struct DmaBufScan {
-    pub buffers: BTreeMap<Inode, ScannedBuffer>,
-    /// Processes read completely.
-    pub processes: usize,
-    /// Processes that exited while being read (normal; their buffers are no longer theirs).
-    pub vanished: Vec<u32>,
-    /// Processes that could not be read (EACCES without root, a malformed file). Their buffers
-    /// are missing from `buffers`: a scan with errors must not be taken as proof that a buffer
-    /// is gone.
-    pub errors: Vec<(u32, KernelError)>,
-}
-
-impl DmaBufScan {
-    /// Every listed process was read or had exited.
-    pub fn is_complete(&self) -> bool {
-        self.errors.is_empty()
-    }
 }
 
 impl ProcFs {
@@ -119,31 +82,29 @@ impl ProcFs {
     pub fn scan_all(&self) -> Result<DmaBufScan> {
         let mut scan = DmaBufScan::default();
         let mut buf = Vec::with_capacity(16 << 10);
+        // Each process's refs in pid order, then sorted by inode (stable: each buffer's holders
+        // stay in pid order, as the merge and the view want them).
+        let mut held: Vec<(u32, DmaBufRef)> = Vec::new();
         for pid in self.pids()? {
-            let refs = match self.scan_pid(pid, &mut buf) {
-                Ok(refs) => refs,
-                Err(e) if e.is_vanished() => {
-                    scan.vanished.push(pid);
-                    continue;
+            match self.scan_pid(pid, &mut buf) {
+                Ok(refs) => {
+                    scan.processes += 1;
+                    held.extend(refs.into_iter().map(|r| (pid, r)));
                 }
-                Err(e) => {
-                    scan.errors.push((pid, e));
-                    continue;
-                }
-            };
-            scan.processes += 1;
-            for r in refs {
-                let holder = Holder { fd_count: r.fd_count, map_count: r.map_count };
-                let seen = scan.buffers.entry(r.inode).or_insert_with(|| ScannedBuffer {
-                    size: r.size,
-                    exporter: None,
-                    name: None,
-                    holders: BTreeMap::new(),
-                });
-                merge(seen, &r);
-                seen.holders.insert(pid, holder);
+                Err(e) if e.is_vanished() => scan.vanished.push(pid),
+                Err(e) => scan.errors.push((pid, e)),
             }
         }
+        held.sort_by_key(|(_, r)| r.inode);
+        let mut view = Builder::with_capacity(held.len(), held.len());
+        for run in held.chunk_by(|a, b| a.1.inode == b.1.inode) {
+            let (size, exporter, name) = merged(run);
+            view.buffer(run[0].1.inode, size, exporter, name);
+            for (pid, r) in run {
+                view.holder(*pid, Holder { fd_count: r.fd_count, map_count: r.map_count });
+            }
+        }
+        scan.buffers = view.finish();
         Ok(scan)
     }
 
@@ -228,19 +189,19 @@ impl ProcFs {
     }
 }
 
-/// fdinfo knowledge (exporter, exact size) beats what a mapping suggests.
-fn merge(seen: &mut ScannedBuffer, r: &DmaBufRef) {
-    if seen.exporter.is_some() {
-        return;
-    }
-    if r.exporter.is_some() {
-        (seen.size, seen.exporter, seen.name) = (r.size, r.exporter.clone(), r.name.clone());
-    } else {
-        seen.size = seen.size.max(r.size);
-        if seen.name.is_none() {
-            seen.name.clone_from(&r.name);
+/// One buffer's size, exporter and name from its holders' refs in pid order: fdinfo knowledge
+/// (exporter, exact size) beats what a mapping suggests, so the first holder with an fd gives
+/// all three; without one, the largest mapping's span and the first name a mapping shows.
+fn merged(run: &[(u32, DmaBufRef)]) -> (u64, Option<&str>, Option<&str>) {
+    let (mut size, mut name) = (0, None);
+    for (_, r) in run {
+        if let Some(exporter) = &r.exporter {
+            return (r.size, Some(exporter), r.name.as_deref());
         }
+        size = size.max(r.size);
+        name = name.or(r.name.as_deref());
     }
+    (size, None, name)
 }
 
 /// One `/dmabuf:` mapping.
@@ -416,22 +377,22 @@ mod tests {
         assert_eq!(scan.processes, 2);
         assert_eq!(scan.vanished, [300]);
         assert!(scan.is_complete(), "{:?}", scan.errors);
-        assert_eq!(scan.buffers.keys().copied().collect::<Vec<_>>(), {
+        assert_eq!(scan.buffers.inodes().collect::<Vec<_>>(), {
             let mut v = vec![5001, 7777, fd6_inode];
             v.sort_unstable();
             v
         });
-        let shared = &scan.buffers[&5001];
-        assert_eq!((shared.size, shared.exporter.as_deref()), (8192, Some("system")));
-        assert_eq!(shared.holders[&100], Holder { fd_count: 2, map_count: 2 });
-        assert_eq!(shared.holders[&200], Holder { fd_count: 0, map_count: 1 });
-        let camera = &scan.buffers[&7777];
+        let shared = scan.buffers.get(5001).unwrap();
+        assert_eq!((shared.size, shared.exporter), (8192, Some("system")));
+        assert_eq!(shared.holders.get(100), Some(Holder { fd_count: 2, map_count: 2 }));
+        assert_eq!(shared.holders.get(200), Some(Holder { fd_count: 0, map_count: 1 }));
+        let camera = scan.buffers.get(7777).unwrap();
         assert_eq!(
-            (camera.size, camera.exporter.as_deref(), camera.name.as_deref()),
+            (camera.size, camera.exporter, camera.name),
             (16384, Some("system"), Some("camera")),
             "pid 200's fdinfo fills in what pid 100's mapping could not know"
         );
-        assert_eq!(camera.holders.keys().copied().collect::<Vec<_>>(), [100, 200]);
+        assert_eq!(camera.holders.pids().collect::<Vec<_>>(), [100, 200]);
     }
 
     #[test]
