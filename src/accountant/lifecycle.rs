@@ -429,21 +429,13 @@ impl Accountant {
         let inodes: BTreeMap<Inode, u32> = {
             let state = self.lock();
             let received = state.receipts.iter().filter(|(_, r)| receivers.contains(&r.receiver.pid)).map(|(i, _)| *i);
+            let payer_of = |i: Inode| state.ledger.buffer(i).map(|b| (i, b.pid));
             // The closed buffers a payer pays for: a lookup each, not a walk of the ledger.
-            let paid_closed: Vec<Inode> = match closed {
-                Some(c) => c
-                    .iter()
-                    .copied()
-                    .filter(|i| state.ledger.buffer(*i).is_some_and(|b| payers.contains(&b.pid)))
-                    .collect(),
-                None => payers.iter().flat_map(|p| state.ledger.buffers_of_pid(*p)).collect(),
+            let paid_closed: Vec<(Inode, u32)> = match closed {
+                Some(c) => c.iter().filter_map(|i| payer_of(*i)).filter(|(_, p)| payers.contains(p)).collect(),
+                None => payers.iter().flat_map(|p| state.ledger.buffers_of_pid(*p)).filter_map(payer_of).collect(),
             };
-            paid_closed
-                .into_iter()
-                .chain(received)
-                .chain(also.iter().copied())
-                .filter_map(|i| state.ledger.buffer(i).map(|b| (i, b.pid)))
-                .collect()
+            paid_closed.into_iter().chain(received.chain(also.iter().copied()).filter_map(payer_of)).collect()
         };
         let mut report = ReconcileReport::default();
         if inodes.is_empty() {
