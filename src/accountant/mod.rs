@@ -50,7 +50,7 @@ use crate::policy::{Policy, TrustRule};
 pub use cgroup_path::uid_cgroup;
 pub use lifecycle::ReconcileReport;
 pub use payer::{choose_payer, Candidate};
-pub use queries::{PoolUsage, Usage};
+pub use queries::{check_cgroup_path, PoolUsage, Usage};
 pub use regions::RegionSummary;
 use state::{journal, State};
 

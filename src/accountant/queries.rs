@@ -31,6 +31,15 @@ struct KernelUsage {
     dmem: Option<std::collections::BTreeMap<String, u64>>,
 }
 
+/// The refusal of a malformed cgroup path that [`Accountant::cgroup_usage`] gives, for a caller
+/// that must refuse it before anything else (it tells nobody anything).
+pub fn check_cgroup_path(cgroup: &str) -> Result<()> {
+    if !cgroup.starts_with('/') || cgroup.split('/').any(|c| c == "..") {
+        return Err(Error::InvalidArgument(format!("cgroup path {cgroup:?} must be absolute")));
+    }
+    Ok(())
+}
+
 impl Accountant {
     /// Read from files kept open ([`OpenCounters`](crate::kernel::counters::OpenCounters)): one
     /// pread each.
@@ -102,9 +111,7 @@ impl Accountant {
     }
 
     pub fn cgroup_usage(&self, cgroup: &str) -> Result<Usage> {
-        if !cgroup.starts_with('/') || cgroup.split('/').any(|c| c == "..") {
-            return Err(Error::InvalidArgument(format!("cgroup path {cgroup:?} must be absolute")));
-        }
+        check_cgroup_path(cgroup)?;
         Ok(self.usage_where(cgroup, |b| in_subtree(&b.cgroup, cgroup)))
     }
 

@@ -225,10 +225,11 @@ impl IChargeTransfer for ChargeTransferService {
         let own = accountant::uid_cgroup(caller.uid);
         let mine = cgroup == own || cgroup.strip_prefix(&own).is_some_and(|rest| rest.starts_with('/'));
         let op = if mine { Op::ReadUsage { uid: Some(caller.uid) } } else { Op::ReadDevice };
-        // A malformed path is refused as such first: that tells nobody anything.
-        let usage = self.accountant.cgroup_usage(cgroup).map_err(status)?;
+        // A malformed path is refused as such first: that tells nobody anything. A refused
+        // caller makes the service read no kernel counter.
+        accountant::check_cgroup_path(cgroup).map_err(status)?;
         self.accountant.permit(&caller, op).map_err(status)?;
-        Ok(convert::usage_report(&usage))
+        Ok(convert::usage_report(&self.accountant.cgroup_usage(cgroup).map_err(status)?))
     }
 
     /// Trusted callers see every charge (pid 0) or a process's; others see their own uid's only,
