@@ -26,6 +26,16 @@ const HANDOFF_DEADLINE: Duration = Duration::from_secs(10);
 /// Time for the service's re-check after an app received a buffer (see [`received`]).
 const RECEIPT_SETTLE: Duration = Duration::from_millis(300);
 
+/// Says the case is skipped, and why, where app processes have no kernel binder between them
+/// (the RPC transport).
+fn skipped_without_kernel_binder(env: &Env) -> bool {
+    let skip = env.rpc.is_some();
+    if skip {
+        println!("skipped: needs kernel binder between app processes");
+    }
+    skip
+}
+
 fn reconcile(env: &Env) -> Outcome {
     env.client.service().reconcile().map(drop).map_err(|e| format!("reconcile: {e:?}"))
 }
@@ -278,8 +288,7 @@ fn allocate_for(gralloc: &mut Child, app: &mut Child, size: u64) -> Result<(usiz
 /// stays where the kernel charged it at allocation (it cannot move a charge): the same total
 /// before and after, nothing double-counted or lost; the service's usage moved from A to B.
 pub fn an_app_that_sends_a_buffer_over_binder_and_closes_it_stops_paying(env: &Env) -> Outcome {
-    if env.rpc.is_some() {
-        println!("skipped: needs kernel binder between app processes");
+    if skipped_without_kernel_binder(env) {
         return Ok(());
     }
     println!("handoff: {}", handoff_mode(env)?);
@@ -320,8 +329,7 @@ pub fn an_app_that_sends_a_buffer_over_binder_and_closes_it_stops_paying(env: &E
 /// sends to both B and C before it lets go: of the two holders (both with an fd) the lower pid
 /// pays. All without a reconcile call.
 pub fn a_chain_and_a_shared_buffer_over_binder_follow_the_holders(env: &Env) -> Outcome {
-    if env.rpc.is_some() {
-        println!("skipped: needs kernel binder between app processes");
+    if skipped_without_kernel_binder(env) {
         return Ok(());
     }
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
@@ -366,8 +374,7 @@ pub fn a_chain_and_a_shared_buffer_over_binder_follow_the_holders(env: &Env) -> 
 /// receiver's memory.max is lowered under its memory.current plus the buffer, which the kernel
 /// charged to the allocator: the budget check an accept makes refuses the move.
 pub fn a_receiver_over_its_limit_leaves_the_charge_with_the_sender(env: &Env) -> Outcome {
-    if env.rpc.is_some() {
-        println!("skipped: needs kernel binder between app processes");
+    if skipped_without_kernel_binder(env) {
         return Ok(());
     }
     let mut gralloc = env.spawn(AID_GRAPHICS, None)?;
