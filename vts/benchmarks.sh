@@ -172,14 +172,39 @@ usage_note() {
     fi
 }
 
-# One table row per level of scan-bench.txt.
+# One table row per level of scan-bench.txt, and one for the level with other fds open.
 scan_rows() {
-    local level b p
+    local level b p o
     for level in 1000 10000 100000; do
         b=$(val scan-bench.txt "scan_${level}_bpf_ns") || continue
         p=$(val scan-bench.txt "scan_${level}_procfs_ns")
         echo "| $(val scan-bench.txt "scan_${level}_buffers") | $(dur "$b") | $(dur "$p") | **$(ratio "$p" "$b")×** |"
+        o=$(val scan-bench.txt "scan_${level}_other_fds") || continue
+        b=$(val scan-bench.txt "scan_${level}_other_bpf_ns")
+        p=$(val scan-bench.txt "scan_${level}_other_procfs_ns")
+        echo "| $(val scan-bench.txt "scan_${level}_buffers") and $o other fds (/dev/null) | $(dur "$b") | $(dur "$p") | **$(ratio "$p" "$b")×** |"
     done
+}
+
+# Where the BPF view's time went at 10000 buffers (p50 of each part).
+scan_phases() {
+    local level=10000 k
+    val scan-bench.txt "scan_${level}_bpf_merge_ns" >/dev/null || return 0
+    k() { dur "$(val scan-bench.txt "scan_${level}_bpf_$1_ns")"; }
+    echo "Where the BPF view's $(dur "$(val scan-bench.txt "scan_${level}_bpf_ns")") went at $level buffers: on one thread, iter/task_file"
+    echo "read in $(k task_file) and iter/task in $(k task), then the holders sorted in $(k holders); beside it, iter/dmabuf read"
+    echo "in $(k dmabuf), then the buffers listed by inode in $(k listing); then the two merged in $(k merge)."
+}
+
+# What each fd that is not a dma-buf adds to a scan, by backend (the other-fds row against its level's).
+scan_per_fd() {
+    local level=10000 o
+    o=$(val scan-bench.txt "scan_${level}_other_fds") || return 0
+    per() { awk -v a="$(val scan-bench.txt "scan_${level}_other_$1_ns")" -v b="$(val scan-bench.txt "scan_${level}_$1_ns")" -v n="$o" 'BEGIN { printf "%.0f", (a - b) / n }'; }
+    echo "Each fd that is not a dma-buf adds $(dur "$(per bpf)") to the BPF view (iter/task_file still visits"
+    echo "every open file; the program drops it after reading its superblock's magic) and $(dur "$(per procfs)") to the procfs"
+    echo "scan (it opens and parses every fd's fdinfo): the BPF view's cost grows with buffers and holders,"
+    echo "and $(ratio "$(per procfs)" "$(per bpf)")× less with every other fd on the device."
 }
 
 # The part of the guest's vts-bench.txt after its chargectl header is the loaded run.
@@ -667,6 +692,10 @@ the four iterators of holders.bpf.c; \`ProcFs::scan_all\` as above). Goal ≥ 20
 | buffers | BPF | procfs | BPF faster |
 |---|---|---|---|
 $(scan_rows)
+
+$(scan_per_fd)
+
+$(scan_phases)
 
 ## 4. Journal
 

@@ -174,9 +174,11 @@ impl fmt::Debug for ScannedBuffers {
 /// drivers); any further ones are stored per buffer, so the search for one stays short.
 const SHARED_EXPORTERS: usize = 64;
 
-/// Builds [`ScannedBuffers`] from buffers given in increasing inode order, each followed by its
-/// holders in increasing pid order (a builder given them out of order builds a view whose
-/// lookups miss: the backends sort first).
+/// Builds [`ScannedBuffers`] in two steps: the buffers in increasing inode order, then
+/// [`Builder::holders`] with every holder in increasing (inode, pid) order, where a buffer
+/// given no holder is left out. The BPF backend lists buffers while its holders are still being
+/// read and sorted on another thread, so only the merge waits for both. (A builder given either
+/// out of order builds a view whose lookups miss: the backends sort first.)
 #[derive(Default)]
 pub(crate) struct Builder {
     view: ScannedBuffers,
@@ -184,12 +186,8 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    pub fn with_capacity(buffers: usize, holders: usize) -> Builder {
-        let view = ScannedBuffers {
-            entries: Vec::with_capacity(buffers),
-            holders: Vec::with_capacity(holders),
-            text: String::new(),
-        };
+    pub fn with_capacity(buffers: usize) -> Builder {
+        let view = ScannedBuffers { entries: Vec::with_capacity(buffers), holders: Vec::new(), text: String::new() };
         Builder { view, exporters: Vec::new() }
     }
 
@@ -197,21 +195,38 @@ impl Builder {
         debug_assert!(self.view.entries.last().is_none_or(|e| e.inode < inode), "buffers out of inode order");
         let exporter = exporter.map_or(Text::NONE, |e| self.exporter(e));
         let name = name.map_or(Text::NONE, |n| self.push_text(n));
-        let holders_end = self.view.holders.len();
-        self.view.entries.push(Entry { inode, size, exporter, name, holders_end });
+        self.view.entries.push(Entry { inode, size, exporter, name, holders_end: 0 });
     }
 
-    /// A holder of the last buffer given.
-    pub fn holder(&mut self, pid: u32, holder: Holder) {
-        let n = self.view.entries.len();
-        let start = n.checked_sub(2).map_or(0, |p| self.view.entries[p].holders_end);
-        debug_assert!(self.view.holders[start..].last().is_none_or(|h| h.0 < pid), "holders out of pid order");
-        self.view.holders.push((pid, holder));
-        self.view.entries.last_mut().expect("a holder follows its buffer").holders_end = self.view.holders.len();
-    }
-
-    pub fn finish(self) -> ScannedBuffers {
-        self.view
+    /// The view of the buffers given that have a holder here: `(inode, pid, holder)`, one per
+    /// process holding a buffer. A holder of a buffer not given is dropped.
+    pub fn holders(self, holders: impl IntoIterator<Item = (Inode, u32, Holder)>) -> ScannedBuffers {
+        let mut view = self.view;
+        // Most buffers have one holder.
+        view.holders.reserve(view.entries.len());
+        let mut holders = holders.into_iter();
+        let mut next = holders.next();
+        let mut kept = 0;
+        for i in 0..view.entries.len() {
+            let inode = view.entries[i].inode;
+            let start = view.holders.len();
+            while let Some((at, pid, holder)) = next {
+                if at > inode {
+                    break;
+                }
+                if at == inode {
+                    debug_assert!(view.holders[start..].last().is_none_or(|h| h.0 < pid), "holders out of pid order");
+                    view.holders.push((pid, holder));
+                }
+                next = holders.next();
+            }
+            if view.holders.len() > start {
+                view.entries[kept] = Entry { holders_end: view.holders.len(), ..view.entries[i] };
+                kept += 1;
+            }
+        }
+        view.entries.truncate(kept);
+        view
     }
 
     fn exporter(&mut self, exporter: &str) -> Text {
@@ -249,13 +264,9 @@ mod tests {
     fn view() -> ScannedBuffers {
         let mut b = Builder::default();
         b.buffer(3, 4096, Some("system"), None);
-        b.holder(10, holder(1, 0));
-        b.holder(12, holder(0, 2));
         b.buffer(9, 8192, None, Some("frame"));
-        b.holder(11, holder(2, 1));
         b.buffer(20, 16384, Some("system"), Some("camera"));
-        b.holder(10, holder(1, 1));
-        b.finish()
+        b.holders([(3, 10, holder(1, 0)), (3, 12, holder(0, 2)), (9, 11, holder(2, 1)), (20, 10, holder(1, 1))])
     }
 
     #[test]
@@ -283,5 +294,18 @@ mod tests {
         assert_eq!(v.iter().map(|b| b.inode).collect::<Vec<_>>(), [3, 9, 20]);
         assert_eq!(v.text, "systemframecamera");
         assert!(ScannedBuffers::default().get(3).is_none());
+    }
+
+    #[test]
+    fn buffers_without_a_holder_are_left_out_and_holders_of_unlisted_buffers_dropped() {
+        let mut b = Builder::with_capacity(4);
+        for inode in [2, 5, 7, 11] {
+            b.buffer(inode, 4096, Some("system"), Some("n"));
+        }
+        let v = b.holders([(1, 9, holder(1, 0)), (5, 10, holder(1, 0)), (6, 10, holder(1, 0)), (11, 12, holder(0, 1))]);
+        assert_eq!(v.inodes().collect::<Vec<_>>(), [5, 11]);
+        assert_eq!(v.get(5).unwrap().holders.iter().collect::<Vec<_>>(), [(10, holder(1, 0))]);
+        assert_eq!(v.get(11).unwrap().holders.iter().collect::<Vec<_>>(), [(12, holder(0, 1))]);
+        assert!(v.get(7).is_none() && v.get(6).is_none());
     }
 }

@@ -48,7 +48,7 @@ cat "$out/vts-bench.txt"
 [ $rc -eq 0 ] || exit $rc
 
 echo "== bench: full-device view, BPF iterators vs procfs"
-chargetransfer-vts --scan-bench --procs "$BENCH_PROCS" --levels 1000,10000,100000 --scans 3 >"$out/scan-bench.txt" 2>&1
+chargetransfer-vts --scan-bench --procs "$BENCH_PROCS" --levels 1000,10000,100000 --scans 3 --other-fds 1000:10000 >"$out/scan-bench.txt" 2>&1
 rc=$?
 cat "$out/scan-bench.txt"
 echo "== bench: callers, concurrency and the service's system calls per method"

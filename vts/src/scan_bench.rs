@@ -2,12 +2,16 @@
 //! BPF iterators against the procfs scan, on the same processes and buffers in one guest run.
 //! It only measures and prints; nothing here is a test.
 //!
-//! - `--scan-bench [--procs N] [--levels 1000,10000,100000] [--scans S]` (guest, root): N
-//!   holder processes; at each level every holder tops up to level/N buffers of 4 KiB from the
-//!   system heap, then both backends scan S times. Prints `result scan_<level>_<backend>_ns`,
-//!   and where the BPF scan's time went (each iterator read, then the assembly).
+//! - `--scan-bench [--procs N] [--levels 1000,10000,100000] [--scans S] [--other-fds K:LEVEL]`
+//!   (guest, root): N holder processes; at each level every holder tops up to level/N buffers of
+//!   4 KiB from the system heap, then both backends scan S times. Prints
+//!   `result scan_<level>_<backend>_ns`, and where the BPF scan's time went (each iterator read,
+//!   the holders' sort, the buffers' listing and their merge). With `--other-fds`, at LEVEL every
+//!   holder then also opens K fds that are not dma-bufs (/dev/null) and both scan again:
+//!   `result scan_<level>_other_<backend>_ns` shows what every other fd on a device costs.
 //! - `--scan-holder` (spawned by `--scan-bench`): for each `hold K` line, allocates until it
-//!   holds K buffers and answers `ok K`; holds them until its stdin closes.
+//!   holds K buffers, for each `other K` line opens or closes /dev/null until it has K of them,
+//!   and answers `ok K`; holds them until its stdin closes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use chargetransfer::kernel::bpf::{BpfScanner, ScanPhases};
 use chargetransfer::kernel::{DmaBufScan, ProcFs};
+use rustix::process::Rlimit;
 
 const BUFFER_SIZE: u64 = 4096;
 
@@ -38,17 +43,34 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
 fn holder() -> Result<(), String> {
     let heap = Path::new("/dev/dma_heap/system");
     let mut held = Vec::new();
+    let mut others = Vec::new();
+    // As many fds as the hard limit allows: 1024 is too few for the other-fds level.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, Rlimit { current: limit.maximum, ..limit })
+        .map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let mut out = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
-        let target: usize = line.strip_prefix("hold ").and_then(|k| k.parse().ok()).ok_or(format!("bad {line:?}"))?;
-        let reply = (|| {
-            while held.len() < target {
-                held.push(chargetransfer::kernel::alloc_from_heap(heap, BUFFER_SIZE)?);
-            }
-            Ok::<_, chargetransfer::kernel::KernelError>(format!("ok {}", held.len()))
-        })()
-        .unwrap_or_else(|e| format!("err {e}"));
+        let (what, target) = line.split_once(' ').ok_or(format!("bad {line:?}"))?;
+        let target: usize = target.parse().map_err(|_| format!("bad {line:?}"))?;
+        let reply = match what {
+            "hold" => (|| {
+                while held.len() < target {
+                    held.push(chargetransfer::kernel::alloc_from_heap(heap, BUFFER_SIZE)?);
+                }
+                Ok::<_, chargetransfer::kernel::KernelError>(format!("ok {}", held.len()))
+            })()
+            .unwrap_or_else(|e| format!("err {e}")),
+            "other" => (|| {
+                others.truncate(target);
+                while others.len() < target {
+                    others.push(std::fs::File::open("/dev/null")?);
+                }
+                Ok::<_, std::io::Error>(format!("ok {}", others.len()))
+            })()
+            .unwrap_or_else(|e| format!("err /dev/null: {e}")),
+            _ => return Err(format!("bad {line:?}")),
+        };
         writeln!(out, "{reply}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -84,8 +106,9 @@ fn time(scans: usize, scan: impl Fn() -> Result<DmaBufScan, String>) -> Result<(
 
 /// The BPF scan's parts at one level, each the p50 over the scans that had it:
 /// `result scan_<level>_bpf_<target>_ns` (and `_bytes`, from the last scan) per iterator read,
-/// `result scan_<level>_bpf_holders_ns` (the holders' sort on the iter/task_file thread) and
-/// `result scan_<level>_bpf_assembly_ns` (the rest, on the scanning thread).
+/// `result scan_<level>_bpf_holders_ns` (the holders' sort on the iter/task_file thread),
+/// `result scan_<level>_bpf_listing_ns` (the buffers by inode, on the scanning thread) and
+/// `result scan_<level>_bpf_merge_ns` (the two merged, once both are done).
 fn print_phases(level: usize, phases: &[ScanPhases]) {
     let Some(last) = phases.last() else { return };
     let mut line = Vec::new();
@@ -102,13 +125,31 @@ fn print_phases(level: usize, phases: &[ScanPhases]) {
     }
     let sort = p50(phases.iter().map(|p| p.holders).collect());
     println!("result scan_{level}_bpf_holders_ns {}", sort.as_nanos());
-    let t = p50(phases.iter().map(|p| p.assembly).collect());
-    println!("result scan_{level}_bpf_assembly_ns {}", t.as_nanos());
+    let listing = p50(phases.iter().map(|p| p.listing).collect());
+    println!("result scan_{level}_bpf_listing_ns {}", listing.as_nanos());
+    let merge = p50(phases.iter().map(|p| p.merge).collect());
+    println!("result scan_{level}_bpf_merge_ns {}", merge.as_nanos());
     println!(
-        "scan bench: BPF at {level}: {} (iter/task_file on its own thread, then its holders sorted in {sort:.1?}), \
-         assembly {t:.1?}",
+        "scan bench: BPF at {level}: {} (iter/task_file and iter/task on a thread of their own, then the holders sorted \
+         in {sort:.1?}; the buffers listed by inode in {listing:.1?} on the other), merge {merge:.1?}",
         line.join(", ")
     );
+}
+
+/// Sends `line` to every holder, then waits for each one's `ok`.
+fn tell(holders: &mut [Holder], line: &str) -> Result<(), String> {
+    for h in holders.iter_mut() {
+        let stdin = h.stdin.as_mut().expect("open");
+        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
+    }
+    for h in holders {
+        let mut reply = String::new();
+        h.stdout.read_line(&mut reply).map_err(|e| e.to_string())?;
+        if !reply.starts_with("ok") {
+            return Err(format!("holder {}: {}", h.process.id(), reply.trim()));
+        }
+    }
+    Ok(())
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -119,6 +160,14 @@ fn bench(args: &[String]) -> Result<(), String> {
         .split(',')
         .map(|l| l.parse().map_err(|_| format!("--levels: {l:?}")))
         .collect::<Result<_, _>>()?;
+    let other_fds = match flag(args, "--other-fds") {
+        None => None,
+        Some(v) => Some(
+            v.split_once(':')
+                .and_then(|(k, l)| Some((k.parse::<usize>().ok()?, l.parse::<usize>().ok()?)))
+                .ok_or(format!("--other-fds: {v:?} is not K:LEVEL"))?,
+        ),
+    };
     let t = Instant::now();
     let bpf = BpfScanner::load().map_err(|e| e.to_string())?;
     println!("scan bench: BPF iterators loaded in {:.1?}", t.elapsed());
@@ -140,17 +189,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     for level in levels {
         let per = level.div_ceil(procs);
         let t = Instant::now();
-        for h in &mut holders {
-            let stdin = h.stdin.as_mut().expect("open");
-            writeln!(stdin, "hold {per}").and_then(|_| stdin.flush()).map_err(|e| e.to_string())?;
-        }
-        for h in &mut holders {
-            let mut line = String::new();
-            h.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-            if !line.starts_with("ok") {
-                return Err(format!("holder {}: {}", h.process.id(), line.trim()));
-            }
-        }
+        tell(&mut holders, &format!("hold {per}"))?;
         println!("scan bench: {procs} holders x {per} dma-bufs allocated in {:.1?}", t.elapsed());
         let phases = std::cell::RefCell::new(Vec::with_capacity(scans));
         let (by_bpf, seen_bpf) = time(scans, || {
@@ -176,6 +215,21 @@ fn bench(args: &[String]) -> Result<(), String> {
         println!("result scan_{level}_bpf_ns {}", by_bpf.as_nanos());
         println!("result scan_{level}_procfs_ns {}", by_procfs.as_nanos());
         print_phases(level, &phases.into_inner());
+        if let Some((others, _)) = other_fds.filter(|o| o.1 == level) {
+            tell(&mut holders, &format!("other {others}"))?;
+            let (by_bpf, seen) = time(scans, || bpf.scan_all().map_err(|e| e.to_string()))?;
+            let (by_procfs, _) = time(scans, || procfs.scan_all().map_err(|e| e.to_string()))?;
+            tell(&mut holders, "other 0")?;
+            println!(
+                "scan bench: {} buffers and {procs} x {others} other fds: BPF {by_bpf:.1?}, procfs {by_procfs:.1?} \
+                 (p50 of {scans}): {:.1}x",
+                seen.buffers.len(),
+                by_procfs.as_secs_f64() / by_bpf.as_secs_f64()
+            );
+            println!("result scan_{level}_other_fds {}", procs * others);
+            println!("result scan_{level}_other_bpf_ns {}", by_bpf.as_nanos());
+            println!("result scan_{level}_other_procfs_ns {}", by_procfs.as_nanos());
+        }
     }
     for h in &mut holders {
         h.stdin.take();

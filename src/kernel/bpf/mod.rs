@@ -11,6 +11,7 @@
 //! aya loads the object: pure Rust (so the static guest binaries need no libbpf/libelf/zlib
 //! build), CO-RE relocation against /sys/kernel/btf/vmlinux, and `Iter` programs since 0.14.
 
+mod radix;
 mod records;
 
 use std::fmt;
@@ -153,12 +154,12 @@ impl BpfScanner {
         self.scan_all_timed().map(|(scan, _)| scan)
     }
 
-    /// [`BpfScanner::scan_all`] with the time each iterator read and the assembly took, for the
+    /// [`BpfScanner::scan_all`] with the time each iterator read and the records took to become a view, for the
     /// scan benchmark's breakdown.
     ///
-    /// The two long walks run at once: iter/task_file (every open file of every task) on a
-    /// thread of its own, which also sorts the holders it found, and iter/dmabuf then iter/task
-    /// here. Both links are attached before either is read. Whatever the two walks' interleaving,
+    /// The two long walks run at once: iter/task_file (every open file of every task) then
+    /// iter/task on a thread of its own, which also sorts the holders found, and iter/dmabuf here,
+    /// which lists the buffers by inode. Both links are attached before either is read. Whatever the two walks' interleaving,
     /// [`records::assemble`] keeps a buffer only if both saw it (see its rule for a buffer created
     /// or freed while they ran). iter/task_vma, when needed, is read after both.
     pub fn scan_all_timed(&self) -> Result<(DmaBufScan, ScanPhases), KernelError> {
@@ -168,7 +169,8 @@ impl BpfScanner {
         let mut phases = ScanPhases {
             reads: ITERATORS.map(|(_, target)| (target, None)),
             holders: Duration::ZERO,
-            assembly: Duration::ZERO,
+            listing: Duration::ZERO,
+            merge: Duration::ZERO,
         };
         let mut open = |i: usize| {
             let (name, target) = ITERATORS[i];
@@ -178,47 +180,42 @@ impl BpfScanner {
             };
             open(program).map_err(|e| bpf_err(format_args!("attaching iter/{target}"), e))
         };
-        let (fd_walk, buffer_walk, process_walk) = (open(0)?, open(2)?, open(1)?);
-        let (fds_out, buffers_out, processes_out) = (&mut *fds, &mut *buffers, &mut *processes);
-        let (fd_side, here) = std::thread::scope(move |s| {
-            let fd_thread = s.spawn(move || {
-                let read = timed_read(0, &fd_walk, fds_out)?;
-                let t = Instant::now();
-                let held = records::holders(fds_out)?;
-                Ok::<_, KernelError>((read, held, t.elapsed()))
-            });
-            let here = read_buffers(&buffer_walk, buffers_out, &process_walk, processes_out);
+        let (fd_walk, process_walk, buffer_walk) = (open(0)?, open(1)?, open(2)?);
+        let (fd_side, here) = std::thread::scope(|s| {
+            let fd_thread = s.spawn(|| read_holders(&fd_walk, fds, &process_walk, processes));
+            let here = read_buffers(&buffer_walk, buffers);
             (fd_thread.join(), here)
         });
-        let (fd_read, held, sorted) =
+        let (fd_read, process_read, held, sorted) =
             fd_side.map_err(|_| KernelError::Bpf("the iter/task_file reader panicked".into()))??;
-        let (buffer_read, process_read, listed, parsed) = here?;
+        let (buffer_read, listed, listing) = here?;
         phases.holders = sorted;
-        phases.assembly = parsed;
+        phases.listing = listing;
         phases.reads[0].1 = Some(fd_read);
         phases.reads[1].1 = Some(process_read);
         phases.reads[2].1 = Some(buffer_read);
         // Walking every VMA of every process is the dearest read: only when a buffer is mapped.
         mappings.clear();
-        if listed.iter().any(|b| b.mapped) {
+        if listed.mapped {
             phases.reads[3].1 = Some(timed_read(3, &open(3)?, mappings)?);
         }
         let t = Instant::now();
         let scan = records::assemble(Reads { buffers: listed, held, mappings, processes })?;
-        phases.assembly += t.elapsed();
+        phases.merge = t.elapsed();
         Ok((scan, phases))
     }
 }
 
 /// Where one BPF scan's time went: each iterator's read in [`ITERATORS`] order (its target, and
-/// the time to read it to the end and the bytes read, if it was read; iter/task_file's on its
-/// own thread, beside the others), the holders' sort on that thread, and the rest of turning the
-/// records into a [`DmaBufScan`] (the buffer list's parse and the merge).
+/// the time to read it to the end and the bytes read, if it was read; iter/task_file's and
+/// iter/task's on a thread of their own, beside iter/dmabuf's), the holders' sort on that thread, the buffers' listing by
+/// inode on the scanning thread, and the merge of the two once both are done.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanPhases {
     pub reads: [(&'static str, Option<(Duration, usize)>); 4],
     pub holders: Duration,
-    pub assembly: Duration,
+    pub listing: Duration,
+    pub merge: Duration,
 }
 
 fn iter<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Iter, KernelError> {
@@ -246,20 +243,31 @@ fn timed_read(i: usize, file: &std::fs::File, into: &mut Vec<u8>) -> Result<Read
     Ok((t.elapsed(), into.len()))
 }
 
-/// The scanning thread's share while iter/task_file is read on another: iter/dmabuf and
-/// iter/task read, then the buffer records parsed (and how long that took).
-fn read_buffers<'a>(
-    buffer_walk: &std::fs::File,
-    buffers: &'a mut Vec<u8>,
+/// The other thread's share: iter/task_file and iter/task read, then the holders sorted (and
+/// how long that took).
+fn read_holders(
+    fd_walk: &std::fs::File,
+    fds: &mut Vec<u8>,
     process_walk: &std::fs::File,
     processes: &mut Vec<u8>,
-) -> Result<(Read, Read, Vec<records::Buffer<'a>>, Duration), KernelError> {
-    let buffer_read = timed_read(2, buffer_walk, buffers)?;
+) -> Result<(Read, Read, Vec<records::Held>, Duration), KernelError> {
+    let fd_read = timed_read(0, fd_walk, fds)?;
     let process_read = timed_read(1, process_walk, processes)?;
     let t = Instant::now();
-    let buffers: &'a Vec<u8> = buffers;
-    let listed = records::buffers(buffers)?;
-    Ok((buffer_read, process_read, listed, t.elapsed()))
+    let held = records::holders(fds)?;
+    Ok((fd_read, process_read, held, t.elapsed()))
+}
+
+/// The scanning thread's share: iter/dmabuf read, then the buffers listed by inode (and how long
+/// that took).
+fn read_buffers(
+    buffer_walk: &std::fs::File,
+    buffers: &mut Vec<u8>,
+) -> Result<(Read, records::Listed, Duration), KernelError> {
+    let buffer_read = timed_read(2, buffer_walk, buffers)?;
+    let t = Instant::now();
+    let listed = records::listed(buffers)?;
+    Ok((buffer_read, listed, t.elapsed()))
 }
 
 /// A new link of an iterator and an iterator fd from it: each read of it walks anew.

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::radix;
 use crate::kernel::error::KernelError;
 use crate::kernel::view::{Builder, DmaBufScan, Holder};
 
@@ -23,7 +24,7 @@ const PROCESS: usize = 4;
 
 /// What the iterators returned, each read whole (`mappings` empty when it was not read).
 pub(super) struct Reads<'a> {
-    pub buffers: Vec<Buffer<'a>>,
+    pub buffers: Listed,
     /// iter/task_file's records as [`holders`] sorted them.
     pub held: Vec<Held>,
     pub mappings: &'a [u8],
@@ -36,12 +37,19 @@ pub(super) type Held = (u64, u32, bool);
 
 /// One `struct buffer_record` with its strings.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Buffer<'a> {
+struct Buffer<'a> {
     inode: u64,
     size: u64,
-    pub mapped: bool,
+    mapped: bool,
     exporter: &'a [u8],
     name: &'a [u8],
+}
+
+/// iter/dmabuf's buffers in a view still without holders.
+pub(super) struct Listed {
+    view: Builder,
+    /// Some buffer was mapped when listed: iter/task_vma must be read.
+    pub mapped: bool,
 }
 
 fn u32_at(r: &[u8], at: usize) -> u32 {
@@ -54,7 +62,8 @@ fn u64_at(r: &[u8], at: usize) -> u64 {
 
 /// A string field; empty means absent.
 fn string(field: &[u8]) -> Option<Cow<'_, str>> {
-    (!field.is_empty()).then(|| String::from_utf8_lossy(field))
+    (!field.is_empty())
+        .then(|| std::str::from_utf8(field).map_or_else(|_| String::from_utf8_lossy(field), Cow::Borrowed))
 }
 
 fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::ChunksExact<'a, u8>, KernelError> {
@@ -65,38 +74,72 @@ fn records<'a>(iter: &str, bytes: &'a [u8], size: usize) -> Result<std::slice::C
     Ok(bytes.chunks_exact(size))
 }
 
-/// The records of iter/dmabuf, in the order read.
-pub(super) fn buffers(bytes: &[u8]) -> Result<Vec<Buffer<'_>>, KernelError> {
+/// iter/dmabuf's records by inode, with their strings (on the scanning thread, while
+/// iter/task_file is still read on another).
+pub(super) fn listed(bytes: &[u8]) -> Result<Listed, KernelError> {
+    // Where each record starts is sorted, not the records: a fraction of their size, and each
+    // record is decoded once, in order.
+    let mut starts = record_starts(bytes)?;
+    radix::sort_by_key(&mut starts, |s| s.0);
+    let mut view = Builder::with_capacity(starts.len());
+    let mut mapped = false;
+    for &(_, at) in &starts {
+        let b = Buffer::at(bytes, at);
+        mapped |= b.mapped;
+        view.buffer(b.inode, b.size, string(b.exporter).as_deref(), string(b.name).as_deref());
+    }
+    Ok(Listed { view, mapped })
+}
+
+/// Each iter/dmabuf record's inode and where it starts, in the order read.
+fn record_starts(bytes: &[u8]) -> Result<Vec<(u64, usize)>, KernelError> {
     let mut out = Vec::with_capacity(bytes.len() / (BUFFER + 8));
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let strings = rest.get(BUFFER - 2..BUFFER).map(|l| BUFFER + usize::from(l[0]) + usize::from(l[1]));
-        let Some(record) = strings.and_then(|end| rest.get(..end)) else {
-            let reason = format!("a record cut short at byte {} of {}", bytes.len() - rest.len(), bytes.len());
-            return Err(KernelError::parse(Path::new("iter/dmabuf"), 0, reason));
-        };
-        let exporter_end = BUFFER + usize::from(record[BUFFER - 2]);
-        out.push(Buffer {
-            inode: u64_at(record, 0),
-            size: u64_at(record, 8),
-            mapped: record[16] != 0,
-            exporter: &record[BUFFER..exporter_end],
-            name: &record[exporter_end..],
-        });
-        rest = &rest[record.len()..];
+    let mut at = 0;
+    while at < bytes.len() {
+        let lengths = bytes.get(at + BUFFER - 2..at + BUFFER);
+        match lengths.map(|l| at + BUFFER + usize::from(l[0]) + usize::from(l[1])) {
+            Some(end) if end <= bytes.len() => {
+                out.push((u64_at(bytes, at), at));
+                at = end;
+            }
+            _ => {
+                let reason = format!("a record cut short at byte {at} of {}", bytes.len());
+                return Err(KernelError::parse(Path::new("iter/dmabuf"), 0, reason));
+            }
+        }
     }
     Ok(out)
 }
 
+impl<'a> Buffer<'a> {
+    /// The record starting at `at`, one of [`record_starts`].
+    fn at(bytes: &'a [u8], at: usize) -> Buffer<'a> {
+        let r = &bytes[at..];
+        let exporter_end = BUFFER + usize::from(r[BUFFER - 2]);
+        let name_end = exporter_end + usize::from(r[BUFFER - 1]);
+        Buffer {
+            inode: u64_at(r, 0),
+            size: u64_at(r, 8),
+            mapped: r[16] != 0,
+            exporter: &r[BUFFER..exporter_end],
+            name: &r[exporter_end..name_end],
+        }
+    }
+}
+
 /// The fds of iter/task_file's records, sorted (on the reading thread, while iter/dmabuf is
-/// read). The sorts here are the stable ones, which merge runs already in order: the walk lists
-/// each process's fds in fd order, mostly in inode order too, and iter/dmabuf lists buffers
-/// newest first.
+/// read).
 pub(super) fn holders(fds: &[u8]) -> Result<Vec<Held>, KernelError> {
     let mut held: Vec<Held> =
         records("iter/task_file", fds, FD)?.map(|r| (u64_at(r, 8), u32_at(r, 0), false)).collect();
-    held.sort();
+    sort(&mut held);
     Ok(held)
+}
+
+/// By inode, then process, then fds before mappings.
+fn sort(held: &mut Vec<Held>) {
+    radix::sort_by_key(held, |h| u64::from(h.1) << 1 | u64::from(h.2));
+    radix::sort_by_key(held, |h| h.0);
 }
 
 /// The view from the iterators' records: a buffer is in it when iter/dmabuf listed it and a
@@ -123,8 +166,8 @@ pub(super) fn holders(fds: &[u8]) -> Result<Vec<Held>, KernelError> {
 /// one process share its mappings: only the first thread that reports a process's mappings is
 /// counted.
 ///
-/// Built for 100k buffers: the holders are one sorted vector merged with the buffers sorted by
-/// inode (no per-record tree search), straight into the view's flat vectors.
+/// Built for 100k buffers: the holders are one sorted vector merged with the buffers already in
+/// the view by inode (no per-record tree search).
 pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
     let vmas = records("iter/task_vma", reads.mappings, VMA)?;
     let mut held = reads.held;
@@ -136,30 +179,15 @@ pub(super) fn assemble(reads: Reads<'_>) -> Result<DmaBufScan, KernelError> {
                 held.push((u64_at(r, 16), tgid, true));
             }
         }
-        held.sort();
+        sort(&mut held);
     }
-    let mut buffers = reads.buffers;
-    buffers.sort_by_key(|b| b.inode);
-    let mut view = Builder::with_capacity(buffers.len().min(held.len()), held.len());
-    let mut held = held.as_slice();
-    for b in buffers {
-        while held.first().is_some_and(|h| h.0 < b.inode) {
-            held = &held[1..];
-        }
-        let count = held.iter().take_while(|h| h.0 == b.inode).count();
-        let (of_buffer, rest) = held.split_at(count);
-        held = rest;
-        if of_buffer.is_empty() {
-            continue;
-        }
-        view.buffer(b.inode, b.size, string(b.exporter).as_deref(), string(b.name).as_deref());
-        for run in of_buffer.chunk_by(|a, b| a.1 == b.1) {
-            let maps = run.iter().filter(|h| h.2).count() as u32;
-            view.holder(run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps });
-        }
-    }
+    let per_process = held.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).map(|run| {
+        let maps = run.iter().filter(|h| h.2).count() as u32;
+        (run[0].0, run[0].1, Holder { fd_count: run.len() as u32 - maps, map_count: maps })
+    });
+    let buffers = reads.buffers.view.holders(per_process);
     let processes = records("iter/task", reads.processes, PROCESS)?.len();
-    Ok(DmaBufScan { buffers: view.finish(), processes, ..Default::default() })
+    Ok(DmaBufScan { buffers, processes, ..Default::default() })
 }
 
 #[cfg(test)]
@@ -185,7 +213,7 @@ mod tests {
 
     fn scan(buffers: &[Vec<u8>], fds: &[Vec<u8>], vmas: &[Vec<u8>]) -> Result<DmaBufScan, KernelError> {
         let (b, f, m) = (buffers.concat(), fds.concat(), vmas.concat());
-        assemble(Reads { buffers: super::buffers(&b)?, held: holders(&f)?, mappings: &m, processes: &[0; 12] })
+        assemble(Reads { buffers: listed(&b)?, held: holders(&f)?, mappings: &m, processes: &[0; 12] })
     }
 
     #[test]
@@ -267,9 +295,14 @@ mod tests {
     #[test]
     fn buffer_records_carry_their_strings_and_whether_they_are_mapped() {
         let bytes = [mapped_buffer(7, 4096, true, "system", "frame"), buffer(8, 8192, "cma", "")].concat();
-        let b = super::buffers(&bytes).unwrap();
-        let seen: Vec<_> = b.iter().map(|b| (b.inode, b.size, b.mapped, b.exporter, b.name)).collect();
-        assert_eq!(seen, [(7, 4096, true, &b"system"[..], &b"frame"[..]), (8, 8192, false, &b"cma"[..], &b""[..])]);
+        let starts = record_starts(&bytes).unwrap();
+        let seen: Vec<_> = starts
+            .iter()
+            .map(|&(inode, at)| (inode, Buffer::at(&bytes, at)))
+            .map(|(inode, b)| (inode, b.inode, b.size, b.mapped, b.exporter, b.name))
+            .collect();
+        let expected = [(7, 7, 4096, true, &b"system"[..], &b"frame"[..]), (8, 8, 8192, false, &b"cma"[..], &b""[..])];
+        assert_eq!(seen, expected);
     }
 
     #[test]
@@ -277,7 +310,7 @@ mod tests {
         for cut in [1, 10] {
             let mut bytes = buffer(7, 4096, "system", "frame");
             bytes.truncate(bytes.len() - cut);
-            let e = super::buffers(&bytes).unwrap_err();
+            let e = listed(&bytes).err().unwrap();
             assert!(e.to_string().starts_with("iter/dmabuf: a record cut short at byte 0"), "{e}");
         }
     }

@@ -96,15 +96,14 @@ impl ProcFs {
             }
         }
         held.sort_by_key(|(_, r)| r.inode);
-        let mut view = Builder::with_capacity(held.len(), held.len());
+        let mut view = Builder::with_capacity(held.len());
         for run in held.chunk_by(|a, b| a.1.inode == b.1.inode) {
             let (size, exporter, name) = merged(run);
             view.buffer(run[0].1.inode, size, exporter, name);
-            for (pid, r) in run {
-                view.holder(*pid, Holder { fd_count: r.fd_count, map_count: r.map_count });
-            }
         }
-        scan.buffers = view.finish();
+        scan.buffers = view.holders(
+            held.iter().map(|(pid, r)| (r.inode, *pid, Holder { fd_count: r.fd_count, map_count: r.map_count })),
+        );
         Ok(scan)
     }
 
