@@ -110,6 +110,12 @@ impl Processes {
         (!exited(fd)).then(|| p.clone())
     }
 
+    /// Every thread of `pid` has begun to exit ([`ProcFs::exiting`]); false when that cannot be
+    /// read.
+    pub fn exiting(&self, pid: u32) -> bool {
+        self.procfs.exiting(pid).unwrap_or(false)
+    }
+
     /// The process `pid` for a query about it (usage, an offer's receiver): from the cache if
     /// it is there, else read from /proc without a pidfd and without caching it. Only owners and
     /// callers are pinned; otherwise a client asking about every pid would make the service hold

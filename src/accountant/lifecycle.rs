@@ -251,7 +251,7 @@ impl Accountant {
             let givers: Vec<u32> = state.receipts.values().map(|r| r.giver.pid).collect();
             (state.owners.keys().copied().collect::<Vec<_>>(), state.ledger.cgroups(), givers)
         };
-        let live: HashMap<u32, Process> = scan
+        let mut live: HashMap<u32, Process> = scan
             .buffers
             .iter()
             .flat_map(|b| b.holders.pids())
@@ -261,6 +261,7 @@ impl Accountant {
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
+        self.drop_exiting(&mut live, &scan, payers_before.iter().map(|(i, p)| (*i, *p)));
         let budgets = self.handoff_budgets(&scan, &live, None);
         let removed_cgroups: Vec<String> = match &self.cgroupfs {
             Some(fs) => cgroups.into_iter().rev().filter(|p| p != "/" && !fs.exists(p)).collect(),
@@ -376,6 +377,29 @@ impl Accountant {
         Ok(())
     }
 
+    /// Takes out of `live` each payer the scan shows not holding a buffer it pays for (of
+    /// `paid`, by inode) because it is exiting: its exit took its fds before its pidfd says it
+    /// is gone, and a dying payer's charges follow the death rule (to a process of its app, else
+    /// parked on the app), not the let-go rule (to another app). Which rule applies must not
+    /// depend on whether a scan lands during an exit. File I/O: call it before locking.
+    fn drop_exiting(
+        &self,
+        live: &mut HashMap<u32, Process>,
+        scan: &DmaBufScan,
+        paid: impl Iterator<Item = (Inode, u32)>,
+    ) {
+        let let_go: BTreeSet<u32> = paid
+            .filter(|(i, p)| scan.buffers.get(*i).is_some_and(|b| !b.holders.contains(*p)))
+            .map(|(_, p)| p)
+            .collect();
+        for pid in let_go {
+            if live.contains_key(&pid) && self.processes.exiting(pid) {
+                info!("pid {pid} is exiting: its charges follow the death rule");
+                live.remove(&pid);
+            }
+        }
+    }
+
     /// The kernel budgets (memory.max, memory.current) of the processes a handoff may pick:
     /// holders of charged buffers, of heaps the kernel charges at allocation, whose payer no
     /// longer holds them (`only`: of these buffers). File I/O: call it before locking.
@@ -444,7 +468,7 @@ impl Accountant {
         let scan = self.scanner.scan_all().map_err(Error::from)?;
         report.processes_scanned = scan.processes;
         report.buffers_seen = scan.buffers.len();
-        let live: HashMap<u32, Process> = inodes
+        let mut live: HashMap<u32, Process> = inodes
             .keys()
             .filter_map(|i| scan.buffers.get(*i))
             .flat_map(|b| b.holders.pids())
@@ -453,6 +477,7 @@ impl Accountant {
             .into_iter()
             .filter_map(|pid| self.processes.resolve_fresh(pid).ok().map(|p| (pid, p)))
             .collect();
+        self.drop_exiting(&mut live, &scan, inodes.iter().map(|(i, p)| (*i, *p)));
         let budgets = self.handoff_budgets(&scan, &live, Some(&inodes.keys().copied().collect()));
         self.change(|state| {
             for (inode, payer) in &inodes {

@@ -62,6 +62,54 @@ fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles()
     assert_eq!(payer(), Some((300, "/uid_10001/pid_300".to_string())));
 }
 
+/// Threads of `pid` in a fake /proc (task/TID/stat), each exiting (PF_EXITING) or not; an
+/// exiting process has lost its fds (the kernel drops the fd table before the pidfd reports the
+/// exit).
+fn put_threads(proc_root: &Path, pid: u32, threads: &[(u32, bool)]) {
+    for &(tid, exiting) in threads {
+        let dir = proc_root.join(format!("{pid}/task/{tid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flags = if exiting { 0x404044 } else { 0x400040 };
+        std::fs::write(dir.join("stat"), format!("{tid} (app) S 1 1 1 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0\n"))
+            .unwrap();
+    }
+}
+
+/// A payer whose every thread is exiting has lost its fds to the exit before its pidfd says it is
+/// gone: reconcile settles its charge by the death rule (parked on its app, which no process of
+/// holds it any more), not by the let-go rule (to the other app holding it) — the outcome must not
+/// depend on a scan landing during the exit. A process whose main thread exited while another
+/// runs is alive: when it closes the buffer, the let-go rule applies.
+#[test]
+fn an_exiting_payers_charge_follows_the_death_rule_not_the_let_go_rule() {
+    for (threads, payer) in [
+        (&[(100, true), (101, true)][..], (0, "/uid_10001")),
+        (&[(100, true), (101, false)][..], (200, "/uid_10002/pid_200")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
+        put_process(&proc_root, 200, 10002, "/uid_10002/pid_200", &[(7, 4096)]);
+        let config = Config {
+            proc_root: proc_root.clone(),
+            cgroup_root: None,
+            state_dir: None,
+            durability: Durability::None,
+            pidfds: false,
+            scan: crate::kernel::ScanChoice::Procfs,
+        };
+        let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+        let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
+        accountant.charge(&Caller::new(100, 10001), &buffer, None).unwrap();
+
+        std::fs::remove_file(proc_root.join("100/fdinfo/3")).unwrap();
+        put_threads(&proc_root, 100, threads);
+        assert_eq!(accountant.reconcile().unwrap().moved, [7], "{threads:?}");
+        let now = accountant.charges(0).first().map(|b| (b.pid, b.cgroup.clone()));
+        assert_eq!(now, Some((payer.0, payer.1.to_string())), "{threads:?}");
+    }
+}
+
 /// Under the SELinux rule the context decides: gralloc's uid in an app's context may not charge
 /// on another's behalf (and the refusal changes nothing); in gralloc's context it may.
 #[test]

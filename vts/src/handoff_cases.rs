@@ -4,6 +4,8 @@
 //! talk to the HAL (each serves a small binder object registered with the lane's service
 //! manager), where the service learns of the sender's close from the kernel's events and the
 //! receiver pays without anyone calling reconcile: the latency from the close is printed.
+//! Last, the kernel fact the rule's exception for a dying payer rests on: when a process counts
+//! as exiting.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
@@ -418,4 +420,67 @@ pub fn a_receiver_over_its_limit_leaves_the_charge_with_the_sender(env: &Env) ->
         closed.elapsed().as_millis()
     );
     pays(env, inode, &a)
+}
+
+/// `chargetransfer-vts --main-thread-exits` (spawned by the case below): the main thread leaves
+/// with the thread-only exit system call while a second thread keeps the process alive until
+/// stdin closes — a live process whose main thread is a zombie.
+pub fn main_thread_exits() -> ! {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0)
+    });
+    // SAFETY: SYS_exit ends only the calling thread and runs nothing of it: no Rust frame is
+    // unwound or returned to; the other thread owns everything it uses.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("SYS_exit returned")
+}
+
+/// The state of the main thread of `pid` (field 3 of /proc/PID/stat), if it can be read.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+fn wait_for_state(pid: u32, want: char) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(pid) != Some(want) {
+        check(Instant::now() < deadline, || format!("pid {pid} never reached state {want}: {:?}", state(pid)))?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// A payer that lets go of a buffer passes its charge to another app; one that dies parks it on
+/// its app. A dying process loses its fds before its pidfd reports the death, so the service
+/// tells the two apart by `ProcFs::exiting`: every thread past `PF_EXITING`. Against this
+/// kernel: a running process is not exiting; an exited, unreaped one is; one whose main thread
+/// exited while another thread runs is not.
+pub fn a_process_counts_as_exiting_only_when_every_thread_is(_env: &Env) -> Outcome {
+    let procfs = chargetransfer::kernel::ProcFs::new("/proc");
+    let exiting = |pid: u32| procfs.exiting(pid).map_err(|e| format!("exiting({pid}): {e}"));
+    let spawn = |cmd: &mut std::process::Command| {
+        cmd.stdin(std::process::Stdio::piped()).spawn().map_err(|e| format!("spawn: {e}"))
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+
+    let mut running = spawn(std::process::Command::new("sleep").arg("100"))?;
+    let pid = running.id();
+    wait_for_state(pid, 'S')?;
+    check(!exiting(pid)?, || format!("running pid {pid} counted as exiting"))?;
+    running.kill().map_err(|e| e.to_string())?;
+    wait_for_state(pid, 'Z')?;
+    check(exiting(pid)?, || format!("exited, unreaped pid {pid} not counted as exiting"))?;
+    running.wait().map_err(|e| e.to_string())?;
+
+    let mut half = spawn(std::process::Command::new(&exe).arg("--main-thread-exits"))?;
+    let pid = half.id();
+    wait_for_state(pid, 'Z')?;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?.count();
+    check(threads == 2, || format!("pid {pid} has {threads} threads, expected the zombie main thread and one more"))?;
+    check(!exiting(pid)?, || format!("pid {pid}, alive in its second thread, counted as exiting"))?;
+    drop(half.stdin.take());
+    half.wait().map_err(|e| e.to_string())?;
+    println!("exiting: a running process no, an exited one yes, one whose main thread exited while another runs no");
+    Ok(())
 }

@@ -128,6 +128,10 @@ const CASES: &[(&str, Case)] = &[
         autoconfig_cases::a_second_autoconfig_run_rewrites_nothing_the_kernel_holds,
     ),
     (
+        "a_process_counts_as_exiting_only_when_every_thread_is",
+        handoff_cases::a_process_counts_as_exiting_only_when_every_thread_is,
+    ),
+    (
         "stress_eight_clients_random_workload_matches_procfs",
         stress::stress_eight_clients_random_workload_matches_procfs,
     ),
@@ -265,6 +269,9 @@ fn main() {
     let mut raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("--child") {
         child::run();
+    }
+    if raw.get(1).map(String::as_str) == Some("--main-thread-exits") {
+        handoff_cases::main_thread_exits();
     }
     if let Some(status) = bench::dispatch(&raw) {
         std::process::exit(status);

@@ -1,10 +1,12 @@
 //! Who a process is, from /proc/PID: its cgroup v2 path, real uid and start time (which with
-//! the pid names one process, so a recycled pid is told apart), and its comm and cmdline.
+//! the pid names one process, so a recycled pid is told apart), its comm and cmdline, and
+//! whether it is exiting.
 
+use std::fs;
 use std::path::Path;
 
-use super::ProcFs;
-use crate::kernel::error::KernelError;
+use super::{pid_err, ProcFs};
+use crate::kernel::error::{is_gone, KernelError};
 use crate::kernel::parse::{byte_lines, number, Result};
 
 impl ProcFs {
@@ -25,7 +27,29 @@ impl ProcFs {
     /// one process, so a recycled pid is told apart.
     pub fn starttime(&self, pid: u32) -> Result<u64> {
         let (path, bytes) = self.read(pid, "stat")?;
-        parse_starttime(&path, &bytes)
+        stat_field(&path, &bytes, 22, "starttime")
+    }
+
+    /// Every thread of the process has begun to exit (`PF_EXITING` in the flags, field 9 of
+    /// each /proc/PID/task/TID/stat): its fds and mappings are being torn down, though its pidfd
+    /// says it is alive until the last thread is gone. A process whose main thread exited while
+    /// others run is not exiting; neither is one without a task directory (a fixture's).
+    pub fn exiting(&self, pid: u32) -> Result<bool> {
+        let tasks = self.pid_dir(pid).join("task");
+        let mut exiting = false;
+        for entry in fs::read_dir(&tasks).map_err(pid_err(pid, || tasks.clone()))? {
+            let path = entry.map_err(pid_err(pid, || tasks.clone()))?.path().join("stat");
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if is_gone(&e) => continue, // a thread that has just gone
+                Err(e) => return Err(KernelError::io(&path, e)),
+            };
+            if stat_field(&path, &bytes, 9, "flags")? & PF_EXITING == 0 {
+                return Ok(false);
+            }
+            exiting = true;
+        }
+        Ok(exiting)
     }
 
     pub fn comm(&self, pid: u32) -> Result<String> {
@@ -69,17 +93,24 @@ fn parse_uid(path: &Path, bytes: &[u8]) -> Result<u32> {
     Err(KernelError::parse(path, 0, "no Uid: line"))
 }
 
-/// Field 22 of stat. comm (field 2) is in parentheses and may itself contain spaces and
-/// parentheses, so the fields are counted after the last ')'.
-fn parse_starttime(path: &Path, bytes: &[u8]) -> Result<u64> {
+/// Linux's `PF_EXITING` (include/linux/sched.h): set as a thread enters do_exit, never cleared.
+const PF_EXITING: u64 = 0x4;
+
+/// Numeric field `n` (3 or more) of stat, named `name` in errors. comm (field 2) is in
+/// parentheses and may itself contain spaces and parentheses, so the fields are counted after
+/// the last ')'.
+fn stat_field(path: &Path, bytes: &[u8], n: usize, name: &str) -> Result<u64> {
     let close =
         bytes.iter().rposition(|&b| b == b')').ok_or_else(|| KernelError::parse(path, 1, "no ')' closing comm"))?;
     let line = 1 + bytes[..close].iter().filter(|&&b| b == b'\n').count();
     let rest = std::str::from_utf8(&bytes[close + 1..])
         .map_err(|_| KernelError::parse(path, line, "invalid UTF-8 after comm"))?;
-    // After comm come field 3 (state) onwards: field 22 is the 20th.
-    let raw = rest.split_whitespace().nth(19).ok_or_else(|| KernelError::parse(path, line, "fewer than 22 fields"))?;
-    number(raw).map_err(|reason| KernelError::parse(path, line, format!("starttime (field 22): {reason}")))
+    // After comm come field 3 (state) onwards.
+    let raw = rest
+        .split_whitespace()
+        .nth(n - 3)
+        .ok_or_else(|| KernelError::parse(path, line, format!("fewer than {n} fields")))?;
+    number(raw).map_err(|reason| KernelError::parse(path, line, format!("{name} (field {n}): {reason}")))
 }
 
 #[cfg(test)]
@@ -105,6 +136,23 @@ mod tests {
     }
 
     #[test]
+    fn a_process_is_exiting_when_every_thread_is() {
+        let (tmp, proc, _) = fixture();
+        let thread = |tid: u32, flags: u32| {
+            let dir = tmp.path().join(format!("100/task/{tid}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("stat"), format!("{tid} (a) (b) c) S 1 100 100 0 -1 {flags} 0 0\n")).unwrap();
+        };
+        assert!(matches!(proc.exiting(100), Err(KernelError::NoSuchProcess(100))), "no task directory");
+        thread(100, 0x0040_4044);
+        assert!(proc.exiting(100).unwrap());
+        thread(101, 0x0040_0040);
+        assert!(!proc.exiting(100).unwrap(), "a thread still runs");
+        thread(101, 0x0000_0004);
+        assert!(proc.exiting(100).unwrap());
+    }
+
+    #[test]
     fn a_process_without_a_cgroup_v2_line_is_a_parse_error() {
         let (tmp, proc, _) = fixture();
         let (path, line, reason) = parse_error(proc.cgroup_of(200).unwrap_err());
@@ -124,10 +172,10 @@ mod tests {
     #[test]
     fn malformed_stat_and_status_name_the_line() {
         let p = Path::new("stat");
-        assert_eq!(parse_error(parse_starttime(p, b"1 (x S 1 2\n").unwrap_err()).1, 1);
-        assert!(parse_error(parse_starttime(p, b"1 (x) S 1 2\n").unwrap_err()).2.contains("fewer than 22"));
+        assert_eq!(parse_error(stat_field(p, b"1 (x S 1 2\n", 22, "starttime").unwrap_err()).1, 1);
+        assert!(parse_error(stat_field(p, b"1 (x) S 1 2\n", 22, "starttime").unwrap_err()).2.contains("fewer than 22"));
         let bad = format!("1 (x) {}\n", STAT_TAIL.replace("987654", "98x"));
-        assert!(parse_error(parse_starttime(p, bad.as_bytes()).unwrap_err()).2.contains("\"98x\""));
+        assert!(parse_error(stat_field(p, bad.as_bytes(), 22, "starttime").unwrap_err()).2.contains("\"98x\""));
         assert_eq!(parse_error(parse_uid(p, b"Name:\tx\nUid:\tabc\t0\n").unwrap_err()).1, 2);
         assert_eq!(parse_error(parse_uid(p, b"Name:\tx\n").unwrap_err()).1, 0);
     }
@@ -151,7 +199,7 @@ mod tests {
         let p = Path::new("f");
         let _ = parse_cgroup(p, bytes);
         let _ = parse_uid(p, bytes);
-        let _ = parse_starttime(p, bytes);
+        let _ = stat_field(p, bytes, 22, "starttime");
         let _ = crate::kernel::parse::text(p, bytes);
     }
 }
