@@ -42,10 +42,10 @@ pub enum KernelError {
     /// A limit the service enforces itself (`pin.max`): there is no cgroup file to read or write.
     #[error("limit {0} has no kernel file; the service enforces it")]
     NoKernelFile(&'static str),
-    /// The heap ran out of memory (ENOMEM) or the dmem limit refused the charge (EAGAIN).
     /// The BPF backend could not be opened or read: what was being done and why it failed.
     #[error("BPF: {0}")]
     Bpf(String),
+    /// The heap ran out of memory (ENOMEM) or the dmem limit refused the charge (EAGAIN).
     #[error("allocating {len} bytes from {}: {errno}", heap.display())]
     HeapAllocFailed { heap: PathBuf, len: u64, errno: rustix::io::Errno },
 }
@@ -58,6 +58,15 @@ fn location(path: &Path, line: usize) -> String {
 }
 
 impl KernelError {
+    /// The message without the "BPF: " of a [`KernelError::Bpf`], for a line that already says
+    /// it is about BPF.
+    pub(crate) fn into_reason(self) -> String {
+        match self {
+            KernelError::Bpf(reason) => reason,
+            e => e.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: impl Into<io::Error>) -> KernelError {
         KernelError::Io { path: path.to_path_buf(), source: source.into() }
     }
@@ -80,4 +89,18 @@ impl KernelError {
 /// ENOENT and ESRCH are what reading /proc/PID/... gives once PID has exited.
 pub(crate) fn is_gone(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bpf_reason_loses_only_its_prefix() {
+        let why = KernelError::Bpf("kernel BTF: error parsing /sys/kernel/btf/vmlinux".into());
+        assert_eq!(why.to_string(), "BPF: kernel BTF: error parsing /sys/kernel/btf/vmlinux");
+        assert_eq!(why.into_reason(), "kernel BTF: error parsing /sys/kernel/btf/vmlinux");
+        let other = KernelError::NoKernelFile("pin.max");
+        assert_eq!(other.into_reason(), "limit pin.max has no kernel file; the service enforces it");
+    }
 }

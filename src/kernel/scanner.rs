@@ -43,7 +43,7 @@ impl Scanner {
             ScanChoice::Procfs => Ok(Scanner::Procfs { procfs, why_not_bpf: "procfs was asked for".into() }),
             ScanChoice::Bpf { pin_dir } => BpfScanner::open(pin_dir).map(Scanner::Bpf),
             ScanChoice::Auto { pin_dir } => Ok(BpfScanner::open(pin_dir)
-                .map_or_else(|e| Scanner::Procfs { procfs, why_not_bpf: e.to_string() }, Scanner::Bpf)),
+                .map_or_else(|e| Scanner::Procfs { procfs, why_not_bpf: e.into_reason() }, Scanner::Bpf)),
         }
     }
 

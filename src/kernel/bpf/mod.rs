@@ -100,7 +100,8 @@ impl BpfScanner {
             Ok(scanner) => return Ok(scanner),
             Err(e) => e,
         };
-        BpfScanner::load().map_err(|loaded| KernelError::Bpf(format!("{pinned}; {loaded}")))
+        BpfScanner::load()
+            .map_err(|loaded| KernelError::Bpf(format!("{}; {}", pinned.into_reason(), loaded.into_reason())))
     }
 
     /// Reads iterators pinned as `prog_chargetransfer_holders_iter_<target>` in `dir`.
