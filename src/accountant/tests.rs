@@ -27,6 +27,20 @@ fn put_process(proc_root: &Path, pid: u32, uid: u32, cgroup: &str, buffers: &[(I
     }
 }
 
+/// An accountant with the embedded policy over the fake /proc at `proc_root`, scanning it,
+/// in memory only.
+fn over(proc_root: &Path) -> Accountant {
+    let config = Config {
+        proc_root: proc_root.to_path_buf(),
+        cgroup_root: None,
+        state_dir: None,
+        durability: Durability::None,
+        pidfds: false,
+        scan: crate::kernel::ScanChoice::Procfs,
+    };
+    Accountant::open(config, Policy::embedded_default()).unwrap()
+}
+
 #[test]
 fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,15 +48,7 @@ fn a_charge_parked_on_the_dead_owners_app_cgroup_stays_there_across_reconciles()
     // App 10001's pid 100 pays for buffer 7; another app's pid 200 holds it too.
     put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
     put_process(&proc_root, 200, 10002, "/uid_10002/pid_200", &[(7, 4096)]);
-    let config = Config {
-        proc_root: proc_root.clone(),
-        cgroup_root: None,
-        state_dir: None,
-        durability: Durability::None,
-        pidfds: false,
-        scan: crate::kernel::ScanChoice::Procfs,
-    };
-    let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+    let accountant = over(&proc_root);
     let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
     accountant.charge(&Caller::new(100, 10001), &buffer, None).unwrap();
     let payer = || accountant.charges(0).first().map(|b| (b.pid, b.cgroup.clone()));
@@ -90,15 +96,7 @@ fn an_exiting_payers_charge_follows_the_death_rule_not_the_let_go_rule() {
         let proc_root = dir.path().join("proc");
         put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
         put_process(&proc_root, 200, 10002, "/uid_10002/pid_200", &[(7, 4096)]);
-        let config = Config {
-            proc_root: proc_root.clone(),
-            cgroup_root: None,
-            state_dir: None,
-            durability: Durability::None,
-            pidfds: false,
-            scan: crate::kernel::ScanChoice::Procfs,
-        };
-        let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+        let accountant = over(&proc_root);
         let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
         accountant.charge(&Caller::new(100, 10001), &buffer, None).unwrap();
 
@@ -118,15 +116,7 @@ fn with_selinux_the_callers_context_not_its_uid_decides_an_on_behalf_charge() {
     let proc_root = dir.path().join("proc");
     put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[(7, 4096)]);
     put_process(&proc_root, 200, 1003, "/system/gralloc", &[(7, 4096)]);
-    let config = Config {
-        proc_root: proc_root.clone(),
-        cgroup_root: None,
-        state_dir: None,
-        durability: Durability::None,
-        pidfds: false,
-        scan: crate::kernel::ScanChoice::Procfs,
-    };
-    let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+    let accountant = over(&proc_root);
     accountant.set_trust_rule(TrustRule::Contexts);
     let buffer = DmaBufInfo { inode: 7, size: 4096, exporter: "system".into(), name: None };
     let gralloc_as = |context: &str| Caller { pid: 200, uid: 1003, context: Some(context.into()) };
@@ -153,15 +143,7 @@ fn eviction_charges_the_owner_not_the_reporter_and_restore_respects_dmem_max() {
     let proc_root = dir.path().join("proc");
     put_process(&proc_root, 100, 10001, "/uid_10001/pid_100", &[]);
     put_process(&proc_root, 500, 1003, "/system/gpu", &[]);
-    let config = Config {
-        proc_root: proc_root.clone(),
-        cgroup_root: None,
-        state_dir: None,
-        durability: Durability::None,
-        pidfds: false,
-        scan: crate::kernel::ScanChoice::Procfs,
-    };
-    let accountant = Accountant::open(config, Policy::embedded_default()).unwrap();
+    let accountant = over(&proc_root);
     let (app, driver) = (Caller::new(100, 10001), Caller::new(500, 1003));
     accountant
         .apply_events(vec![
