@@ -188,7 +188,7 @@ scan_rows() {
 
 # Where the BPF view's time went at 10000 buffers (p50 of each part).
 scan_phases() {
-    local level=10000 k
+    local level=10000
     val scan-bench.txt "scan_${level}_bpf_merge_ns" >/dev/null || return 0
     k() { dur "$(val scan-bench.txt "scan_${level}_bpf_$1_ns")"; }
     echo "Where the BPF view's $(dur "$(val scan-bench.txt "scan_${level}_bpf_ns")") went at $level buffers: on one thread, iter/task_file"

@@ -155,14 +155,15 @@ impl BpfScanner {
         self.scan_all_timed().map(|(scan, _)| scan)
     }
 
-    /// [`BpfScanner::scan_all`] with the time each iterator read and the records took to become a view, for the
-    /// scan benchmark's breakdown.
+    /// [`BpfScanner::scan_all`] with the time each iterator read and the records took to become a
+    /// view, for the scan benchmark's breakdown.
     ///
     /// The two long walks run at once: iter/task_file (every open file of every task) then
     /// iter/task on a thread of its own, which also sorts the holders found, and iter/dmabuf here,
-    /// which lists the buffers by inode. Both links are attached before either is read. Whatever the two walks' interleaving,
-    /// [`records::assemble`] keeps a buffer only if both saw it (see its rule for a buffer created
-    /// or freed while they ran). iter/task_vma, when needed, is read after both.
+    /// which lists the buffers by inode. Both links are attached before either is read. Whatever
+    /// the two walks' interleaving, [`records::assemble`] keeps a buffer only if both saw it (see
+    /// its rule for a buffer created or freed while they ran). iter/task_vma, when needed, is read
+    /// after both.
     pub fn scan_all_timed(&self) -> Result<(DmaBufScan, ScanPhases), KernelError> {
         let mut programs = self.programs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut bytes = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
@@ -209,8 +210,9 @@ impl BpfScanner {
 
 /// Where one BPF scan's time went: each iterator's read in [`ITERATORS`] order (its target, and
 /// the time to read it to the end and the bytes read, if it was read; iter/task_file's and
-/// iter/task's on a thread of their own, beside iter/dmabuf's), the holders' sort on that thread, the buffers' listing by
-/// inode on the scanning thread, and the merge of the two once both are done.
+/// iter/task's on a thread of their own, beside iter/dmabuf's), the holders' sort on that
+/// thread, the buffers' listing by inode on the scanning thread, and the merge of the two once
+/// both are done.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanPhases {
     pub reads: [(&'static str, Option<(Duration, usize)>); 4],

@@ -33,7 +33,8 @@ impl ProcFs {
     /// Every thread of the process has begun to exit (`PF_EXITING` in the flags, field 9 of
     /// each /proc/PID/task/TID/stat): its fds and mappings are being torn down, though its pidfd
     /// says it is alive until the last thread is gone. A process whose main thread exited while
-    /// others run is not exiting; neither is one without a task directory (a fixture's).
+    /// others run is not exiting. Without a task directory (the process is gone, or a fixture
+    /// wrote none) the answer is [`KernelError::NoSuchProcess`].
     pub fn exiting(&self, pid: u32) -> Result<bool> {
         let tasks = self.pid_dir(pid).join("task");
         let mut exiting = false;
